@@ -1,0 +1,47 @@
+"""torchmf: collaborative filtering by matrix factorization on PyTorch.
+
+Quick start::
+
+    import torchmf
+    ratings = {"user1": {"item1": 5, "item2": 3}, "user2": {"item1": 2, "item3": 5}}
+    model = torchmf.MatrixFactorization(factors=8).fit(ratings)
+    model.predict("user2", "item2")
+    model.recommend("user1", k=2)
+"""
+
+import logging
+
+from torchmf import datasets
+from torchmf.data import IdMap, Interactions, read_ratings
+from torchmf.errors import (
+    DataError,
+    ModelFileError,
+    NotFittedError,
+    TorchMFError,
+    TrainingError,
+    UnknownIdError,
+)
+from torchmf.estimator import MatrixFactorization
+from torchmf.estimator.persistence import load_model as load
+from torchmf.nn import MFModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataError",
+    "IdMap",
+    "Interactions",
+    "MFModel",
+    "MatrixFactorization",
+    "ModelFileError",
+    "NotFittedError",
+    "TorchMFError",
+    "TrainingError",
+    "UnknownIdError",
+    "datasets",
+    "load",
+    "read_ratings",
+    "__version__",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,1 @@
+"""The ``torchmf`` command line."""

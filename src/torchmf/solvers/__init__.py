@@ -1,0 +1,1 @@
+"""Solvers: SGD-family training and closed-form alternating least squares."""

@@ -1,0 +1,137 @@
+"""Alternating least squares for explicit ratings, with biases.
+
+The model is ``r_ui ~ mu + b_u + c_i + p_u . q_i`` with ``mu`` fixed at the
+training mean. With the items fixed, each user's ``[p_u, b_u]`` is a ridge
+regression on the items they rated, features ``[q_i, 1]`` and target
+``r_ui - mu - c_i``; the items' step is the mirror image. Regularisation is
+weighted-lambda (Zhou et al. 2008): row ``u`` is penalised by ``reg * n_u``,
+which equals the per-rating penalty that SGD (Funk-SVD) applies, so the two
+solvers minimise the same objective.
+
+Each half-sweep solves every row at once, bucket by bucket (see
+:mod:`torchmf.solvers.ragged`): either exactly by batched Cholesky, or by a
+few warm-started conjugate-gradient steps that never form the ``k x k``
+matrices at all, which is the fast path for large ``k``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from torchmf.solvers.ragged import Bucket
+
+__all__ = ["als_half_sweep", "ridge_rows"]
+
+
+def ridge_rows(
+    feats: torch.Tensor,
+    target: torch.Tensor,
+    lam: torch.Tensor,
+    init: torch.Tensor | None = None,
+    cg_steps: int = 0,
+) -> torch.Tensor:
+    """Solve ``(F_b^T F_b + diag(lam_b)) w_b = F_b^T t_b`` for a batch of rows.
+
+    Parameters
+    ----------
+    feats : torch.Tensor, shape (B, L, m)
+        Features of each row's entries (padding rows all zero).
+    target : torch.Tensor, shape (B, L)
+        Targets (zero in padding).
+    lam : torch.Tensor, shape (B, m)
+        Diagonal ridge penalty per row and dimension; must be positive.
+    init : torch.Tensor, shape (B, m), optional
+        Warm start for conjugate gradient.
+    cg_steps : int
+        0 solves exactly (Cholesky); otherwise that many CG steps from ``init``.
+
+    Returns
+    -------
+    torch.Tensor, shape (B, m)
+    """
+    # bmm on a transposed view runs as one BLAS call per row, no copies
+    ft = feats.transpose(1, 2)
+    rhs = torch.bmm(ft, target.unsqueeze(2)).squeeze(2)
+    gram = torch.bmm(ft, feats)
+    gram.diagonal(dim1=1, dim2=2).add_(lam)
+    if cg_steps <= 0:
+        chol, info = torch.linalg.cholesky_ex(gram)
+        if bool((info != 0).any()):  # only with degenerate input; fall back to LU
+            return torch.linalg.solve(gram, rhs)
+        return torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(gram, v.unsqueeze(2)).squeeze(2)
+
+    x = torch.zeros_like(rhs) if init is None else init.clone()
+    r = rhs - matvec(x)
+    p = r.clone()
+    rs = (r * r).sum(1, keepdim=True)
+    for _ in range(cg_steps):
+        ap = matvec(p)
+        alpha = rs / (p * ap).sum(1, keepdim=True).clamp_min(1e-20)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = (r * r).sum(1, keepdim=True)
+        p = r + (rs_new / rs.clamp_min(1e-20)) * p
+        rs = rs_new
+    return x
+
+
+def als_half_sweep(
+    buckets: list[Bucket],
+    factors: torch.Tensor,
+    bias: torch.Tensor | None,
+    other_factors: torch.Tensor,
+    other_bias: torch.Tensor | None,
+    global_mean: float,
+    reg: float,
+    reg_bias: float,
+    cg_steps: int = 0,
+    reg_exponent: float = 1.0,
+) -> None:
+    """Re-solve every row of one side in place, the other side fixed.
+
+    Parameters
+    ----------
+    buckets : list of Bucket
+        This side's rows; their ``cols`` index the other side.
+    factors : torch.Tensor, shape (n, k)
+        Updated in place.
+    bias : torch.Tensor, shape (n,), optional
+        Updated in place; None fits no biases.
+    other_factors : torch.Tensor, shape (n_other, k)
+    other_bias : torch.Tensor, shape (n_other,), optional
+    global_mean : float
+    reg, reg_bias : float
+        Penalties for factors and biases, multiplied by ``n_u ** reg_exponent``.
+    cg_steps : int
+        See :func:`ridge_rows`.
+    reg_exponent : float
+        1 is weighted-lambda (SGD's per-rating penalty); 0 a plain ridge; values
+        in between are the frequency-scaled regularisation of Rendle et al. (2022).
+    """
+    k = factors.shape[1]
+    with_bias = bias is not None
+    feats = other_factors
+    if with_bias:
+        feats = torch.cat([feats, feats.new_ones(feats.shape[0], 1)], 1)
+    # an all-zero row that padding entries point at
+    feats = torch.cat([feats, feats.new_zeros(1, feats.shape[1])])
+    offset = other_factors.new_zeros(other_factors.shape[0] + 1)
+    if other_bias is not None:
+        offset[:-1] = other_bias
+    per_dim = torch.full((feats.shape[1],), reg, dtype=feats.dtype, device=feats.device)
+    if with_bias:
+        per_dim[k] = reg_bias
+    for b in buckets:
+        f = feats[b.cols]
+        target = (b.vals - global_mean - offset[b.cols]) * b.mask
+        lam = b.counts[:, None].pow(reg_exponent) * per_dim[None, :]
+        init = None
+        if cg_steps > 0:
+            init = factors[b.rows] if not with_bias else torch.cat([factors[b.rows], bias[b.rows, None]], 1)
+        w = ridge_rows(f, target, lam, init=init, cg_steps=cg_steps)
+        factors[b.rows] = w[:, :k]
+        if with_bias:
+            bias[b.rows] = w[:, k]
