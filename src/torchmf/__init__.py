@@ -11,7 +11,7 @@ Quick start::
 
 import logging
 
-from torchmf import datasets
+from torchmf import datasets, metrics, split
 from torchmf.data import IdMap, Interactions, read_ratings
 from torchmf.errors import (
     DataError,
@@ -23,6 +23,7 @@ from torchmf.errors import (
 )
 from torchmf.estimator import MatrixFactorization
 from torchmf.estimator.persistence import load_model as load
+from torchmf.evaluation import cross_validate, evaluate, grid_search, optuna_search
 from torchmf.nn import MFModel
 
 __version__ = "0.1.0"
@@ -38,9 +39,15 @@ __all__ = [
     "TorchMFError",
     "TrainingError",
     "UnknownIdError",
+    "cross_validate",
     "datasets",
+    "evaluate",
+    "grid_search",
     "load",
+    "metrics",
+    "optuna_search",
     "read_ratings",
+    "split",
     "__version__",
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
+import re
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,10 @@ import pandas as pd
 
 from torchmf.errors import DataError, UnknownIdError
 
-__all__ = ["IdMap"]
+__all__ = ["IdMap", "INT_PATTERN"]
+
+# how an integer id is written when read from text: no sign but "-", no leading zeros
+INT_PATTERN = r"-?(?:0|[1-9][0-9]*)"
 
 
 class IdMap:
@@ -138,11 +142,9 @@ class IdMap:
             return text
         candidates: list[Hashable] = []
         if isinstance(text, str):
-            for conv in (int, float):
-                try:
-                    candidates.append(conv(text))
-                except ValueError:
-                    pass
+            # only canonical integers, as the readers parse them: "007" is never 7
+            if re.fullmatch(INT_PATTERN, text.strip()):
+                candidates.append(int(text))
         else:
             candidates.append(str(text))
         for cand in candidates:

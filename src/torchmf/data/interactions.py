@@ -173,7 +173,7 @@ class Interactions:
         for col in (user_col, item_col):
             bad = df[col].isna().to_numpy()
             if bad.any():
-                raise DataError(f"{source}: row {_row(df, bad)}: missing id in column {col!r}")
+                raise DataError(f"{source}: {_row(df, bad)}: missing id in column {col!r}")
         if rating_col is None:
             values = np.ones(len(df), dtype=np.float32)
         else:
@@ -318,11 +318,16 @@ def _column(values: Any, name: str) -> np.ndarray | list:
     return arr
 
 
-def _row(df: pd.DataFrame, mask: np.ndarray) -> Any:
-    """A human row number for the first True of ``mask``: the file line when known."""
+def _show(value: Any) -> str:
+    """repr of a value as the user wrote it: numpy scalars shown as plain Python."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _row(df: pd.DataFrame, mask: np.ndarray) -> str:
+    """Where the first True of ``mask`` is: "line N" of the file when known, else "row N"."""
     pos = int(np.flatnonzero(mask)[0])
     lines = df.attrs.get("line_numbers")
-    return int(lines[pos]) if lines is not None else pos
+    return f"line {int(lines[pos])}" if lines is not None else f"row {pos}"
 
 
 def _numeric(col: pd.Series, name: str, source: str, df: pd.DataFrame) -> np.ndarray:
@@ -330,19 +335,19 @@ def _numeric(col: pd.Series, name: str, source: str, df: pd.DataFrame) -> np.nda
     bad = converted.isna().to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{source}: row {_row(df, bad)}: column {name!r}: {col.iloc[pos]!r} is not a number")
+        raise DataError(f"{source}: {_row(df, bad)}: column {name!r}: {_show(col.iloc[pos])} is not a number")
     arr = converted.to_numpy(dtype=np.float64)
     inf = ~np.isfinite(arr)
     if inf.any():
         pos = int(np.flatnonzero(inf)[0])
-        raise DataError(f"{source}: row {_row(df, inf)}: column {name!r}: {col.iloc[pos]!r} is not finite")
+        raise DataError(f"{source}: {_row(df, inf)}: column {name!r}: {_show(col.iloc[pos])} is not finite")
     return arr
 
 
 def _timestamps(col: pd.Series, name: str, source: str, df: pd.DataFrame) -> np.ndarray:
     if pd.api.types.is_datetime64_any_dtype(col):
         if col.isna().any():
-            raise DataError(f"{source}: row {_row(df, col.isna().to_numpy())}: column {name!r}: missing timestamp")
+            raise DataError(f"{source}: {_row(df, col.isna().to_numpy())}: column {name!r}: missing timestamp")
         return (col.astype("datetime64[ns]").astype(np.int64) // 10**9).to_numpy()
     arr = _numeric(col, name, source, df)
     return arr.astype(np.int64)
@@ -371,9 +376,9 @@ def _dedupe(
         mask = np.zeros(len(key), dtype=bool)
         mask[pos] = True
         raise DataError(
-            f"{source}: row {_row(df, mask)}: repeated ({user_col}, {item_col}) pair "
-            f"({df[user_col].iloc[pos]!r}, {df[item_col].iloc[pos]!r}); "
-            "pass duplicates='last', 'mean' or 'sum' to combine repeats"
+            f"{source}: {_row(df, mask)}: repeated ({user_col}, {item_col}) pair "
+            f"({_show(df[user_col].iloc[pos])}, {_show(df[item_col].iloc[pos])}); "
+            "pass duplicates='last', 'mean' or 'sum' to combine repeats (CLI: --duplicates)"
         )
     if policy == "last" and ts is not None:
         # latest timestamp wins; ties broken by row order

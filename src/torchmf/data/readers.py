@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from torchmf.data.idmap import INT_PATTERN
 from torchmf.data.interactions import Duplicates, Interactions
 from torchmf.errors import DataError
 
@@ -30,7 +31,6 @@ _DEFAULT_COLUMNS = {
     3: ("user", "item", "rating"),
     4: ("user", "item", "rating", "timestamp"),
 }
-_INT_RE = r"-?(?:0|[1-9][0-9]*)"
 
 
 def read_table(
@@ -89,6 +89,8 @@ def read_table(
         # pandas' C parser takes single-character separators only; MovieLens'
         # ``::`` files are rewritten to tabs so they parse at C speed.
         text = text.replace("::", "\t")
+        lines = text.splitlines()
+        first = first.replace("::", "\t")
         sep = "\t"
     fields = _split(first, sep)
     if header == "infer":
@@ -105,6 +107,8 @@ def read_table(
                 "(columns=['user', 'item', 'rating', ...]) to say which is which"
             )
     n_cols = len(columns)
+    if len(fields) != n_cols:
+        raise DataError(f"{path}: line 1 has {len(fields)} fields but {n_cols} column names were given ({list(columns)})")
     whitespace = sep.isspace() if sep else False
     try:
         df = pd.read_csv(
@@ -252,10 +256,13 @@ def _find(names: list[str], role: str, required: bool, path: str | os.PathLike) 
 def _parse_ids(col: pd.Series) -> pd.Series:
     """Ids written as canonical integers become int64; anything else stays str.
 
-    "007" stays a string so it never collides with the id 7.
+    "007" stays a string so it never collides with the id 7. Columns that are
+    already typed (Parquet) are returned unchanged.
     """
+    if not (pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)):
+        return col
     stripped = col.str.strip()
-    if stripped.notna().all() and stripped.str.fullmatch(_INT_RE).all():
+    if stripped.notna().all() and stripped.str.fullmatch(INT_PATTERN).all():
         try:
             return stripped.astype(np.int64)
         except (OverflowError, ValueError):

@@ -17,6 +17,8 @@ from torchmf.estimator import params as P
 from torchmf.estimator.training import Validation, fit_model
 from torchmf.nn.mf import MFModel
 from torchmf.solvers.als import ridge_rows
+from torchmf.solvers.ials import IALSSettings, confidence, ials_penalty, ials_solve_rows
+from torchmf.solvers.pairwise import fold_in_pairwise
 
 __all__ = ["MatrixFactorization"]
 
@@ -160,9 +162,12 @@ class MatrixFactorization:
     @property
     def model(self) -> MFModel:
         """The trained :class:`MFModel` (raises :class:`NotFittedError` before fit)."""
+        self._require_fitted()
+        return self._model
+
+    def _require_fitted(self) -> None:
         if self._model is None:
             raise NotFittedError("this MatrixFactorization is not fitted yet; call fit() first")
-        return self._model
 
     @property
     def device(self) -> torch.device:
@@ -204,6 +209,7 @@ class MatrixFactorization:
         float for a single pair, else numpy.ndarray of float32, shape (n,);
         clipped to the training rating range for explicit data.
         """
+        self._require_fitted()
         if unknown not in ("error", "fallback"):
             raise ValueError(f"unknown must be 'error' or 'fallback', got {unknown!r}")
         scalar = _is_scalar(users) and _is_scalar(items)
@@ -230,9 +236,13 @@ class MatrixFactorization:
             if m.biases:
                 score = score + m.global_bias
                 score = score + m.user_bias.weight[uc, 0] * known_u + m.item_bias.weight[ic, 0] * known_i
-        if not self.implicit_:
+        if not self._ranks_only():  # ratings live in the training range; ranking scores are raw
             score = score.clamp(*self.rating_range_)
         return score.float().cpu().numpy()
+
+    def _ranks_only(self) -> bool:
+        """True when scores rank items rather than predict ratings (implicit data or loss)."""
+        return bool(self.implicit_) or P.is_implicit_loss(self._hp.get("loss", "mse"))
 
     # ------------------------------------------------------------------ recommend
     def top_k(
@@ -241,6 +251,7 @@ class MatrixFactorization:
         k: int,
         exclude_seen: bool = True,
         candidates: np.ndarray | None = None,
+        exclude: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best ``k`` item indices per user index: the ranking behind :meth:`recommend`.
 
@@ -252,6 +263,10 @@ class MatrixFactorization:
             Drop items the user had in training.
         candidates : numpy.ndarray of int64, shape (M,), optional
             Restrict to these item indices.
+        exclude : (indptr, indices), optional
+            Extra items to drop, as CSR arrays indexed like ``user_indices``
+            (``indptr`` of shape (B + 1,)); used by evaluation to exclude a
+            train set other than the one the model saw.
 
         Returns
         -------
@@ -275,7 +290,10 @@ class MatrixFactorization:
             with torch.no_grad():
                 scores = m.score_all(torch.as_tensor(rows, device=dev), cand_t).float()
                 if exclude_seen:
-                    self._mask_seen(scores, rows, cand_t)
+                    self._mask(scores, self.seen_indptr_, self.seen_indices_, rows, cand_t)
+                if exclude is not None:
+                    local = np.arange(start, start + len(rows))
+                    self._mask(scores, exclude[0], exclude[1], local, cand_t)
                 top_s, top_i = torch.topk(scores, kk, dim=1)
             if cand_t is not None:
                 top_i = cand_t[top_i]
@@ -284,15 +302,17 @@ class MatrixFactorization:
             out_scores[start : start + len(rows), :kk] = top_s.cpu().numpy()
         return out_items, out_scores
 
-    def _mask_seen(self, scores: torch.Tensor, rows: np.ndarray, cand_t: torch.Tensor | None) -> None:
-        """Set scores of training items to -inf, in place, without a Python loop."""
-        starts, ends = self.seen_indptr_[rows], self.seen_indptr_[rows + 1]
+    def _mask(
+        self, scores: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, cand_t: torch.Tensor | None
+    ) -> None:
+        """Set ``scores[j, indices of row rows[j]]`` to -inf, in place, without a Python loop."""
+        starts, ends = indptr[rows], indptr[rows + 1]
         counts = ends - starts
         if counts.sum() == 0:
             return
         row_ids = np.repeat(np.arange(len(rows)), counts)
         pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
-        cols = self.seen_indices_[pos]
+        cols = indices[pos]
         if cand_t is not None:
             # map item index -> column among candidates (-1 when not a candidate)
             col_of = np.full(self.model.num_items, -1, dtype=np.int64)
@@ -326,10 +346,13 @@ class MatrixFactorization:
         pandas.DataFrame
             One user: columns ``item, score``, best first. Many users: columns
             ``user, rank, item, score`` (rank 1 = best). Fewer than ``k`` rows
-            per user when fewer items are eligible.
+            per user when fewer items are eligible. ``score`` is the model's raw
+            score, not clipped to the rating range (clipping would tie the top
+            of the list); :meth:`predict` clips.
         """
         if not _is_int(k) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        self._require_fitted()
         single = _is_scalar(user_or_users)
         raw = np.atleast_1d(np.asarray(user_or_users, dtype=object)) if single else _to_array(user_or_users)
         u = self.user_map.indices(raw)
@@ -354,6 +377,7 @@ class MatrixFactorization:
         """
         if not _is_int(k) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        self._require_fitted()
         idx = self.item_map.index(item)
         with torch.no_grad():
             w = torch.nn.functional.normalize(self.model.item_embs.weight.float(), dim=1)
@@ -363,45 +387,52 @@ class MatrixFactorization:
         return pd.DataFrame({"item": self.item_map.raw(top_i.cpu().numpy()), "score": top_s.cpu().numpy()})
 
     # ------------------------------------------------------------------ fold-in
-    def fold_in(self, user: Hashable, ratings: Mapping[Hashable, float]) -> MatrixFactorization:
+    def fold_in(self, user: Hashable, ratings: Mapping[Hashable, float] | Iterable[Hashable]) -> MatrixFactorization:
         """Add a user, or refresh one, from their ratings; item factors stay fixed.
 
-        The user's factors and bias are the exact minimiser of the training
-        objective with the items held fixed: a ridge regression on the rated
-        items' factors, with the same penalty ``fit`` used.
+        The user's factors minimise the training objective with the items held
+        fixed: for ``loss="mse"`` a ridge regression on the rated items'
+        factors (and bias), for ``loss="ials"`` the same closed-form weighted
+        solve an ALS sweep does (exact Cholesky), and for the sampled-negative
+        losses 50 deterministic L-BFGS steps on the expected loss
+        (:func:`~torchmf.solvers.pairwise.fold_in_pairwise`).
 
         Parameters
         ----------
         user : raw id
             New (appended) or existing (replaced).
-        ratings : dict of raw item id -> rating
-            Items must be known to the model.
+        ratings : dict of raw item id -> rating, or iterable of raw item ids
+            Items must be known to the model. Implicit models take the
+            interaction strengths as values, or a plain list of items
+            (strength 1 each).
 
         Returns
         -------
         self
         """
-        if not isinstance(ratings, Mapping) or not ratings:
-            raise DataError(f"fold_in needs a non-empty dict {{item: rating}} for user {user!r}")
-        items = self.item_map.indices(list(ratings))
-        vals = np.array([_finite(v, user, it) for it, v in ratings.items()], dtype=np.float32)
+        m = self.model
+        implicit_loss = P.is_implicit_loss(self._hp.get("loss", "mse"))
+        if isinstance(ratings, Mapping):
+            keys = list(ratings)
+            vals = np.array([_finite(v, user, it) for it, v in ratings.items()], dtype=np.float32)
+        elif implicit_loss and isinstance(ratings, Iterable) and not isinstance(ratings, (str, bytes)):
+            keys = list(ratings)
+            vals = np.ones(len(keys), dtype=np.float32)
+        else:
+            want = "{item: strength} or a list of items" if implicit_loss else "{item: rating}"
+            raise DataError(f"fold_in needs a non-empty dict {want} for user {user!r}, got {type(ratings).__name__}")
+        if not keys:
+            raise DataError(f"fold_in needs at least one item for user {user!r}")
+        items = self.item_map.indices(keys)
         if len(np.unique(items)) != len(items):
             raise DataError(f"fold_in: repeated item in ratings of user {user!r}")
-        m, hp = self.model, self._hp
-        dev = self.device
-        q = m.item_embs.weight[torch.as_tensor(items, device=dev)]
-        target = torch.as_tensor(vals, device=dev)
-        if m.biases:
-            target = target - m.global_bias - m.item_bias.weight[torch.as_tensor(items, device=dev), 0]
-            q = torch.cat([q, q.new_ones(len(items), 1)], 1)
-        n = float(len(items))
-        exponent = hp["reg_exponent"] if hp["solver"] == "als" else 1.0
-        per_dim = torch.full((q.shape[1],), hp["reg"], device=dev)
-        if m.biases:
-            per_dim[-1] = hp["reg_bias"]
-        lam = (per_dim * n**exponent).clamp_min(1e-6)
         with torch.no_grad():
-            w = ridge_rows(q.unsqueeze(0), target.unsqueeze(0), lam.unsqueeze(0))[0]
+            if self._hp.get("loss", "mse") == "ials":
+                w = self._fold_in_ials(items, vals)
+            elif implicit_loss:
+                w = self._fold_in_pairwise(items)
+            else:
+                w = self._fold_in_ridge(items, vals)
         if user in self.user_map:
             row = self.user_map.index(user)
         else:
@@ -414,6 +445,46 @@ class MatrixFactorization:
                 m.user_bias.weight[row, 0] = w[-1]
         self._replace_seen(row, np.sort(items))
         return self
+
+    def _fold_in_ridge(self, items: np.ndarray, vals: np.ndarray) -> torch.Tensor:
+        """Explicit: ridge regression of ``[p_u, b_u]``, shape (k [+ 1],)."""
+        m, hp, dev = self.model, self._hp, self.device
+        it = torch.as_tensor(items, device=dev)
+        q = m.item_embs.weight[it]
+        target = torch.as_tensor(vals, device=dev)
+        if m.biases:
+            target = target - m.global_bias - m.item_bias.weight[it, 0]
+            q = torch.cat([q, q.new_ones(len(items), 1)], 1)
+        n = float(len(items))
+        exponent = hp["reg_exponent"] if hp["solver"] == "als" else 1.0
+        per_dim = torch.full((q.shape[1],), hp["reg"], device=dev)
+        if m.biases:
+            per_dim[-1] = hp["reg_bias"]
+        lam = (per_dim * n**exponent).clamp_min(1e-6)
+        return ridge_rows(q.unsqueeze(0), target.unsqueeze(0), lam.unsqueeze(0))[0]
+
+    def _fold_in_ials(self, items: np.ndarray, vals: np.ndarray) -> torch.Tensor:
+        """iALS: the exact user solve of an ALS sweep, shape (k,)."""
+        hp, dev = self._hp, self.device
+        Q = self.model.item_embs.weight
+        s = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], cg_steps=0)
+        conf = torch.as_tensor(confidence(vals, hp["alpha"], hp["confidence"], hp["confidence_eps"]), device=dev)
+        conf = conf.to(Q.dtype).view(1, 1, -1)
+        gram = (Q.T @ Q).mul_(s.unobserved_weight)
+        lam = ials_penalty(torch.tensor([[float(len(items))]], dtype=Q.dtype, device=dev), Q.shape[0], s)
+        feats = Q[torch.as_tensor(items, device=dev)].unsqueeze(0)
+        return ials_solve_rows(feats, conf, conf - s.unobserved_weight, gram, lam, None, 0)[0]
+
+    def _fold_in_pairwise(self, items: np.ndarray) -> torch.Tensor:
+        """BPR / logistic / WARP: deterministic L-BFGS on the expected loss, shape (k,)."""
+        hp, dev = self._hp, self.device
+        Q = self.model.item_embs.weight
+        weights = None
+        if hp["negative_sampling"] == "popularity":  # the training sampler's law: item counts in train
+            weights = torch.as_tensor(np.bincount(self.seen_indices_, minlength=Q.shape[0]), device=dev)
+        return fold_in_pairwise(
+            Q, torch.as_tensor(items, device=dev), hp["loss"], hp["negatives"], hp["reg"], weights, hp["seed"]
+        )
 
     def _replace_seen(self, row: int, items: np.ndarray) -> None:
         indptr, indices = self.seen_indptr_, self.seen_indices_

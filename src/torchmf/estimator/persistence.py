@@ -125,9 +125,9 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
         raise ModelFileError(f"{weights_path}: unreadable ({exc})") from None
     try:
         return _build(MatrixFactorization, meta, tensors, device)
-    except TorchMFError:
+    except ModelFileError:
         raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (TorchMFError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{folder}: inconsistent model files ({type(exc).__name__}: {exc})") from None
 
 

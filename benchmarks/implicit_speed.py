@@ -1,0 +1,126 @@
+"""Speed of the implicit solvers on a 5M-interaction synthetic set.
+
+Measures, on whatever CPU/GPU torch picks (the targets are for 2 CPU cores):
+
+- ``synthetic(n_users=100_000, n_items=20_000, n_interactions=5_000_000, implicit=True)``
+  generation time;
+- iALS, 64 factors: seconds per sweep (users then items, incl. the loss the
+  monitor records), timed sweep by sweep exactly as ``fit`` runs them;
+- top-10 with seen items filtered for every user, via ``top_k`` and via
+  ``recommend`` (which also builds the DataFrame of raw ids);
+- BPR (and any other sampled-negative loss asked for): interactions per second
+  of one epoch.
+
+A shared machine's speed drifts by tens of percent from minute to minute, so
+each timing is repeated and the minimum (the run least disturbed by other
+processes) is reported next to the median.
+
+Usage::
+
+    python benchmarks/implicit_speed.py                        # everything, default sizes
+    python benchmarks/implicit_speed.py --cache /tmp/syn5m.npz # reuse the generated data
+    python benchmarks/implicit_speed.py --losses bpr,warp --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+import torchmf
+from torchmf.data.idmap import IdMap
+from torchmf.data.interactions import Interactions
+from torchmf.estimator.params import resolve_device
+from torchmf.estimator.training import _ials_epoch, _pairwise_epoch
+
+
+def load_data(args: argparse.Namespace) -> Interactions:
+    if args.cache and os.path.exists(args.cache):
+        z = np.load(args.cache)
+        users, items = z["users"], z["items"]
+        print(f"data: {len(users):,} interactions from {args.cache}")
+    else:
+        t = time.perf_counter()
+        data, _ = torchmf.datasets.synthetic(
+            n_users=args.users, n_items=args.items, n_interactions=args.interactions, implicit=True, seed=0
+        )
+        print(f"synthetic(implicit=True) generated {len(data):,} interactions in {time.perf_counter() - t:.1f} s")
+        users, items = data.users, data.items
+        if args.cache:
+            np.savez(args.cache, users=users, items=items)
+    return Interactions(users, items, np.ones(len(users), np.float32), IdMap(np.arange(args.users), "user"),
+                        IdMap(np.arange(args.items), "item"), implicit=True)
+
+
+def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """(min, median) seconds of ``repeat`` calls."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times), statistics.median(times)
+
+
+def fresh_model(data: Interactions, hp: dict) -> torchmf.MFModel:
+    model = torchmf.MFModel(data.n_users, data.n_items, hp["factors"], init_std=hp["init_std"],
+                            generator=torch.Generator().manual_seed(0))
+    return model.requires_grad_(False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--items", type=int, default=20_000)
+    ap.add_argument("--interactions", type=int, default=5_000_000)
+    ap.add_argument("--factors", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=5, help="timed sweeps / top-k runs / epochs")
+    ap.add_argument("--losses", default="bpr", help="sampled-negative losses to time (comma separated, or none)")
+    ap.add_argument("--cache", help="npz file to keep the generated data in")
+    args = ap.parse_args()
+    device = resolve_device("auto")
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads")
+    data = load_data(args)
+
+    # ---- iALS sweeps, exactly as fit runs them
+    hp = MatrixFactorizationDefaults(loss="ials", factors=args.factors)
+    model = fresh_model(data, hp).to(device)
+    t = time.perf_counter()
+    sweep = _ials_epoch(model, data, hp, device)
+    print(f"iALS setup (degree buckets of both sides): {time.perf_counter() - t:.2f} s")
+    best, median = timed(sweep, args.repeat)
+    print(f"iALS sweep, {args.factors} factors, cg_steps={hp['cg_steps']}: min {best:.3f} s, median {median:.3f} s")
+
+    # ---- top-10 of every user, seen items filtered
+    est = torchmf.MatrixFactorization(loss="ials", factors=args.factors, epochs=1, verbose=False).fit(data)
+    users = np.arange(data.n_users)
+    best, median = timed(lambda: est.top_k(users, 10, exclude_seen=True), max(1, args.repeat // 2))
+    print(f"top_k(all {len(users):,} users, k=10, exclude_seen=True): min {best:.2f} s, median {median:.2f} s")
+    raw = est.user_map.raw(users)
+    best, median = timed(lambda: est.recommend(raw, k=10), 1)
+    print(f"recommend(all users, k=10) incl. DataFrame: {best:.2f} s")
+
+    # ---- sampled-negative epochs
+    for loss in [x for x in args.losses.split(",") if x and x != "none"]:
+        hp = MatrixFactorizationDefaults(loss=loss, factors=args.factors)
+        model = fresh_model(data, hp).to(device)
+        epoch = _pairwise_epoch(model, data, hp, device)
+        best, median = timed(epoch, args.repeat)
+        rate = len(data) / best / 1e6
+        print(f"{loss} epoch ({hp['optimizer']}, negatives={hp['negatives']}, batch {hp['batch_size']}): "
+              f"min {best:.2f} s = {rate:.2f} M interactions/s, median {median:.2f} s")
+
+
+def MatrixFactorizationDefaults(**kwargs: object) -> dict:  # noqa: N802 - reads like the estimator call
+    """The effective hyperparameters ``MatrixFactorization(**kwargs)`` would train with."""
+    return torchmf.MatrixFactorization(verbose=False, **kwargs).effective_params
+
+
+if __name__ == "__main__":
+    main()

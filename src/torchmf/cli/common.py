@@ -1,0 +1,296 @@
+"""Pieces every command shares: option groups, reading data and models, output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "CLIError",
+    "add_hyperparameters",
+    "add_reading_options",
+    "check_k",
+    "emit",
+    "estimator_from_args",
+    "load_model",
+    "read_data",
+    "read_ids",
+    "resolve_id",
+]
+
+
+class CLIError(Exception):
+    """A user error found by the command line itself; printed as one line, exit 2."""
+
+
+# ---------------------------------------------------------------------- reading data
+def add_reading_options(parser: argparse.ArgumentParser) -> None:
+    """The options that say how to read a ratings file."""
+    g = parser.add_argument_group("reading the data")
+    g.add_argument("--sep", help=r"field separator (sniffed by default); '\t' or 'tab' for tabs, 'space' for blanks")
+    g.add_argument(
+        "--columns",
+        metavar="NAMES",
+        help="comma-separated names for a headerless file's columns, e.g. user,item,rating,timestamp",
+    )
+    g.add_argument("--user-col", metavar="NAME", help="column holding user ids (default: recognised by name)")
+    g.add_argument("--item-col", metavar="NAME", help="column holding item ids")
+    g.add_argument("--rating-col", metavar="NAME", help="column holding ratings")
+    g.add_argument("--timestamp-col", metavar="NAME", help="column holding timestamps")
+    g.add_argument("--implicit", action="store_true", help="ignore ratings: every row is one interaction")
+    g.add_argument(
+        "--duplicates",
+        choices=("error", "last", "mean", "sum"),
+        default="error",
+        help="what to do with repeated (user, item) pairs (default: error)",
+    )
+
+
+_SEP_NAMES = {r"\t": "\t", "tab": "\t", "space": " ", "whitespace": " ", "comma": ",", "semicolon": ";", "pipe": "|"}
+
+
+def _sep(text: str | None) -> str | None:
+    if text is None:
+        return None
+    if text == "":
+        raise CLIError("--sep must not be empty")
+    return _SEP_NAMES.get(text.lower() if text.isalpha() else text, text)
+
+
+def _columns(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")]
+    if len(names) < 2 or any(not n for n in names):
+        raise CLIError(f"--columns {text!r}: give two or more comma-separated, non-empty names (e.g. user,item,rating)")
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise CLIError(f"--columns {text!r}: column name {dup!r} appears twice")
+    return names
+
+
+def read_data(path: str, args: argparse.Namespace) -> Any:
+    """Read ``path`` into Interactions using the reading options in ``args``."""
+    from torchmf.data.readers import read_ratings
+
+    sep, columns = _sep(args.sep), _columns(args.columns)
+    if columns is not None:
+        _check_field_count(path, sep, columns)
+    return read_ratings(
+        path,
+        sep=sep,
+        columns=columns,
+        user_col=args.user_col,
+        item_col=args.item_col,
+        rating_col=args.rating_col,
+        timestamp_col=args.timestamp_col,
+        implicit=args.implicit,
+        duplicates=args.duplicates,
+    )
+
+
+def _check_field_count(path: str, sep: str | None, columns: list[str]) -> None:
+    """Fail clearly when ``--columns`` names a different number of columns than the file has.
+
+    (pandas would silently turn extra leading fields into an index.)
+    """
+    p = Path(path)
+    if not p.is_file() or p.suffix.lower() in (".parquet", ".pq"):
+        return  # the reader reports missing files and checks Parquet itself
+    with open(p, encoding="utf-8", errors="replace") as fh:
+        first = next((ln.strip("\r\n\ufeff") for ln in fh if ln.strip()), None)
+    if first is None:
+        return
+    if sep is None:  # same sniffing as torchmf.data.readers
+        sep = "::" if "::" in first else next((c for c in "\t,;|" if c in first), " ")
+    n = len(first.split() if sep.isspace() else first.split(sep))
+    if n != len(columns):
+        raise CLIError(f"--columns names {len(columns)} columns but {path} line 1 has {n} fields")
+
+
+def read_ids(path: str) -> list[str]:
+    """Ids listed one per line (``-`` reads stdin); blank lines and surrounding spaces ignored."""
+    if path == "-":
+        text = sys.stdin.read()
+    else:
+        p = Path(path)
+        if p.is_dir():
+            raise CLIError(f"{path}: is a folder, not a file of ids")
+        try:
+            text = p.read_bytes().decode("utf-8-sig", errors="replace")
+        except FileNotFoundError:
+            raise CLIError(f"{path}: no such file") from None
+    ids = [ln.strip() for ln in text.splitlines()]
+    ids = [i for i in ids if i]
+    if not ids:
+        raise CLIError(f"{path}: no ids in the file")
+    return ids
+
+
+# ---------------------------------------------------------------------- models
+def load_model(path: str) -> Any:
+    """Load a saved model on the CPU (ModelFileError names what is wrong)."""
+    from torchmf.estimator.persistence import load_model as _load
+
+    return _load(path, device="cpu")
+
+
+def resolve_id(idmap: Any, text: str, fallback: bool = False) -> Hashable:
+    """The raw id meant by ``text`` (``"1"`` finds the int 1); unknown ids raise or pass through."""
+    from torchmf.errors import UnknownIdError
+
+    try:
+        return idmap.resolve(text)
+    except UnknownIdError:
+        if fallback:
+            return text
+        raise
+
+
+def check_k(k: int) -> int:
+    if k <= 0:
+        raise CLIError(f"-k must be a positive integer, got {k}")
+    return k
+
+
+# ---------------------------------------------------------------------- hyperparameters
+_HELP = {
+    "factors": "latent dimension",
+    "epochs": "epochs (SGD) or sweeps (ALS)",
+    "solver": "training algorithm",
+    "loss": "objective (mse for ratings, the others for implicit feedback)",
+    "lr": "learning rate (SGD)",
+    "reg": "L2 penalty on factors",
+    "reg_bias": "L2 penalty on biases",
+    "reg_exponent": "frequency scaling of the ALS penalty",
+    "optimizer": "SGD update rule",
+    "batch_size": "interactions per SGD step",
+    "biases": "fit a global mean and user/item biases",
+    "init_std": "standard deviation of the initial factors",
+    "cg_steps": "ALS conjugate-gradient steps, 0 = exact solve",
+    "alpha": "iALS confidence scale",
+    "confidence": "iALS confidence of a value",
+    "confidence_eps": "iALS log-confidence epsilon",
+    "unobserved_weight": "iALS weight of unobserved pairs",
+    "negatives": "sampled negatives per positive",
+    "negative_sampling": "how negatives are drawn",
+    "early_stopping": "with validation: stop after N epochs without improvement",
+    "device": "auto (CUDA when available), cpu, cuda or cuda:N",
+    "seed": "random seed",
+}
+# params-module constants listing the valid values of a string hyperparameter
+_CHOICES = {"solver": "SOLVERS", "loss": "LOSSES", "optimizer": "OPTIMIZERS", "confidence": "CONFIDENCE",
+            "negative_sampling": "SAMPLING"}
+_METAVAR = {int: "N", float: "X", str: "NAME"}
+
+
+def _hp_specs() -> list[tuple[str, type, Any]]:
+    """(name, type, default) of every MatrixFactorization hyperparameter, read from its Params."""
+    from dataclasses import MISSING, fields
+
+    from torchmf.estimator.params import Params
+
+    out = []
+    for f in fields(Params):
+        if f.name == "verbose":  # the CLI's --progress
+            continue
+        ann = str(f.type)
+        typ = bool if "bool" in ann else int if "int" in ann else float if "float" in ann else str
+        out.append((f.name, typ, None if f.default is MISSING else f.default))
+    return out
+
+
+def add_hyperparameters(parser: argparse.ArgumentParser) -> None:
+    """Options mirroring MatrixFactorization's hyperparameters (unset = library default).
+
+    Values are checked by the library, so a bad one is reported as a one-line error.
+    """
+    from torchmf.estimator import params as params_module
+
+    g = parser.add_argument_group("model hyperparameters (unset: the library's default)")
+    for name, typ, default in _hp_specs():
+        flag = "--" + name.replace("_", "-")
+        text = _HELP.get(name, f"see MatrixFactorization's {name}")
+        choices = getattr(params_module, _CHOICES.get(name, ""), None)
+        if choices:
+            text += ": " + ", ".join(sorted(choices) if isinstance(choices, dict) else choices)
+        if default is not None:
+            text += f" (default {default})"
+        else:
+            text += " (default off)" if name == "early_stopping" else " (default depends on loss and solver)"
+        if typ is bool:
+            g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            g.add_argument(flag, dest=name, type=typ, metavar=_METAVAR[typ], help=text)
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: when stderr is a terminal)",
+    )
+
+
+def hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The hyperparameters given on the command line, by MatrixFactorization name."""
+    out = {name: getattr(args, name) for name, _, _ in _hp_specs() if getattr(args, name, None) is not None}
+    progress = getattr(args, "progress", None)
+    out["verbose"] = sys.stderr.isatty() if progress is None else progress
+    return out
+
+
+def estimator_from_args(args: argparse.Namespace, **extra: Any) -> Any:
+    """A MatrixFactorization from the command line (ValueError names a bad value)."""
+    from torchmf.estimator.mf import MatrixFactorization
+
+    return MatrixFactorization(**{**hyperparameters(args), **extra})
+
+
+# ---------------------------------------------------------------------- output
+def add_format(parser: argparse.ArgumentParser, choices: Sequence[str] = ("table", "csv", "json")) -> None:
+    parser.add_argument("--format", choices=choices, default="table", help="output format (default: table)")
+
+
+def plain(v: Any) -> Any:
+    """Numpy scalars to Python; floats shortened to 6 significant digits; NaN to None."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float):
+        return None if not math.isfinite(v) else float(f"{v:.6g}")
+    return v
+
+
+def records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: plain(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
+
+
+def emit(df: pd.DataFrame, fmt: str, out: str | None = None) -> None:
+    """Print (or write to ``out``) a frame as an aligned table, CSV or JSON."""
+    if fmt == "json":
+        text = json.dumps(records(df), indent=2) + "\n"
+    elif fmt == "csv":
+        text = df.to_csv(index=False, float_format="%.6g")
+    else:
+        text = (df.to_string(index=False, float_format=lambda x: f"{x:.4f}") if len(df) else "(no rows)") + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        Path(out).write_text(text)
+        print(f"wrote {len(df)} rows to {out}", file=sys.stderr)
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    """``name  value`` lines, aligned."""
+    width = max((len(str(k)) for k in metrics), default=0)
+    lines = []
+    for k, v in metrics.items():
+        v = plain(v)
+        lines.append(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    return "\n".join(lines)

@@ -1,0 +1,246 @@
+"""Saving and loading models: safetensors + JSON, atomic, tamper-evident."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import torchmf
+from torchmf import MatrixFactorization, ModelFileError
+
+WEIGHTS, META = "model.safetensors", "torchmf.json"
+
+
+@pytest.fixture(scope="module")
+def data():
+    data, _ = torchmf.datasets.synthetic(n_users=50, n_items=30, n_interactions=600, rank=3, seed=5)
+    return data  # int ids 0..49 / 0..29
+
+
+@pytest.fixture
+def model(data):
+    return MatrixFactorization(factors=4, epochs=5, verbose=False).fit(data)
+
+
+@pytest.fixture
+def saved(model, tmp_path):
+    path = tmp_path / "model"
+    model.save(path)
+    return path
+
+
+def assert_same_behaviour(a: MatrixFactorization, b: MatrixFactorization) -> None:
+    users, items = a.user_map.ids, a.item_map.ids
+    assert b.user_map.ids == users and b.item_map.ids == items
+    uu = [u for u in users for _ in items]
+    ii = [i for _ in users for i in items]
+    np.testing.assert_array_equal(a.predict(uu, ii), b.predict(uu, ii))
+    pd.testing.assert_frame_equal(a.recommend(users, k=5), b.recommend(users, k=5))
+    pd.testing.assert_frame_equal(a.similar_items(items[0], k=3), b.similar_items(items[0], k=3))
+    np.testing.assert_array_equal(a.user_factors, b.user_factors)
+    np.testing.assert_array_equal(a.item_factors, b.item_factors)
+    assert a.rating_range_ == b.rating_range_
+    assert a.get_params() == b.get_params()
+
+
+# ---------------------------------------------------------------------- round trip
+def test_round_trip(model, saved):
+    loaded = torchmf.load(saved)
+    assert isinstance(loaded, MatrixFactorization)
+    assert_same_behaviour(model, loaded)
+    assert loaded.history_ == model.history_
+    assert loaded.effective_params == model.effective_params
+    again = MatrixFactorization.load(saved)
+    assert_same_behaviour(model, again)
+
+
+def test_round_trip_after_fold_in(model, tmp_path):
+    model.fold_in("new-user", {0: 5.0, 3: 1.0})  # a str user among int ids
+    model.fold_in(7, {1: 2.0, 2: 4.0})  # refresh an existing user
+    model.save(tmp_path / "m")
+    loaded = torchmf.load(tmp_path / "m")
+    assert_same_behaviour(model, loaded)
+    assert loaded.user_map.ids[-1] == "new-user"
+    # seen items survive: the folded-in items are still excluded
+    recs = loaded.recommend("new-user", k=30)
+    assert not {0, 3} & set(recs["item"])
+    assert not {1, 2} & set(loaded.recommend(7, k=30)["item"])
+    # and the loaded model can keep folding in
+    loaded.fold_in("another", {4: 3.0})
+    assert "another" in loaded.user_map
+
+
+def test_loaded_model_can_be_saved_again(saved, model, tmp_path):
+    loaded = torchmf.load(saved)
+    loaded.save(tmp_path / "copy")
+    assert_same_behaviour(model, torchmf.load(tmp_path / "copy"))
+
+
+@pytest.mark.parametrize("prefix", [False, True], ids=["int-ids", "str-ids"])
+def test_ids_keep_their_types(prefix, tmp_path):
+    data, _ = torchmf.datasets.synthetic(n_users=20, n_items=15, n_interactions=150, rank=2, seed=1, id_prefix=prefix)
+    model = MatrixFactorization(factors=2, epochs=2, verbose=False).fit(data)
+    model.save(tmp_path / "m")
+    loaded = torchmf.load(tmp_path / "m")
+    assert loaded.user_map.ids == model.user_map.ids
+    assert [type(x) for x in loaded.item_map.ids] == [type(x) for x in model.item_map.ids]
+    expected_type = str if prefix else int
+    assert all(type(x) is expected_type for x in loaded.user_map.ids)
+    u, i = model.user_map.ids[3], model.item_map.ids[4]
+    assert loaded.predict(u, i) == model.predict(u, i)
+
+
+def test_folder_holds_only_safetensors_and_json(saved):
+    assert sorted(p.name for p in saved.iterdir()) == sorted([WEIGHTS, META])
+    meta = json.loads((saved / META).read_text())
+    assert meta["format"] == "torchmf-model"
+    # safetensors: an 8-byte little-endian header length, then a JSON header (no pickle)
+    blob = (saved / WEIGHTS).read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    assert "user_embs.weight" in header
+    assert b"\x80\x04" not in blob[:2]  # not a pickle stream (protocol 2+ starts with 0x80)
+
+
+def test_save_over_existing_model_is_atomic(data, model, saved):
+    other = MatrixFactorization(factors=4, epochs=5, seed=1, verbose=False).fit(data)
+    other.save(saved)
+    assert_same_behaviour(other, torchmf.load(saved))
+    model.save(saved)
+    assert_same_behaviour(model, torchmf.load(saved))
+    # no temporary or old copies left beside the target
+    assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+    assert sorted(p.name for p in saved.iterdir()) == sorted([WEIGHTS, META])
+
+
+def test_save_onto_a_file_fails(model, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("precious")
+    with pytest.raises(ModelFileError):
+        model.save(target)
+    assert target.read_text() == "precious"
+
+
+# ---------------------------------------------------------------------- corrupt models
+def test_missing_folder(tmp_path):
+    with pytest.raises(ModelFileError, match="no such folder"):
+        torchmf.load(tmp_path / "nothing-here")
+
+
+def test_folder_without_files(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFileError):
+        torchmf.load(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("missing", [WEIGHTS, META])
+def test_folder_missing_one_file(saved, missing):
+    (saved / missing).unlink()
+    with pytest.raises(ModelFileError):
+        torchmf.load(saved)
+
+
+def test_truncated_weights(saved):
+    path = saved / WEIGHTS
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ModelFileError):
+        torchmf.load(saved)
+
+
+@pytest.mark.parametrize("where", [0, 10, -1, -100], ids=["header-len", "header", "last", "data"])
+def test_flipped_byte_in_weights(saved, where):
+    path = saved / WEIGHTS
+    blob = bytearray(path.read_bytes())
+    blob[where] ^= 0x01
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ModelFileError):
+        torchmf.load(saved)
+
+
+def _edit_meta(saved, edit) -> None:
+    path = saved / META
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def _set_shape(meta):
+    meta["tensors"]["user_embs.weight"]["shape"][1] += 1
+
+
+def _set_dtype(meta):
+    meta["tensors"]["item_embs.weight"]["dtype"] = "float64"
+
+
+def _set_version(meta):
+    meta["format_version"] = 99
+
+
+def _drop_tensor(meta):
+    del meta["tensors"]["seen_indices"]
+
+
+def _drop_user(meta):
+    meta["user_ids"] = meta["user_ids"][:-1]
+
+
+def _duplicate_user(meta):
+    meta["user_ids"][1] = meta["user_ids"][0]
+
+
+def _bad_params(meta):
+    meta["params"]["factors"] = 0
+
+
+def _factors_mismatch(meta):
+    meta["effective_params"]["factors"] = 7
+
+
+def _bad_checksum(meta):
+    meta["weights_sha256"] = "0" * 64
+
+
+EDITS = {
+    "shape": _set_shape,
+    "dtype": _set_dtype,
+    "format_version": _set_version,
+    "tensor-list": _drop_tensor,
+    "fewer-user-ids": _drop_user,
+    "duplicate-user-id": _duplicate_user,
+    "invalid-params": _bad_params,
+    "factors-mismatch": _factors_mismatch,
+    "checksum": _bad_checksum,
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS.values()), ids=list(EDITS))
+def test_edited_json(saved, edit):
+    _edit_meta(saved, edit)
+    with pytest.raises(ModelFileError):
+        torchmf.load(saved)
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"hello": "world"}', "[1, 2, 3]", '"torchmf-model"', "not json at all {", "", '{"format": "torchmf-model"}'],
+    ids=["foreign-object", "list", "string", "garbage", "empty", "format-only"],
+)
+def test_foreign_json(saved, content):
+    (saved / META).write_text(content)
+    with pytest.raises(ModelFileError):
+        torchmf.load(saved)
+
+
+def test_binary_json(saved):
+    (saved / META).write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ModelFileError):
+        torchmf.load(saved)
+
+
+def test_model_file_error_is_value_error():
+    assert issubclass(ModelFileError, ValueError)
+    assert issubclass(ModelFileError, torchmf.TorchMFError)
