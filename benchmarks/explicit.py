@@ -25,10 +25,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA_HOME, machine, measure  # noqa: E402
-
-import torchmf  # noqa: E402
-from torchmf.data import Interactions  # noqa: E402
+import torchmf
+from common import DATA_HOME, machine, measure
+from torchmf.data import Interactions
 
 
 def rmse_mae(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -47,7 +46,9 @@ def run_torchmf(train: Interactions, test: Interactions, **params) -> tuple[np.n
     return pred, m.seconds, m.peak_mb
 
 
-def run_seed(train: Interactions, test: Interactions, dim: int = 32, epochs: int = 10) -> tuple[np.ndarray, float, float]:
+def run_seed(
+    train: Interactions, test: Interactions, dim: int = 32, epochs: int = 10
+) -> tuple[np.ndarray, float, float]:
     """The seed model exactly as written: N(0,1) init, MSELoss, SGD(lr=0.01), batch 256."""
     from torch import nn
 
@@ -86,25 +87,31 @@ def run_surprise(train: Interactions, test: Interactions, algo_name: str) -> tup
     df = train.to_pandas()
     reader = surprise.Reader(rating_scale=(1, 5))
     trainset = surprise.Dataset.load_from_df(df[["user", "item", "value"]], reader).build_full_trainset()
-    algo = {"SVD": lambda: surprise.SVD(random_state=0), "SVD++": lambda: surprise.SVDpp(random_state=0),
-            "BaselineOnly": lambda: surprise.BaselineOnly(verbose=False)}[algo_name]()
+    algo = {
+        "SVD": lambda: surprise.SVD(random_state=0),
+        "SVD++": lambda: surprise.SVDpp(random_state=0),
+        "BaselineOnly": lambda: surprise.BaselineOnly(verbose=False),
+    }[algo_name]()
     m = measure(lambda: algo.fit(trainset))
     users, items = test.user_map.raw(test.users), test.item_map.raw(test.items)
-    pred = np.array([algo.predict(u, i).est for u, i in zip(users, items)])
+    pred = np.array([algo.predict(u, i).est for u, i in zip(users, items, strict=True)])
     return pred, m.seconds, m.peak_mb
 
 
 def run_cornac(train: Interactions, test: Interactions) -> tuple[np.ndarray, float, float]:
     import cornac
 
-    triples = list(zip(train.user_map.raw(train.users).astype(str), train.item_map.raw(train.items).astype(str),
-                       train.values.astype(float)))
+    users = train.user_map.raw(train.users).astype(str)
+    items = train.item_map.raw(train.items).astype(str)
+    triples = list(zip(users, items, train.values.astype(float), strict=True))
     ds = cornac.data.Dataset.from_uir(triples, seed=0)
     model = cornac.models.MF(seed=0, verbose=False)
     m = measure(lambda: model.fit(ds))
     mean = float(train.values.mean())
     pred = np.empty(len(test))
-    for j, (u, i) in enumerate(zip(test.user_map.raw(test.users).astype(str), test.item_map.raw(test.items).astype(str))):
+    test_users = test.user_map.raw(test.users).astype(str)
+    test_items = test.item_map.raw(test.items).astype(str)
+    for j, (u, i) in enumerate(zip(test_users, test_items, strict=True)):
         uidx, iidx = ds.uid_map.get(u), ds.iid_map.get(i)
         pred[j] = model.score(uidx, iidx) if uidx is not None and iidx is not None else mean
     return np.clip(pred, 1, 5), m.seconds, m.peak_mb
@@ -153,8 +160,11 @@ def main() -> None:
             pred, seconds, peak = run(train, test)
             rmse, mae = rmse_mae(pred, test.values)
             results[name].append({"fold": fold, "rmse": rmse, "mae": mae, "fit_s": seconds, "peak_mb": peak})
-            print(f"u{fold} {name:28s} RMSE {rmse:.4f}  MAE {mae:.4f}  fit {seconds:7.3f} s  peak {peak:7.1f} MB",
-                  file=sys.stderr, flush=True)
+            print(
+                f"u{fold} {name:28s} RMSE {rmse:.4f}  MAE {mae:.4f}  fit {seconds:7.3f} s  peak {peak:7.1f} MB",
+                file=sys.stderr,
+                flush=True,
+            )
     print(f"\nMachine: {machine()}; torchmf device {DEVICE}\nFolds: {', '.join('u' + f for f in args.folds)}\n")
     print("| model | RMSE | MAE | fit time (s) | peak memory (MB) |")
     print("|---|---:|---:|---:|---:|")

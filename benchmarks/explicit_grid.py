@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA_HOME  # noqa: E402
-
-import torchmf  # noqa: E402
+import torchmf
+from common import DATA_HOME
 
 
 def main() -> None:
     folds = [torchmf.datasets.load_movielens_fold(f, DATA_HOME) for f in range(1, 6)]
     penalties = ((1.0, 0.1), (1.0, 0.13), (0.75, 0.35), (0.75, 0.45), (0.75, 0.55), (0.5, 1.5), (0.5, 2.0))
-    for factors, epochs, (exponent, reg), reg_bias in itertools.product((32, 48, 64), (5, 6, 8), penalties, (0.05, 0.2)):
+    for factors, epochs, (exponent, reg), reg_bias in itertools.product(
+        (32, 48, 64), (5, 6, 8), penalties, (0.05, 0.2)
+    ):
         setting = dict(factors=factors, epochs=epochs, reg_exponent=exponent, reg=reg, reg_bias=reg_bias)
         scores = []
         for train, test in folds:

@@ -19,11 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
-
-from torchmf.datasets import synthetic  # noqa: E402
-from torchmf.nn import MFModel  # noqa: E402
-from torchmf.solvers.sgd import SGDSettings, make_sgd_epoch  # noqa: E402
+from common import machine
+from torchmf.datasets import synthetic
+from torchmf.nn import MFModel
+from torchmf.solvers.sgd import SGDSettings, make_sgd_epoch
 
 
 def _sync(device: torch.device) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "TorchMFError",
     "TrainingError",
     "UnknownIdError",
+    "__version__",
     "cross_validate",
     "datasets",
     "evaluate",
@@ -48,7 +49,6 @@ __all__ = [
     "optuna_search",
     "read_ratings",
     "split",
-    "__version__",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

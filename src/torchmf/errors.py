@@ -9,12 +9,12 @@ handlers keep working.
 from __future__ import annotations
 
 __all__ = [
-    "TorchMFError",
     "DataError",
-    "UnknownIdError",
     "ModelFileError",
-    "TrainingError",
     "NotFittedError",
+    "TorchMFError",
+    "TrainingError",
+    "UnknownIdError",
 ]
 
 

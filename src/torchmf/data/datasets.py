@@ -25,7 +25,7 @@ from torchmf.data.interactions import Interactions
 from torchmf.data.readers import read_ratings
 from torchmf.errors import DataError
 
-__all__ = ["data_home", "load_movielens", "load_movielens_fold", "synthetic", "SyntheticTruth"]
+__all__ = ["SyntheticTruth", "data_home", "load_movielens", "load_movielens_fold", "synthetic"]
 
 log = logging.getLogger(__name__)
 

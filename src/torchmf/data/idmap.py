@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
 import re
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,7 +11,7 @@ import pandas as pd
 
 from torchmf.errors import DataError, UnknownIdError
 
-__all__ = ["IdMap", "INT_PATTERN"]
+__all__ = ["INT_PATTERN", "IdMap"]
 
 # how an integer id is written when read from text: no sign but "-", no leading zeros
 INT_PATTERN = r"-?(?:0|[1-9][0-9]*)"

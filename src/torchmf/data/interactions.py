@@ -11,7 +11,7 @@ import pandas as pd
 from torchmf.data.idmap import IdMap
 from torchmf.errors import DataError
 
-__all__ = ["Interactions", "DUPLICATE_POLICIES"]
+__all__ = ["DUPLICATE_POLICIES", "Interactions"]
 
 Duplicates = Literal["error", "last", "mean", "sum"]
 DUPLICATE_POLICIES = ("error", "last", "mean", "sum")
@@ -58,7 +58,9 @@ class Interactions:
         self.item_map = item_map
         self.implicit = bool(implicit)
         n = len(self.users)
-        lengths = {len(self.items), len(self.values)} | ({len(self.timestamps)} if self.timestamps is not None else set())
+        lengths = {len(self.items), len(self.values)} | (
+            {len(self.timestamps)} if self.timestamps is not None else set()
+        )
         if lengths != {n}:
             raise DataError("users, items, values and timestamps must have the same length")
         for name, arr, m in (("user", self.users, user_map), ("item", self.items, item_map)):
@@ -183,7 +185,9 @@ class Interactions:
             ts = _timestamps(df[timestamp_col], timestamp_col, source, df)
         user_map, users = IdMap.encode(df[user_col].to_numpy(), "user")
         item_map, items = IdMap.encode(df[item_col].to_numpy(), "item")
-        users, items, values, ts = _dedupe(users, items, values, ts, len(item_map), duplicates, source, df, user_col, item_col)
+        users, items, values, ts = _dedupe(
+            users, items, values, ts, len(item_map), duplicates, source, df, user_col, item_col
+        )
         return cls(users, items, values, user_map, item_map, ts, implicit=rating_col is None)
 
     @classmethod
@@ -203,7 +207,9 @@ class Interactions:
         user_map = IdMap(np.arange(n_users) if user_ids is None else user_ids, "user")
         item_map = IdMap(np.arange(n_items) if item_ids is None else item_ids, "item")
         if len(user_map) != n_users or len(item_map) != n_items:
-            raise DataError(f"matrix shape {coo.shape} does not match {len(user_map)} user ids and {len(item_map)} item ids")
+            raise DataError(
+                f"matrix shape {coo.shape} does not match {len(user_map)} user ids and {len(item_map)} item ids"
+            )
         order = np.lexsort((coo.col, coo.row))
         return cls(coo.row[order], coo.col[order], coo.data[order], user_map, item_map, implicit=implicit)
 
@@ -238,7 +244,8 @@ class Interactions:
         density = n / max(1, self.n_users * self.n_items)
         lines = [
             f"{n:,} {'implicit' if self.implicit else 'explicit'} interactions",
-            f"{self.n_users:,} users ({active_u:,} active) x {self.n_items:,} items ({active_i:,} active), density {density:.4%}",
+            f"{self.n_users:,} users ({active_u:,} active) x {self.n_items:,} items ({active_i:,} active), "
+            f"density {density:.4%}",
         ]
         if n:
             lines.append(f"values: min {self.values.min():g}, mean {self.values.mean():.4g}, max {self.values.max():g}")

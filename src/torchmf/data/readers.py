@@ -21,8 +21,25 @@ __all__ = ["read_ratings", "read_table"]
 # Header names we recognise, lower-cased, by role.
 _ROLE_NAMES = {
     "user": ("user", "user_id", "userid", "uid", "users", "customer", "customer_id", "visitor", "visitorid"),
-    "item": ("item", "item_id", "itemid", "iid", "movie", "movie_id", "movieid", "product", "product_id",
-             "productid", "track", "track_id", "artist", "artist_id", "book", "isbn", "items"),
+    "item": (
+        "item",
+        "item_id",
+        "itemid",
+        "iid",
+        "movie",
+        "movie_id",
+        "movieid",
+        "product",
+        "product_id",
+        "productid",
+        "track",
+        "track_id",
+        "artist",
+        "artist_id",
+        "book",
+        "isbn",
+        "items",
+    ),
     "rating": ("rating", "ratings", "score", "value", "stars", "count", "plays", "playcount", "weight"),
     "timestamp": ("timestamp", "time", "ts", "date", "datetime", "unix_time"),
 }
@@ -94,7 +111,7 @@ def read_table(
         sep = "\t"
     fields = _split(first, sep)
     if header == "infer":
-        second = next((ln for ln in lines[lines.index(first) + 1:] if ln.strip()), None)
+        second = next((ln for ln in lines[lines.index(first) + 1 :] if ln.strip()), None)
         header = _looks_like_header(fields, None if second is None else _split(second, sep))
     if columns is None:
         if header:
@@ -108,7 +125,9 @@ def read_table(
             )
     n_cols = len(columns)
     if len(fields) != n_cols:
-        raise DataError(f"{path}: line 1 has {len(fields)} fields but {n_cols} column names were given ({list(columns)})")
+        raise DataError(
+            f"{path}: line 1 has {len(fields)} fields but {n_cols} column names were given ({list(columns)})"
+        )
     whitespace = sep.isspace() if sep else False
     try:
         df = pd.read_csv(
@@ -126,7 +145,7 @@ def read_table(
     except pd.errors.ParserError as exc:
         match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
         if match:
-            line = int(match.group(2)) + (0 if header else 0)
+            line = int(match.group(2))
             raise DataError(f"{path}: line {line}: {match.group(3)} fields, expected {n_cols}") from None
         raise DataError(f"{path}: cannot parse ({exc})") from None
     offset = 2 if header else 1
@@ -247,9 +266,7 @@ def _find(names: list[str], role: str, required: bool, path: str | os.PathLike) 
         if cand in lowered:
             return lowered[cand]
     if required:
-        raise DataError(
-            f"{path}: no {role} column among {names}; name it with {role}_col=... (CLI: --{role}-col)"
-        )
+        raise DataError(f"{path}: no {role} column among {names}; name it with {role}_col=... (CLI: --{role}-col)")
     return None
 
 

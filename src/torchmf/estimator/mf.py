@@ -13,7 +13,7 @@ import torch
 
 from torchmf.data.interactions import Interactions
 from torchmf.errors import DataError, NotFittedError
-from torchmf.estimator import params as P
+from torchmf.estimator import params as hparams
 from torchmf.estimator.training import Validation, fit_model
 from torchmf.nn.mf import MFModel
 from torchmf.solvers.als import ridge_rows
@@ -36,39 +36,64 @@ class MatrixFactorization:
     factors : int, default 48
         Latent dimension ``d``.
     epochs : int, optional
-        Epochs (SGD) or full sweeps, users then items (ALS). Solver default.
-    solver : {"als", "sgd"}, default "als"
-        Closed-form alternating least squares (fast on CPU) or minibatch SGD.
-    loss : {"mse"}, default "mse"
-        Objective; squared error on explicit ratings.
+        Epochs (SGD) or full sweeps, users then items (ALS).
+    solver : {"als", "sgd"}, optional
+        Closed-form alternating least squares or minibatch SGD. Default: "als"
+        for ``mse`` and ``ials``, "sgd" for the sampled-negative losses.
+    loss : {"mse", "ials", "bpr", "logistic", "warp"}, default "mse"
+        ``mse``: squared error on explicit ratings. ``ials``: weighted squared
+        loss over all pairs with confidence from the values (Hu et al. 2008),
+        the recommended loss for implicit data. ``bpr``, ``logistic``,
+        ``warp``: ranking losses over sampled negatives (SGD solver).
+        An impossible loss/solver pair is a ValueError.
     lr : float, optional
         Learning rate (SGD only).
     reg : float, optional
-        L2 penalty on factors. For ALS row ``u`` is penalised ``reg * n_u **
-        reg_exponent``; SGD applies ``reg`` once per rating (Funk-SVD).
+        L2 penalty on factors. ALS penalises row ``u`` by ``reg * n_u **
+        reg_exponent`` (iALS: ``reg * (n_u + unobserved_weight * n_items) **
+        reg_exponent``); SGD applies ``reg`` once per interaction (Funk-SVD).
     reg_bias : float, optional
         L2 penalty on biases, same scaling.
     reg_exponent : float, optional
         Frequency scaling of the ALS penalty (1 = weighted-lambda).
-    optimizer : {"sgd", "adagrad", "adam", "sparse_adam"}, default "sgd"
-        Update rule of the SGD solver.
-    batch_size : int, default 16384
-        Ratings per SGD step.
-    biases : bool, default True
-        Global mean plus user and item biases.
+    optimizer : {"sgd", "adagrad", "adam", "sparse_adam"}, optional
+        Update rule of the SGD solver ("sgd" for mse, "adagrad" for ranking losses).
+    batch_size : int, optional
+        Interactions per SGD step; automatic by default (see
+        :func:`torchmf.estimator.params.auto_batch_size`).
+    biases : bool, optional
+        Global mean plus user and item biases; on for ``mse``, off (and not
+        allowed) for implicit losses.
     init_std : float, default 0.1
         Standard deviation of the initial factors.
     cg_steps : int, default 3
         ALS: conjugate-gradient steps per solve; 0 solves exactly (Cholesky).
+    alpha : float, optional
+        iALS: confidence ``1 + alpha * transform(value)`` of observed pairs.
+    confidence : {"linear", "log"}, default "linear"
+        iALS: ``transform(v) = v`` or ``log(1 + v / confidence_eps)``.
+    confidence_eps : float, default 1.0
+    unobserved_weight : float, optional
+        iALS: weight of every unobserved pair.
+    negatives : int, optional
+        Sampled negatives per positive (ranking losses).
+    negative_sampling : {"uniform", "popularity"}, default "uniform"
     early_stopping : int, optional
-        With a validation set: stop after this many epochs without a better
-        validation RMSE. The best epoch's weights are always restored.
+        With a validation set: stop after this many epochs without
+        improvement of validation RMSE (mse) or NDCG@10 (implicit losses).
+        The best epoch's weights are always restored.
     device : str, default "auto"
         "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
     seed : int, default 0
-        Seeds initialisation and shuffling; CPU fits are reproducible.
+        Seeds initialisation, shuffling and sampling; CPU fits are reproducible.
     verbose : bool, default True
         Show a progress bar.
+
+    Notes
+    -----
+    Parameters left as None take the default of the chosen loss and solver
+    (``effective_params`` shows them after construction); ``get_params()``
+    returns what was given.
 
     Examples
     --------
@@ -79,11 +104,11 @@ class MatrixFactorization:
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        unknown = set(kwargs) - set(P.Params.names())
+        unknown = set(kwargs) - set(hparams.Params.names())
         if unknown:
-            raise TypeError(f"unknown hyperparameter {sorted(unknown)[0]!r}; valid: {P.Params.names()}")
-        self._params = P.Params(**kwargs)
-        P.validate(self._params)
+            raise TypeError(f"unknown hyperparameter {sorted(unknown)[0]!r}; valid: {hparams.Params.names()}")
+        self._params = hparams.Params(**kwargs)
+        hparams.validate(self._params)
         self._model: MFModel | None = None
         self.history_: list[dict[str, float]] = []
         self.best_epoch_: int | None = None
@@ -91,26 +116,26 @@ class MatrixFactorization:
     # ------------------------------------------------------------------ params
     def get_params(self) -> dict[str, Any]:
         """Hyperparameters as given (None = the solver's default)."""
-        return {name: getattr(self._params, name) for name in P.Params.names()}
+        return {name: getattr(self._params, name) for name in hparams.Params.names()}
 
     def set_params(self, **kwargs: Any) -> MatrixFactorization:
         """Change hyperparameters (validated); takes effect at the next fit."""
         merged = {**self.get_params(), **kwargs}
-        unknown = set(kwargs) - set(P.Params.names())
+        unknown = set(kwargs) - set(hparams.Params.names())
         if unknown:
             raise TypeError(f"unknown hyperparameter {sorted(unknown)[0]!r}")
-        new = P.Params(**merged)
-        P.validate(new)
+        new = hparams.Params(**merged)
+        hparams.validate(new)
         self._params = new
         return self
 
     @property
     def effective_params(self) -> dict[str, Any]:
         """Hyperparameters with solver defaults filled in."""
-        return P.resolve(self._params)
+        return hparams.resolve(self._params)
 
     def __repr__(self) -> str:
-        given = {k: v for k, v in self.get_params().items() if v != getattr(P.Params, k, None)}
+        given = {k: v for k, v in self.get_params().items() if v != getattr(hparams.Params, k, None)}
         args = ", ".join(f"{k}={v!r}" for k, v in given.items())
         return f"MatrixFactorization({args})"
 
@@ -138,8 +163,8 @@ class MatrixFactorization:
         if len(train) == 0:
             raise DataError("cannot fit on empty interactions")
         data = train.compact()
-        hp = P.resolve(self._params)
-        device = P.resolve_device(hp["device"])
+        hp = hparams.resolve(self._params)
+        device = hparams.resolve_device(hp["device"])
         self.user_map, self.item_map = data.user_map, data.item_map
         self.implicit_ = data.implicit
         self.rating_range_ = data.rating_range()
@@ -242,7 +267,7 @@ class MatrixFactorization:
 
     def _ranks_only(self) -> bool:
         """True when scores rank items rather than predict ratings (implicit data or loss)."""
-        return bool(self.implicit_) or P.is_implicit_loss(self._hp.get("loss", "mse"))
+        return bool(self.implicit_) or hparams.is_implicit_loss(self._hp.get("loss", "mse"))
 
     # ------------------------------------------------------------------ recommend
     def top_k(
@@ -303,7 +328,12 @@ class MatrixFactorization:
         return out_items, out_scores
 
     def _mask(
-        self, scores: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, cand_t: torch.Tensor | None
+        self,
+        scores: torch.Tensor,
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        rows: np.ndarray,
+        cand_t: torch.Tensor | None,
     ) -> None:
         """Set ``scores[j, indices of row rows[j]]`` to -inf, in place, without a Python loop."""
         starts, ends = indptr[rows], indptr[rows + 1]
@@ -411,7 +441,7 @@ class MatrixFactorization:
         self
         """
         m = self.model
-        implicit_loss = P.is_implicit_loss(self._hp.get("loss", "mse"))
+        implicit_loss = hparams.is_implicit_loss(self._hp.get("loss", "mse"))
         if isinstance(ratings, Mapping):
             keys = list(ratings)
             vals = np.array([_finite(v, user, it) for it, v in ratings.items()], dtype=np.float32)
@@ -539,4 +569,3 @@ def _finite(v: Any, user: Hashable, item: Hashable) -> float:
     if not np.isfinite(f):
         raise DataError(f"fold_in: rating of user {user!r} for item {item!r} is not finite: {v!r}")
     return f
-

@@ -29,10 +29,10 @@ from safetensors.torch import save as st_save
 
 from torchmf.data.idmap import IdMap
 from torchmf.errors import ModelFileError, TorchMFError
-from torchmf.estimator import params as P
+from torchmf.estimator import params as hparams
 from torchmf.nn.mf import MFModel
 
-__all__ = ["save_model", "load_model", "FORMAT_VERSION"]
+__all__ = ["FORMAT_VERSION", "load_model", "save_model"]
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "torchmf-model"
@@ -58,7 +58,9 @@ def save_model(est: Any, path: str | os.PathLike) -> None:
         "rating_range": list(est.rating_range_),
         "history": est.history_,
         "best_epoch": est.best_epoch_,
-        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()},
+        "tensors": {
+            k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()
+        },
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
     }
     target = Path(path)
@@ -146,10 +148,14 @@ def _build(cls: type, meta: dict[str, Any], tensors: dict[str, torch.Tensor], de
     state = {k: v for k, v in tensors.items() if not k.startswith("seen_")}
     model.load_state_dict(state, strict=True)  # shape mismatches raise RuntimeError
     indptr, indices = tensors["seen_indptr"].numpy(), tensors["seen_indices"].numpy()
-    if len(indptr) != len(user_map) + 1 or indptr[-1] != len(indices) or (len(indices) and indices.max() >= len(item_map)):
+    if (
+        len(indptr) != len(user_map) + 1
+        or indptr[-1] != len(indices)
+        or (len(indices) and indices.max() >= len(item_map))
+    ):
         raise ModelFileError("seen-items index does not match the id maps")
-    est = cls(**{k: v for k, v in meta["params"].items() if k in P.Params.names()})
-    dev = P.resolve_device(device)
+    est = cls(**{k: v for k, v in meta["params"].items() if k in hparams.Params.names()})
+    dev = hparams.resolve_device(device)
     model.requires_grad_(False)
     est._model = model.to(dev)
     est._hp = hp

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from torchmf.data.interactions import Interactions
-from torchmf.estimator.params import is_implicit_loss
+from torchmf.estimator.params import auto_batch_size, is_implicit_loss
 from torchmf.nn.mf import MFModel
 from torchmf.solvers.als import als_half_sweep
 from torchmf.solvers.ials import IALSSettings, confidence, ials_blocks, ials_half_sweep, ials_loss
@@ -127,6 +127,8 @@ def fit_model(
         The epoch whose weights were kept, when validating.
     """
     implicit = is_implicit_loss(hp["loss"])
+    if hp["batch_size"] is None:
+        hp["batch_size"] = auto_batch_size(hp["loss"], len(data))
     if data.implicit and not implicit:
         log.warning(
             "fitting loss=%r (squared error on ratings) to implicit data, where every value is 1; "

@@ -21,7 +21,7 @@ from torchmf.data.interactions import Interactions
 from torchmf.data.split import kfold, user_split
 from torchmf.evaluation.evaluate import evaluate
 
-__all__ = ["cross_validate", "grid_search", "optuna_search", "default_metric"]
+__all__ = ["cross_validate", "default_metric", "grid_search", "optuna_search"]
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def grid_search(
         if not isinstance(grid[name], (list, tuple)) or not grid[name]:
             raise ValueError(f"grid[{name!r}] must be a non-empty list")
 
-    combos = (dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names)))
+    combos = (dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names)))
     return _search(estimator, train, validation, combos, metric, k, patience, seed)
 
 

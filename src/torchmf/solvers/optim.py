@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["RowOptimizer", "make_optimizer", "OPTIMIZERS"]
+__all__ = ["OPTIMIZERS", "RowOptimizer", "make_optimizer"]
 
 
 class RowOptimizer:
@@ -60,7 +60,9 @@ class Adagrad(RowOptimizer):
 class Adam(RowOptimizer):
     """Dense Adam: every row's moments decay each step, as ``torch.optim.Adam``."""
 
-    def __init__(self, tables: dict[str, torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    def __init__(
+        self, tables: dict[str, torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
         super().__init__(tables, lr)
         self.betas, self.eps = betas, eps
         self.m = {k: torch.zeros_like(v) for k, v in tables.items()}
@@ -91,7 +93,7 @@ class SparseAdam(Adam):
 
     def step(self, name: str, rows: torch.Tensor, grad: torch.Tensor) -> None:
         uniq, inverse = torch.unique(rows, return_inverse=True)
-        summed = grad.new_zeros((len(uniq),) + tuple(grad.shape[1:])).index_add_(0, inverse, grad)
+        summed = grad.new_zeros((len(uniq), *grad.shape[1:])).index_add_(0, inverse, grad)
         self._update(name, uniq, summed)
 
 
