@@ -36,7 +36,7 @@ import torch
 import torchmf
 from torchmf.data.idmap import IdMap
 from torchmf.data.interactions import Interactions
-from torchmf.estimator.params import resolve_device
+from torchmf.estimator.params import auto_batch_size, resolve_device
 from torchmf.estimator.training import _ials_epoch, _pairwise_epoch
 
 
@@ -83,12 +83,29 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="timed sweeps / top-k runs / epochs")
     ap.add_argument("--losses", default="bpr", help="sampled-negative losses to time (comma separated, or none)")
     ap.add_argument("--cache", help="npz file to keep the generated data in")
+    ap.add_argument("--skip-ials", action="store_true", help="time only the sampled-negative losses")
     args = ap.parse_args()
     device = resolve_device("auto")
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads")
     data = load_data(args)
 
-    # ---- iALS sweeps, exactly as fit runs them
+    if not args.skip_ials:
+        time_ials(args, data, device)
+
+    # ---- sampled-negative epochs
+    for loss in [x for x in args.losses.split(",") if x and x != "none"]:
+        hp = MatrixFactorizationDefaults(loss=loss, factors=args.factors)
+        hp["batch_size"] = hp["batch_size"] or auto_batch_size(loss, len(data))  # as fit() resolves it
+        model = fresh_model(data, hp).to(device)
+        epoch = _pairwise_epoch(model, data, hp, device)
+        best, median = timed(epoch, args.repeat)
+        rate = len(data) / best / 1e6
+        print(f"{loss} epoch ({hp['optimizer']}, negatives={hp['negatives']}, batch {hp['batch_size']}): "
+              f"min {best:.2f} s = {rate:.2f} M interactions/s, median {median:.2f} s")
+
+
+def time_ials(args: argparse.Namespace, data: Interactions, device: torch.device) -> None:
+    """iALS sweeps exactly as fit runs them, then top-10 of every user with seen items filtered."""
     hp = MatrixFactorizationDefaults(loss="ials", factors=args.factors)
     model = fresh_model(data, hp).to(device)
     t = time.perf_counter()
@@ -97,7 +114,7 @@ def main() -> None:
     best, median = timed(sweep, args.repeat)
     print(f"iALS sweep, {args.factors} factors, cg_steps={hp['cg_steps']}: min {best:.3f} s, median {median:.3f} s")
 
-    # ---- top-10 of every user, seen items filtered
+    # top-10 of every user, seen items filtered
     est = torchmf.MatrixFactorization(loss="ials", factors=args.factors, epochs=1, verbose=False).fit(data)
     users = np.arange(data.n_users)
     best, median = timed(lambda: est.top_k(users, 10, exclude_seen=True), max(1, args.repeat // 2))
@@ -105,16 +122,6 @@ def main() -> None:
     raw = est.user_map.raw(users)
     best, median = timed(lambda: est.recommend(raw, k=10), 1)
     print(f"recommend(all users, k=10) incl. DataFrame: {best:.2f} s")
-
-    # ---- sampled-negative epochs
-    for loss in [x for x in args.losses.split(",") if x and x != "none"]:
-        hp = MatrixFactorizationDefaults(loss=loss, factors=args.factors)
-        model = fresh_model(data, hp).to(device)
-        epoch = _pairwise_epoch(model, data, hp, device)
-        best, median = timed(epoch, args.repeat)
-        rate = len(data) / best / 1e6
-        print(f"{loss} epoch ({hp['optimizer']}, negatives={hp['negatives']}, batch {hp['batch_size']}): "
-              f"min {best:.2f} s = {rate:.2f} M interactions/s, median {median:.2f} s")
 
 
 def MatrixFactorizationDefaults(**kwargs: object) -> dict:  # noqa: N802 - reads like the estimator call

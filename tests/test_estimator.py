@@ -33,8 +33,8 @@ def all_scores(model: MatrixFactorization) -> np.ndarray:
     m = model.model
     scores = model.user_factors @ model.item_factors.T
     if m.biases:
-        scores = scores + float(m.global_bias) + m.user_bias.weight[:, 0].numpy()[:, None]
-        scores = scores + m.item_bias.weight[:, 0].numpy()[None, :]
+        scores = scores + float(m.global_bias) + m.user_bias.weight[:, 0].cpu().numpy()[:, None]
+        scores = scores + m.item_bias.weight[:, 0].cpu().numpy()[None, :]
     return scores
 
 
@@ -104,8 +104,8 @@ def test_unknown_error_names_the_id(seed_model):
 def test_unknown_fallback_is_mean_plus_known_bias(seed_model):
     m = seed_model.model
     mu = float(m.global_bias)
-    bu = m.user_bias.weight[:, 0].numpy()
-    bi = m.item_bias.weight[:, 0].numpy()
+    bu = m.user_bias.weight[:, 0].cpu().numpy()
+    bi = m.item_bias.weight[:, 0].cpu().numpy()
     lo, hi = seed_model.rating_range_
     u2, i3 = seed_model.user_map.index("user2"), seed_model.item_map.index("item3")
     got = seed_model.predict(["ghost", "user2", "ghost"], ["item3", "phantom", "phantom"], unknown="fallback")

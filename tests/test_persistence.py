@@ -22,7 +22,7 @@ def data():
 
 @pytest.fixture
 def model(data):
-    return MatrixFactorization(factors=4, epochs=5, verbose=False).fit(data)
+    return MatrixFactorization(factors=4, epochs=5, device="cpu", verbose=False).fit(data)
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def test_loaded_model_can_be_saved_again(saved, model, tmp_path):
 @pytest.mark.parametrize("prefix", [False, True], ids=["int-ids", "str-ids"])
 def test_ids_keep_their_types(prefix, tmp_path):
     data, _ = torchmf.datasets.synthetic(n_users=20, n_items=15, n_interactions=150, rank=2, seed=1, id_prefix=prefix)
-    model = MatrixFactorization(factors=2, epochs=2, verbose=False).fit(data)
+    model = MatrixFactorization(factors=2, epochs=2, device="cpu", verbose=False).fit(data)
     model.save(tmp_path / "m")
     loaded = torchmf.load(tmp_path / "m")
     assert loaded.user_map.ids == model.user_map.ids
@@ -106,7 +106,7 @@ def test_folder_holds_only_safetensors_and_json(saved):
 
 
 def test_save_over_existing_model_is_atomic(data, model, saved):
-    other = MatrixFactorization(factors=4, epochs=5, seed=1, verbose=False).fit(data)
+    other = MatrixFactorization(factors=4, epochs=5, seed=1, device="cpu", verbose=False).fit(data)
     other.save(saved)
     assert_same_behaviour(other, torchmf.load(saved))
     model.save(saved)
