@@ -229,18 +229,15 @@ def _als_epoch(model: MFModel, data: Interactions, hp: dict[str, Any], device: t
     by_item = bucketize(data.items, data.users, data.values, data.n_items, data.n_users, device)
     t = model_tables(model)
     mu = float(model.global_bias) if hp["biases"] else 0.0
-    users = torch.as_tensor(data.users, device=device)
-    items = torch.as_tensor(data.items, device=device)
-    values = torch.as_tensor(data.values, device=device)
     kw = dict(
         global_mean=mu, reg=hp["reg"], reg_bias=hp["reg_bias"], cg_steps=hp["cg_steps"], reg_exponent=hp["reg_exponent"]
     )
 
     def sweep() -> float:
         als_half_sweep(by_user, t["P"], t.get("bu"), t["Q"], t.get("bi"), **kw)
-        als_half_sweep(by_item, t["Q"], t.get("bi"), t["P"], t.get("bu"), **kw)
+        # the item step's residuals are the model's training errors after the sweep:
         # the same per-rating half squared error SGD reports, for comparable histories
-        err = model(users, items) - values
-        return 0.5 * float(err.pow(2).mean())
+        sse = als_half_sweep(by_item, t["Q"], t.get("bi"), t["P"], t.get("bu"), **kw)
+        return 0.5 * sse / len(data)
 
     return sweep
