@@ -63,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 from implicit_tune import as_implicit
 
-DATA_HOME = "/work/shared/data"
+DATA_HOME = os.environ.get("TORCHMF_DATA_HOME", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 K = 10
 THREADS = 2
 SEED = 0

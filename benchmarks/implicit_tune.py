@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +36,7 @@ import torchmf
 from torchmf.data.interactions import Interactions
 from torchmf.data.split import user_split
 
-DATA_HOME = "/work/shared/data"
+DATA_HOME = os.environ.get("TORCHMF_DATA_HOME", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 K = 10
 
 
