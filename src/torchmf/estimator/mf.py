@@ -300,8 +300,7 @@ class MatrixFactorization:
         scores : numpy.ndarray of float32, shape (B, k)
             ``-inf`` where padded.
         """
-        if not _is_int(k) or k <= 0:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        _check_k(k)
         m = self.model
         dev = self.device
         cand_t = None if candidates is None else torch.as_tensor(candidates, device=dev)
@@ -380,8 +379,7 @@ class MatrixFactorization:
             score, not clipped to the rating range (clipping would tie the top
             of the list); :meth:`predict` clips.
         """
-        if not _is_int(k) or k <= 0:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        _check_k(k)
         self._require_fitted()
         single = _is_scalar(user_or_users)
         raw = np.atleast_1d(np.asarray(user_or_users, dtype=object)) if single else _to_array(user_or_users)
@@ -405,8 +403,7 @@ class MatrixFactorization:
         pandas.DataFrame
             Columns ``item, score`` (cosine in [-1, 1]), best first, ``item`` itself excluded.
         """
-        if not _is_int(k) or k <= 0:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        _check_k(k)
         self._require_fitted()
         idx = self.item_map.index(item)
         with torch.no_grad():
@@ -542,6 +539,11 @@ class MatrixFactorization:
 
 
 # ---------------------------------------------------------------------- helpers
+def _check_k(k: Any) -> None:
+    if not _is_int(k) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
