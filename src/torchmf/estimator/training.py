@@ -237,7 +237,7 @@ def _als_epoch(model: MFModel, data: Interactions, hp: dict[str, Any], device: t
         als_half_sweep(by_user, t["P"], t.get("bu"), t["Q"], t.get("bi"), **kw)
         # the item step's residuals are the model's training errors after the sweep:
         # the same per-rating half squared error SGD reports, for comparable histories
-        sse = als_half_sweep(by_item, t["Q"], t.get("bi"), t["P"], t.get("bu"), **kw)
+        sse = als_half_sweep(by_item, t["Q"], t.get("bi"), t["P"], t.get("bu"), with_loss=True, **kw)
         return 0.5 * sse / len(data)
 
     return sweep

@@ -89,6 +89,7 @@ def als_half_sweep(
     reg_bias: float,
     cg_steps: int = 0,
     reg_exponent: float = 1.0,
+    with_loss: bool = False,
 ) -> float:
     """Re-solve every row of one side in place, the other side fixed.
 
@@ -111,11 +112,15 @@ def als_half_sweep(
         1 is weighted-lambda (SGD's per-rating penalty); 0 a plain ridge; values
         in between are the frequency-scaled regularisation of Rendle et al. (2022).
 
+    with_loss : bool
+        Also compute the training error after the update.
+
     Returns
     -------
     float
-        Sum of squared residuals over all entries after the update, computed
-        from the blocks already gathered (no second pass over the data).
+        With ``with_loss``, the sum of squared residuals over all entries after
+        the update, computed from the blocks already gathered (no second pass
+        over the data); 0.0 otherwise.
     """
     k = factors.shape[1]
     sse = torch.zeros((), dtype=torch.float64, device=factors.device)
@@ -142,7 +147,8 @@ def als_half_sweep(
         factors[b.rows] = w[:, :k]
         if with_bias:
             bias[b.rows] = w[:, k]
-        # padding features and targets are zero, so padding adds nothing
-        resid = target - torch.bmm(f, w.unsqueeze(2)).squeeze(2)
-        sse += resid.pow(2).sum()
+        if with_loss:
+            # padding features and targets are zero, so padding adds nothing
+            resid = target - torch.bmm(f, w.unsqueeze(2)).squeeze(2)
+            sse += resid.pow(2).sum()
     return float(sse)
