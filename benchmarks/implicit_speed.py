@@ -110,7 +110,7 @@ def time_ials(args: argparse.Namespace, data: Interactions, device: torch.device
     model = fresh_model(data, hp).to(device)
     t = time.perf_counter()
     sweep = _ials_epoch(model, data, hp, device)
-    print(f"iALS setup (degree buckets of both sides): {time.perf_counter() - t:.2f} s")
+    print(f"iALS setup (CSR and/or gathered layout of both sides): {time.perf_counter() - t:.2f} s")
     best, median = timed(sweep, args.repeat)
     print(f"iALS sweep, {args.factors} factors, cg_steps={hp['cg_steps']}: min {best:.3f} s, median {median:.3f} s")
 

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 import torchmf
 from torchmf import Interactions, MatrixFactorization
 from torchmf.nn.mf import MFModel
-from torchmf.solvers.ials import IALSSettings, confidence, ials_blocks, ials_half_sweep, ials_loss
+from torchmf.solvers import ials as ials_module
+from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_loss, ials_side
 from torchmf.solvers.losses import bpr, logistic, warp
 from torchmf.solvers.pairwise import NegativeSampler, PairwiseSettings, make_pairwise_epoch
 
@@ -81,6 +82,20 @@ def test_every_loss_recommends_only_in_group_unseen(fitted, blocks):
     recs = model.recommend(list(data.user_map.raw(np.arange(data.n_users))), k=K)
     for user, rows in recs.groupby("user"):
         assert_in_group_unseen(model, data, user, rows.sort_values("rank")["item"].tolist())
+
+
+@pytest.mark.parametrize("layout", ["csr", "gathered"])
+def test_ials_recovers_the_blocks_on_either_layout(blocks, monkeypatch, layout):
+    """Whichever layout ``ials_side`` picks for a data set, the fit gets the same answer."""
+    if layout == "csr":
+        monkeypatch.setattr(ials_module, "_CSR_MIN_MEAN_DEGREE", 0)
+    else:
+        monkeypatch.setattr(ials_module, "_CSR_MAX_OTHER_BYTES", 0)
+    data = blocks[0]
+    model = MatrixFactorization(**LOSSES["ials"], seed=0, verbose=False).fit(data)
+    for u in range(data.n_users):
+        user = data.user_map.raw(np.array([u]))[0]
+        assert_in_group_unseen(model, data, user, model.recommend(user, k=K)["item"].tolist())
 
 
 def test_predict_is_raw_score_not_clipped(fitted):
@@ -220,8 +235,8 @@ def _dense_objective(P, Q, R, C, a0, reg, nu):
     return float((W * (T - S) ** 2).sum() + pen)
 
 
-@pytest.mark.parametrize("cg_steps", [0, 30])
-def test_half_sweep_minimises_the_all_pairs_objective(cg_steps):
+@pytest.mark.parametrize("cg_steps, layout", [(0, "csr"), (30, "csr"), (30, "gathered")])
+def test_half_sweep_minimises_the_all_pairs_objective(cg_steps, layout):
     rng = np.random.default_rng(0)
     n_u, n_i, k = 15, 12, 3
     R = (rng.random((n_u, n_i)) < 0.3) * rng.integers(1, 4, (n_u, n_i))
@@ -235,7 +250,8 @@ def test_half_sweep_minimises_the_all_pairs_objective(cg_steps):
     P = torch.tensor(rng.normal(size=(n_u, k)), dtype=torch.float64)
     Q = torch.tensor(rng.normal(size=(n_i, k)), dtype=torch.float64)
     cpu = torch.device("cpu")
-    ials_half_sweep(ials_blocks(u, i, conf, n_u, n_i, k, cpu, s, dtype=torch.float64), P, Q, s)  # float64: tight check
+    side = ials_side(u, i, conf, n_u, n_i, k, cpu, s, dtype=torch.float64, layout=layout)
+    ials_half_sweep(side, P, Q, s)  # float64: tight check
     # the gradient of the brute-force objective w.r.t. P vanishes at the solution
     Pt = P.clone().requires_grad_(True)
     St = Pt @ Q.T
@@ -245,11 +261,43 @@ def test_half_sweep_minimises_the_all_pairs_objective(cg_steps):
     assert float(Pt.grad.abs().max()) < 1e-8
     # and the loss the sweep reports (after the items' half-sweep) equals the brute-force objective
     Pf, Qf = P.float(), Q.float()
-    observed = ials_half_sweep(ials_blocks(i, u, conf, n_i, n_u, k, cpu, s), Qf, Pf, s, with_loss=True)
-    n_counts = [torch.tensor(np.bincount(x, minlength=n), dtype=torch.float32) for x, n in ((u, n_u), (i, n_i))]
-    full = ials_loss(observed, Pf, Qf, *n_counts, s)
+    item_side = ials_side(i, u, conf, n_i, n_u, k, cpu, s, layout=layout)
+    observed = ials_half_sweep(item_side, Qf, Pf, s, with_loss=True)
+    full = ials_loss(observed, Pf, Qf, ials_side(u, i, conf, n_u, n_i, k, cpu, s, layout=layout), item_side, s)
     dense = _dense_objective(Pf.double().numpy(), Qf.double().numpy(), R, C, 0.3, 0.1, 0.7)
     assert full == pytest.approx(dense, rel=1e-4)
+
+
+def test_csr_and_gathered_layouts_take_the_same_cg_steps(monkeypatch):
+    """Both layouts compute the same A p, so a few CG steps (not converged) agree to rounding.
+
+    Also covers rows without pairs (left untouched), chunks split across
+    several buckets, and the observed loss both report.
+    """
+    rng = np.random.default_rng(5)
+    n_u, n_i, k = 60, 40, 4
+    mask = rng.random((n_u, n_i)) < rng.uniform(0.02, 0.6, (n_u, 1))  # spread of degrees: several buckets
+    mask[7] = False  # a user without pairs
+    u, i = np.nonzero(mask)
+    conf = confidence(rng.integers(1, 5, len(u)), 0.7, "log", 1.0)
+    s = IALSSettings(reg=0.05, reg_exponent=1.0, unobserved_weight=0.2, cg_steps=2)
+    Q = torch.tensor(rng.normal(size=(n_i, k)))
+    P0 = torch.tensor(rng.normal(size=(n_u, k)))
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(ials_module, "_MIN_CHUNK_ENTRIES", 64)  # several chunks on this small set
+    monkeypatch.setattr(ials_module, "_CHUNK_BYTES_CPU", 64 * 8 * k)
+    results = {}
+    for layout in ("csr", "gathered"):
+        side = ials_side(u, i, conf, n_u, n_i, k, cpu, s, dtype=torch.float64, layout=layout)
+        P = P0.clone()
+        loss = ials_half_sweep(side, P, Q, s, with_loss=True)
+        results[layout] = (P, loss)
+    chunks = ials_side(u, i, conf, n_u, n_i, k, cpu, s, dtype=torch.float64, layout="gathered").chunks
+    assert len(chunks) > 3 and sum(len(c.buckets) for c in chunks) > len(chunks)
+    torch.testing.assert_close(results["csr"][0], results["gathered"][0], rtol=1e-10, atol=1e-12)
+    assert results["csr"][1] == pytest.approx(results["gathered"][1], rel=1e-10)
+    assert torch.equal(results["csr"][0][7], P0[7])
+    assert not torch.allclose(results["csr"][0][0], P0[0])
 
 
 # ---------------------------------------------------------------------- negatives

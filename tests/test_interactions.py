@@ -329,3 +329,37 @@ def test_duplicate_policies_property(rows):
     if any(len(vs) > 1 for vs in groups.values()):
         with pytest.raises(DataError):
             Interactions.from_arrays(users, items, values)
+
+
+def test_csr_order_sorts_by_row_then_column():
+    from torchmf.data.csr import csr_order
+
+    # rows 2, 0, 2, 0, 1 / cols 1, 3, 0, 2, 4: by (row, col) the entries are
+    # (0,2)=#3, (0,3)=#1, (1,4)=#4, (2,0)=#2, (2,1)=#0 (worked out by hand)
+    rows, cols = np.array([2, 0, 2, 0, 1]), np.array([1, 3, 0, 2, 4])
+    indptr, order = csr_order(rows, cols, 4, 5)
+    assert indptr.tolist() == [0, 2, 3, 5, 5]  # row 3 is empty
+    assert order.tolist() == [3, 1, 4, 2, 0]
+    with pytest.raises(DataError, match="1 \\(row, column\\) pairs repeat"):
+        csr_order(np.array([0, 0]), np.array([1, 1]), 1, 2)
+
+
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 200), st.integers(0, 2**32 - 1))
+def test_csr_order_both_paths_match_lexsort(n_rows, n_cols, n, seed):
+    """The radix path (small shapes) and the scipy path (shapes past 16 bits) both equal np.lexsort."""
+    from torchmf.data.csr import csr_order
+
+    rng = np.random.default_rng(seed)
+    key = np.unique(rng.integers(0, n_rows * n_cols, n))
+    rows, cols = key // n_cols, key % n_cols
+    perm = rng.permutation(len(key))
+    rows, cols = rows[perm], cols[perm]
+    expected = np.lexsort((cols, rows))
+    counts = np.bincount(rows, minlength=n_rows)
+    for width in (n_cols, 1 << 17):  # the wide shape forces the scipy path; the pairs stay the same
+        indptr, order = csr_order(rows, cols, n_rows, width)
+        assert order.tolist() == expected.tolist()
+        assert indptr.tolist() == [0, *np.cumsum(counts).tolist()]
+    if len(rows):  # a repeated pair is refused on the scipy path too
+        with pytest.raises(DataError, match="1 \\(row, column\\) pairs repeat"):
+            csr_order(np.r_[rows, rows[:1]], np.r_[cols, cols[:1]], n_rows, 1 << 17)

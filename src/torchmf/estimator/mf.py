@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from torchmf.data.csr import csr_order
 from torchmf.data.interactions import Interactions
 from torchmf.errors import DataError, NotFittedError
 from torchmf.estimator import params as hparams
@@ -168,7 +169,7 @@ class MatrixFactorization:
         self.user_map, self.item_map = data.user_map, data.item_map
         self.implicit_ = data.implicit
         self.rating_range_ = data.rating_range()
-        self._set_seen(data.users, data.items, data.n_users)
+        self._set_seen(data.users, data.items, data.n_users, data.n_items)
         val = None
         if validation is not None:
             val = Validation(
@@ -208,9 +209,8 @@ class MatrixFactorization:
         """Item embeddings, shape (n_items, factors), rows in ``item_map`` order."""
         return self.model.item_embs.weight.detach().cpu().numpy()
 
-    def _set_seen(self, users: np.ndarray, items: np.ndarray, n_users: int) -> None:
-        order = np.lexsort((items, users))
-        self.seen_indptr_ = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=n_users))]).astype(np.int64)
+    def _set_seen(self, users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> None:
+        self.seen_indptr_, order = csr_order(users, items, n_users, n_items)
         self.seen_indices_ = items[order].astype(np.int64)
         self._seen_device: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -500,7 +500,7 @@ class MatrixFactorization:
         gram = (Q.T @ Q).mul_(s.unobserved_weight)
         lam = ials_penalty(torch.tensor([[float(len(items))]], dtype=Q.dtype, device=dev), Q.shape[0], s)
         feats = Q[torch.as_tensor(items, device=dev)].unsqueeze(0)
-        return ials_solve_rows(feats, conf, conf - s.unobserved_weight, gram, lam, None, 0)[0]
+        return ials_solve_rows(feats, conf, conf - s.unobserved_weight, gram, lam)[0]
 
     def _fold_in_pairwise(self, items: np.ndarray) -> torch.Tensor:
         """BPR / logistic / WARP: deterministic L-BFGS on the expected loss, shape (k,)."""

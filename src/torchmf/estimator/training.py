@@ -18,7 +18,7 @@ from torchmf.data.interactions import Interactions
 from torchmf.estimator.params import auto_batch_size, is_implicit_loss
 from torchmf.nn.mf import MFModel
 from torchmf.solvers.als import als_half_sweep
-from torchmf.solvers.ials import IALSSettings, confidence, ials_blocks, ials_half_sweep, ials_loss
+from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_loss, ials_side
 from torchmf.solvers.monitor import Monitor
 from torchmf.solvers.pairwise import PairwiseSettings, make_pairwise_epoch
 from torchmf.solvers.ragged import bucketize
@@ -187,10 +187,8 @@ def _ials_epoch(model: MFModel, data: Interactions, hp: dict[str, Any], device: 
     conf = confidence(data.values, hp["alpha"], hp["confidence"], hp["confidence_eps"])
     k = hp["factors"]
     settings = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], hp["cg_steps"])
-    by_user = ials_blocks(data.users, data.items, conf, data.n_users, data.n_items, k, device, settings)
-    by_item = ials_blocks(data.items, data.users, conf, data.n_items, data.n_users, k, device, settings)
-    user_counts = torch.as_tensor(np.bincount(data.users, minlength=data.n_users), dtype=torch.float32, device=device)
-    item_counts = torch.as_tensor(np.bincount(data.items, minlength=data.n_items), dtype=torch.float32, device=device)
+    by_user = ials_side(data.users, data.items, conf, data.n_users, data.n_items, k, device, settings)
+    by_item = ials_side(data.items, data.users, conf, data.n_items, data.n_users, k, device, settings)
     t = model_tables(model)
     P, Q = t["P"], t["Q"]
 
@@ -198,7 +196,7 @@ def _ials_epoch(model: MFModel, data: Interactions, hp: dict[str, Any], device: 
         ials_half_sweep(by_user, P, Q, settings)
         observed = ials_half_sweep(by_item, Q, P, settings, with_loss=True)
         # the full objective per observed pair: comparable across data sizes
-        return ials_loss(observed, P, Q, user_counts, item_counts, settings) / len(data)
+        return ials_loss(observed, P, Q, by_user, by_item, settings) / len(data)
 
     return sweep
 

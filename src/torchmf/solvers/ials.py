@@ -14,11 +14,12 @@ Gramian trick: the all-pairs term never touches the ``n_users x n_items`` matrix
     A_u = a0 * Q^T Q + sum_{i in I_u} (c_ui - a0) q_i q_i^T + lam_u I,
     b_u = sum_{i in I_u} c_ui q_i,   lam_u = reg * (n_u + a0 * n_items)^nu.
 
-Rows are solved bucket by bucket (:mod:`torchmf.solvers.ragged`), either
-exactly (batched Cholesky, forming every ``A_u``) or by a few warm-started
-conjugate-gradient steps that never form ``A_u``: a CG matrix-vector product
-costs ``O(n_u k)`` instead of the ``O(n_u k^2)`` of building ``A_u``, which is
-what makes CG the fast path at ``k = 64`` and above.
+Rows are solved either by a few warm-started conjugate-gradient steps that
+never form ``A_u`` (a CG product costs ``O(n_u k)`` instead of the
+``O(n_u k^2)`` of building ``A_u``; the default) or exactly, by batched
+Cholesky over degree buckets (:mod:`torchmf.solvers.ragged`). CG reads the
+pairs in one of two layouts, picked per side by :func:`ials_side`; see
+:mod:`torchmf.solvers.ials_cg`.
 """
 
 from __future__ import annotations
@@ -28,18 +29,29 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from torchmf.data.csr import csr_order
+from torchmf.solvers.ials_cg import CSRPairs, IALSChunk, cg_rows, chunk_data_term, chunk_scores, gathered_chunks
 from torchmf.solvers.ragged import bucketize
 
 __all__ = [
-    "IALSBlock", "IALSSettings", "confidence", "ials_blocks", "ials_half_sweep", "ials_loss", "ials_penalty",
+    "IALSSettings", "IALSSide", "confidence", "ials_half_sweep", "ials_loss", "ials_penalty", "ials_side",
     "ials_solve_rows",
 ]
 
-# Entries per bucket, times k floats, is the size of the gathered factor block.
-# About 8 MB keeps a block (and its transposed copy) in the last-level cache
-# across the CG steps while leaving few enough buckets that per-op overhead
-# stays small.
-_BLOCK_BYTES = 8 << 20
+# Exact solves form a k x k matrix per row; buckets of about 64 MB of them
+# bound the memory of the cg_steps=0 path.
+_EXACT_BLOCK_BYTES = 64 << 20
+# The CSR layout reads the other side's factors at random and pays a little
+# per row: it wins while those factors stay in cache and rows are not too
+# short (benchmarks/ials_layouts.py measures both). Otherwise (and on GPUs)
+# gathered chunks of about _CHUNK_BYTES are streamed through instead: on the
+# CPU a few MB keep a chunk in the last-level cache across CG's passes, on a
+# GPU bigger chunks mean fewer kernel launches.
+_CSR_MAX_OTHER_BYTES = 8 << 20
+_CSR_MIN_MEAN_DEGREE = 32
+_CHUNK_BYTES_CPU = 16 << 20
+_CHUNK_BYTES_CUDA = 512 << 20
+_MIN_CHUNK_ENTRIES = 4096
 
 
 @dataclass(frozen=True)
@@ -84,30 +96,43 @@ def ials_penalty(counts: torch.Tensor, n_other: int, s: IALSSettings) -> torch.T
 
 
 @dataclass(frozen=True)
-class IALSBlock:
-    """One degree bucket with everything a sweep reuses precomputed.
+class IALSSide:
+    """One side's observed pairs, laid out for its half-sweeps.
 
     Attributes
     ----------
-    rows : torch.LongTensor, shape (B,)
-    cols : torch.LongTensor, shape (B * L,)
-        Flattened column indices; padding points at ``n_cols`` (a zero row).
-    conf : torch.Tensor, shape (B, 1, L)
-        Confidence ``c``; 0 in padding.
-    weight : torch.Tensor, shape (B, 1, L)
-        ``c - a0``, the weight of the rank-one corrections; 0 in padding.
-    lam : torch.Tensor, shape (B, 1)
+    crow : torch.LongTensor, shape (n + 1,)
+    col : torch.LongTensor, shape (nnz,)
+        CSR structure of the ``n x n_other`` matrix of observed pairs
+        (columns sorted within a row).
+    conf : torch.Tensor, shape (nnz,)
+        Confidence ``c`` of each pair, in CSR order.
+    weight : torch.Tensor, shape (nnz,)
+        ``c - a0``, the weight of the rank-one corrections.
+    lam : torch.Tensor, shape (n, 1)
         Ridge penalty of each row.
+    empty : torch.LongTensor, shape (n_empty,)
+        Rows without pairs: a sweep leaves them as they are.
+    shape : tuple of int
+        ``(n, n_other)``.
+    pairs : CSRPairs
+        The same pairs as sparse matrices, for the CSR layout and the loss.
+    chunks : tuple of IALSChunk, optional
+        The gathered layout (:mod:`torchmf.solvers.ials_cg`); None runs CG on the CSR form.
     """
 
-    rows: torch.Tensor
-    cols: torch.Tensor
+    crow: torch.Tensor
+    col: torch.Tensor
     conf: torch.Tensor
     weight: torch.Tensor
     lam: torch.Tensor
+    empty: torch.Tensor
+    shape: tuple[int, int]
+    pairs: CSRPairs
+    chunks: tuple[IALSChunk, ...] | None = None
 
 
-def ials_blocks(
+def ials_side(
     rows: np.ndarray,
     cols: np.ndarray,
     conf: np.ndarray,
@@ -117,30 +142,59 @@ def ials_blocks(
     device: torch.device,
     s: IALSSettings,
     dtype: torch.dtype = torch.float32,
-) -> list[IALSBlock]:
-    """Degree buckets of one side, sized so that a gathered ``(B, L, k)`` block is about 8 MB.
+    layout: str = "auto",
+) -> IALSSide:
+    """Lay out one side (rows index this side, cols the other) for :func:`ials_half_sweep`.
 
     Parameters
     ----------
     rows, cols : numpy.ndarray of int64, shape (nnz,)
+        Observed pairs; no pair may repeat.
     conf : numpy.ndarray, shape (nnz,)
         Confidences (see :func:`confidence`).
     n_rows, n_cols : int
     k : int
-        Factors; sets the bucket size.
+        Factors.
     device : torch.device
     s : IALSSettings
     dtype : torch.dtype
         Of the precomputed weights (the factors' dtype).
+    layout : {"auto", "csr", "gathered"}
+        How CG reads the pairs (see :mod:`torchmf.solvers.ials_cg`). "auto"
+        takes CSR on the CPU while the other side's factors are small enough
+        to stay in cache and rows hold 32 pairs or more on average, else the
+        gathered buckets.
     """
-    buckets = bucketize(rows, cols, conf, n_rows, n_cols, device, max_elements=max(4096, _BLOCK_BYTES // (4 * k)))
-    out = []
-    for b in buckets:
-        c = b.vals.to(dtype).unsqueeze(1)
-        w = (c - s.unobserved_weight) * b.mask.to(dtype).unsqueeze(1)
-        lam = ials_penalty(b.counts.to(dtype), n_cols, s).unsqueeze(1)
-        out.append(IALSBlock(b.rows, b.cols.reshape(-1), c, w, lam))
-    return out
+    if layout not in ("auto", "csr", "gathered"):
+        raise ValueError(f"layout must be 'auto', 'csr' or 'gathered', got {layout!r}")
+    itemsize = torch.finfo(dtype).bits // 8
+    crow, order = csr_order(rows, cols, n_rows, n_cols)
+    counts = np.diff(crow)
+    if layout == "auto":
+        small = n_cols * k * itemsize <= _CSR_MAX_OTHER_BYTES
+        long_rows = len(rows) >= _CSR_MIN_MEAN_DEGREE * max(1, np.count_nonzero(counts))
+        layout = "csr" if device.type == "cpu" and small and long_rows else "gathered"
+    c = torch.as_tensor(np.asarray(conf)[order], device=device).to(dtype)
+    lam = ials_penalty(torch.as_tensor(counts, device=device).to(dtype), n_cols, s).unsqueeze(1)
+    chunks = None
+    if layout == "gathered":
+        chunk_bytes = _CHUNK_BYTES_CUDA if device.type == "cuda" else _CHUNK_BYTES_CPU
+        max_entries = max(_MIN_CHUNK_ENTRIES, chunk_bytes // (itemsize * k))
+        chunks = gathered_chunks(rows, cols, conf, lam, s.unobserved_weight, n_rows, n_cols, max_entries, device, dtype)
+    crow_t = torch.as_tensor(crow, device=device)
+    col_t = torch.as_tensor(np.asarray(cols, dtype=np.int64)[order], device=device)
+    weight = c - s.unobserved_weight
+    return IALSSide(
+        crow=crow_t,
+        col=col_t,
+        conf=c,
+        weight=weight,
+        lam=lam,
+        empty=torch.as_tensor(np.flatnonzero(counts == 0), device=device),
+        shape=(n_rows, n_cols),
+        pairs=CSRPairs.build(crow_t, col_t, c, weight, (n_rows, n_cols)),
+        chunks=chunks,
+    )
 
 
 def ials_solve_rows(
@@ -149,17 +203,15 @@ def ials_solve_rows(
     weight: torch.Tensor,
     gram: torch.Tensor,
     lam: torch.Tensor,
-    init: torch.Tensor | None,
-    cg_steps: int,
 ) -> torch.Tensor:
-    """Solve ``A_b x_b = b_b`` for a batch of rows with a shared Gramian.
+    """Solve ``A_b x_b = b_b`` exactly (batched Cholesky) for rows sharing a Gramian.
 
     ``A_b = gram + F_b^T diag(weight_b) F_b + lam_b I`` and ``b_b = F_b^T conf_b``.
 
     Parameters
     ----------
     feats : torch.Tensor, shape (B, L, k)
-        Other side's factors of each row's entries.
+        Other side's factors of each row's entries; zeros in padding.
     conf : torch.Tensor, shape (B, 1, L)
         Confidence of each entry, 0 in padding.
     weight : torch.Tensor, shape (B, 1, L)
@@ -168,49 +220,59 @@ def ials_solve_rows(
         ``a0 * F^T F`` over the whole other side.
     lam : torch.Tensor, shape (B, 1)
         Ridge penalty of each row.
-    init : torch.Tensor, shape (B, k), optional
-        Warm start for CG; overwritten with the result. None solves exactly.
-    cg_steps : int
-        0 (or no ``init``) solves exactly by Cholesky; else that many CG steps.
 
     Returns
     -------
     torch.Tensor, shape (B, k)
     """
-    # (B,1,k) @ (B,k,L) on a transposed view: on CPU this is several times
-    # faster than the textbook (B,L,k) @ (B,k,1), which misses MKL's fast path
-    ft = feats.transpose(1, 2)
-    if cg_steps <= 0 or init is None:
-        rhs = torch.bmm(conf, feats).squeeze(1)
-        A = torch.bmm(ft * weight, feats).add_(gram)
-        A.diagonal(dim1=1, dim2=2).add_(lam)
-        chol, info = torch.linalg.cholesky_ex(A)
-        if bool((info != 0).any()):  # only for degenerate input; LU copes
-            return torch.linalg.solve(A, rhs)
-        return torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
-    x = init
-    # r0 = b - A x0 in two passes over the block instead of three:
-    # F^T (c - w * (F x0)) - (gram + lam) x0
-    scores = torch.addcmul(conf, weight, torch.bmm(x.unsqueeze(1), ft), value=-1.0)
-    r = torch.bmm(scores, feats).squeeze(1).addmm_(x, gram, alpha=-1.0).addcmul_(lam, x, value=-1.0)
-    p = r.clone()
-    rs = torch.linalg.vecdot(r, r).unsqueeze(1)
-    for step in range(cg_steps):
-        ap = torch.bmm(torch.bmm(p.unsqueeze(1), ft).mul_(weight), feats).squeeze(1)
-        ap.addmm_(p, gram).addcmul_(lam, p)
-        alpha = rs / torch.linalg.vecdot(p, ap).unsqueeze(1).clamp_min_(1e-30)
-        x.addcmul_(alpha, p)
-        if step == cg_steps - 1:
-            break
-        r.addcmul_(alpha, ap, value=-1.0)
-        rs_new = torch.linalg.vecdot(r, r).unsqueeze(1)
-        p.mul_(rs_new / rs.clamp_min(1e-30)).add_(r)
-        rs = rs_new
-    return x
+    rhs = torch.bmm(conf, feats).squeeze(1)
+    A = torch.bmm(feats.transpose(1, 2) * weight, feats).add_(gram)
+    A.diagonal(dim1=1, dim2=2).add_(lam)
+    chol, info = torch.linalg.cholesky_ex(A)
+    if bool((info != 0).any()):  # only for degenerate input; LU copes
+        return torch.linalg.solve(A, rhs)
+    return torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
+
+
+def _exact(side: IALSSide, other: torch.Tensor, gram: torch.Tensor, x: torch.Tensor, a0: float) -> None:
+    """Exact solves of every non-empty row, bucket by bucket (:mod:`torchmf.solvers.ragged`)."""
+    rows = torch.repeat_interleave(torch.arange(side.shape[0], device=x.device), side.crow.diff())
+    k = other.shape[1]
+    padded = torch.cat([other, other.new_zeros(1, k)])  # padding cols point at the zero row
+    buckets = bucketize(
+        rows.cpu().numpy(), side.col.cpu().numpy(), side.conf.cpu().numpy(), side.shape[0], side.shape[1], x.device,
+        max_elements=max(4096, _EXACT_BLOCK_BYTES // (x.element_size() * k * k)),
+    )
+    for b in buckets:
+        conf = b.vals.to(x.dtype).unsqueeze(1)
+        weight = (conf - a0) * b.mask.to(x.dtype).unsqueeze(1)
+        x[b.rows] = ials_solve_rows(padded[b.cols], conf, weight, gram, side.lam[b.rows])
+
+
+def _gathered_cg(chunks: tuple[IALSChunk, ...], factors: torch.Tensor, other: torch.Tensor, gram: torch.Tensor,
+                 s: IALSSettings, with_loss: bool) -> float:
+    """CG chunk by chunk over gathered blocks; returns the observed loss (0.0 unless ``with_loss``)."""
+    k = other.shape[1]
+    padded = torch.cat([other, other.new_zeros(1, k)])  # padding cols point at the zero row
+    size = max((c.cols.numel() for c in chunks), default=0)
+    buf = other.new_empty(size * k)  # reused: a fresh block per chunk would page-fault each time
+    scores_buf = other.new_empty(size)
+    observed = torch.zeros((), dtype=torch.float64, device=other.device)
+    for c in chunks:
+        E = c.cols.numel()
+        feats, scores = buf[: E * k].view(E, k), scores_buf[:E]
+        torch.index_select(padded, 0, c.cols, out=feats)
+        x = factors.index_select(0, c.rows)
+        cg_rows(x, gram, c.lam, s.cg_steps, chunk_data_term(c, feats, scores))
+        factors.index_copy_(0, c.rows, x)
+        if with_loss:  # padding has c = 0 and y = 0: it adds nothing
+            y = chunk_scores(c, feats, x, scores)
+            observed += (c.conf * (1 - y).square() - s.unobserved_weight * y.square()).sum()
+    return float(observed)
 
 
 def ials_half_sweep(
-    blocks: list[IALSBlock],
+    side: IALSSide,
     factors: torch.Tensor,
     other: torch.Tensor,
     s: IALSSettings,
@@ -220,12 +282,13 @@ def ials_half_sweep(
 
     Parameters
     ----------
-    blocks : list of IALSBlock
-        This side's rows (:func:`ials_blocks`); ``cols`` index ``other``.
+    side : IALSSide
+        This side's observed pairs (:func:`ials_side`); columns index ``other``.
     factors : torch.Tensor, shape (n, k)
-        Updated in place (rows without entries are left as they are).
+        Updated in place (rows without pairs are left as they are).
     other : torch.Tensor, shape (n_other, k)
     s : IALSSettings
+        ``cg_steps`` 0 solves exactly (Cholesky), else that many warm-started CG steps.
     with_loss : bool
         Also return the observed-pairs part of the loss at the new factors,
         ``sum c (1 - y)^2 - a0 y^2`` (see :func:`ials_loss`); 0.0 otherwise.
@@ -234,41 +297,40 @@ def ials_half_sweep(
     -------
     float
     """
-    k = other.shape[1]
     gram = (other.T @ other).mul_(s.unobserved_weight)
-    padded = torch.cat([other, other.new_zeros(1, k)])  # padding cols point at the zero row
-    size = max(b.cols.numel() for b in blocks) if blocks else 0
-    buf = other.new_empty(size * k)  # reused: one fresh block per bucket would page-fault each time
-    observed = torch.zeros((), dtype=torch.float64, device=other.device)
-    for b in blocks:
-        B, L = len(b.rows), b.conf.shape[2]
-        feats = buf[: B * L * k].view(B, L, k)
-        torch.index_select(padded, 0, b.cols, out=feats.view(B * L, k))
-        x = ials_solve_rows(feats, b.conf, b.weight, gram, b.lam, factors.index_select(0, b.rows), s.cg_steps)
-        factors.index_copy_(0, b.rows, x)
-        if with_loss:
-            y = torch.bmm(x.unsqueeze(1), feats.transpose(1, 2))  # (B, 1, L); 0 in padding
-            observed += (b.conf * (1 - y).square() - s.unobserved_weight * y.square()).sum()
-    return float(observed)
+    if s.cg_steps > 0 and side.chunks is not None:
+        return _gathered_cg(side.chunks, factors, other, gram, s, with_loss)
+    kept = factors[side.empty] if len(side.empty) else None
+    if s.cg_steps > 0:
+        cg_rows(factors, gram, side.lam, s.cg_steps, side.pairs.data_term(other))
+    else:
+        _exact(side, other, gram, factors, s.unobserved_weight)
+    if kept is not None:
+        factors[side.empty] = kept
+    if not with_loss:
+        return 0.0
+    y = side.pairs.scores(factors, other)
+    return float((side.conf * (1 - y).square() - s.unobserved_weight * y.square()).sum(dtype=torch.float64))
 
 
-def ials_loss(observed: float, P: torch.Tensor, Q: torch.Tensor, user_counts: torch.Tensor,
-              item_counts: torch.Tensor, s: IALSSettings) -> float:
+def ials_loss(observed: float, P: torch.Tensor, Q: torch.Tensor, user_side: IALSSide, item_side: IALSSide,
+              s: IALSSettings) -> float:
     """Full iALS objective from the observed part of :func:`ials_half_sweep`.
 
     ``a0 * sum_all y^2 = a0 * <P^T P, Q^T Q>`` costs two ``k x k`` Gramians,
-    so the all-pairs term is exact without scoring all pairs.
+    so the all-pairs term is exact without scoring all pairs; the ridge terms
+    use the per-row penalties the sides hold.
 
     Parameters
     ----------
     observed : float
     P : torch.Tensor, shape (n_users, k)
     Q : torch.Tensor, shape (n_items, k)
-    user_counts, item_counts : torch.Tensor, shapes (n_users,), (n_items,)
-        Observed pairs per row (float).
+    user_side, item_side : IALSSide
+        The layouts the sweeps ran on (:func:`ials_side`).
     s : IALSSettings
     """
-    all_pairs = s.unobserved_weight * float(((P.T @ P) * (Q.T @ Q)).sum())
-    reg_u = float((ials_penalty(user_counts, Q.shape[0], s) * P.square().sum(1)).sum())
-    reg_i = float((ials_penalty(item_counts, P.shape[0], s) * Q.square().sum(1)).sum())
-    return observed + all_pairs + reg_u + reg_i
+    all_pairs = s.unobserved_weight * ((P.T @ P) * (Q.T @ Q)).sum()
+    ridge = torch.linalg.vecdot(user_side.lam.squeeze(1), P.square().sum(1)) + torch.linalg.vecdot(
+        item_side.lam.squeeze(1), Q.square().sum(1))
+    return observed + float(all_pairs + ridge)

@@ -5,6 +5,10 @@ reverse). Gathering them into padded ``(rows, max_degree, k)`` blocks turns the
 per-row sums into batched matrix products that run at BLAS speed. Rows are
 sorted by degree and cut into buckets so that padding stays small even when a
 few rows are very long (power users, blockbuster items).
+
+:func:`ragged_layout` builds the whole padded layout at once with vectorised
+numpy (a Python loop runs per bucket, never per row or entry), so setting up a
+fit costs little next to one sweep even on small data.
 """
 
 from __future__ import annotations
@@ -14,7 +18,123 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Bucket", "bucketize"]
+from torchmf.data.csr import csr_order
+
+__all__ = ["Bucket", "RaggedLayout", "bucketize", "ragged_layout"]
+
+
+@dataclass(frozen=True)
+class RaggedLayout:
+    """Every non-empty row of a sparse matrix, padded bucket by bucket into flat arrays.
+
+    Bucket ``b`` holds rows ``rows[row_bounds[b]:row_bounds[b + 1]]``, all padded
+    to ``widths[b]`` slots, and its slots are
+    ``cols[entry_bounds[b]:entry_bounds[b + 1]]`` read row after row, so
+    ``cols[e0:e1].reshape(B, widths[b])`` is the bucket's ``(B, L)`` block.
+
+    Attributes
+    ----------
+    rows : numpy.ndarray of int64, shape (R,)
+        Matrix row of each padded row, by ascending number of entries.
+    counts : numpy.ndarray of int64, shape (R,)
+        Entries of each of those rows.
+    cols : numpy.ndarray of int64, shape (E,)
+        Column of each slot; padding points at ``n_cols`` (a zero row that
+        callers append to the other side's factors).
+    vals : numpy.ndarray of float32, shape (E,)
+        Value of each slot; 0 in padding.
+    row_bounds, entry_bounds : numpy.ndarray of int64, shape (n_buckets + 1,)
+    widths : numpy.ndarray of int64, shape (n_buckets,)
+    """
+
+    rows: np.ndarray
+    counts: np.ndarray
+    cols: np.ndarray
+    vals: np.ndarray
+    row_bounds: np.ndarray
+    entry_bounds: np.ndarray
+    widths: np.ndarray
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Real entries (True) versus padding, shape (E,)."""
+        return _slots(self.widths, self.row_bounds, self.counts)[1]
+
+
+def _slots(widths: np.ndarray, row_bounds: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position of every slot in its padded row (0..w-1), and whether it holds a real entry; shapes (E,)."""
+    width_of_row = np.repeat(widths, np.diff(row_bounds))
+    starts = np.repeat(np.cumsum(width_of_row) - width_of_row, width_of_row)
+    rank = np.arange(starts.size) - starts
+    return rank, rank < np.repeat(counts, width_of_row)
+
+
+def _bucket_bounds(degrees: np.ndarray, max_elements: int, growth: float) -> np.ndarray:
+    """Cut rows sorted by ascending degree into buckets; returns row bounds."""
+    bounds = [0]
+    i, n = 0, len(degrees)
+    while i < n:
+        # rows not much longer than the first, so padding wastes < 1 - 1/growth ...
+        j = int(np.searchsorted(degrees, growth * degrees[i] + 8, side="right"))
+        # ... and few enough that the block fits max_elements (at least one row)
+        j = i + max(1, min(j - i, max_elements // int(degrees[j - 1])))
+        bounds.append(j)
+        i = j
+    return np.asarray(bounds, dtype=np.int64)
+
+
+def ragged_layout(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    vals: np.ndarray,
+    n_rows: int,
+    n_cols: int,
+    max_elements: int = 1 << 22,
+    growth: float = 1.3,
+) -> RaggedLayout:
+    """Pad the rows of a sparse matrix into degree buckets.
+
+    Parameters
+    ----------
+    rows, cols : numpy.ndarray of int64, shape (nnz,)
+        Coordinates; no pair may repeat.
+    vals : numpy.ndarray, shape (nnz,)
+    n_rows, n_cols : int
+        Matrix shape. Rows without entries are left out.
+    max_elements : int
+        Upper bound on ``B * L`` per bucket (unless one row alone is longer),
+        which bounds the memory of the ``(B, L, k)`` blocks callers build.
+    growth : float
+        A bucket ends when its longest row would exceed ``growth`` times its
+        shortest (plus 8), so padding wastes less than ``1 - 1/growth`` of a block.
+
+    Returns
+    -------
+    RaggedLayout
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    # entries grouped by row, columns ascending inside a row (gathers read memory in order)
+    indptr, order = csr_order(rows, cols, n_rows, n_cols)
+    cols_sorted, vals_sorted = cols[order], np.asarray(vals, dtype=np.float32)[order]
+    counts_all = np.diff(indptr)
+    starts_all = indptr[:-1]
+    by_degree = np.argsort(counts_all, kind="stable")
+    by_degree = by_degree[counts_all[by_degree] > 0]
+    counts = counts_all[by_degree]
+
+    row_bounds = _bucket_bounds(counts, max_elements, growth)
+    widths = counts[row_bounds[1:] - 1]  # the longest (last) row of each bucket
+    entry_bounds = np.concatenate([[0], np.cumsum(widths * np.diff(row_bounds))])
+
+    # slot j of padded row t holds that row's j-th entry, or padding once j >= its count
+    slot_rank, valid = _slots(widths, row_bounds, counts)
+    source = np.repeat(starts_all[by_degree], np.repeat(widths, np.diff(row_bounds))) + slot_rank
+    flat_cols = np.full(int(entry_bounds[-1]), n_cols, dtype=np.int64)
+    flat_vals = np.zeros(int(entry_bounds[-1]), dtype=np.float32)
+    flat_cols[valid] = cols_sorted[source[valid]]
+    flat_vals[valid] = vals_sorted[source[valid]]
+    return RaggedLayout(by_degree, counts, flat_cols, flat_vals, row_bounds, entry_bounds, widths)
 
 
 @dataclass(frozen=True)
@@ -53,59 +173,31 @@ def bucketize(
     max_elements: int = 1 << 22,
     growth: float = 1.3,
 ) -> list[Bucket]:
-    """Group the entries of a sparse matrix by row into padded buckets.
+    """The buckets of :func:`ragged_layout` as separate tensors on ``device``.
 
     Parameters
     ----------
     rows, cols : numpy.ndarray of int64, shape (nnz,)
     vals : numpy.ndarray of float32, shape (nnz,)
     n_rows, n_cols : int
-        Matrix shape. Rows without entries are left out.
     device : torch.device
-    max_elements : int
-        Upper bound on ``B * L`` per bucket, which bounds memory of the
-        ``(B, L, k)`` blocks callers build.
-    growth : float
-        A bucket ends when its longest row would exceed ``growth`` times its
-        shortest, so padding wastes less than ``1 - 1/growth`` of the block.
+    max_elements, growth
+        See :func:`ragged_layout`.
 
     Returns
     -------
     list of Bucket
     """
-    order = np.lexsort((cols, rows))
-    rows, cols, vals = rows[order], cols[order], vals[order]
-    counts = np.bincount(rows, minlength=n_rows)
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    by_degree = np.argsort(counts, kind="stable")
-    by_degree = by_degree[counts[by_degree] > 0]
-    buckets: list[Bucket] = []
-    i = 0
-    while i < len(by_degree):
-        lo = counts[by_degree[i]]
-        j = i
-        # extend while rows are not much longer than the first and the block fits
-        while j < len(by_degree):
-            length = counts[by_degree[j]]
-            if length > growth * lo + 8 or (j - i + 1) * length > max_elements:
-                break
-            j += 1
-        j = max(j, i + 1)
-        members = by_degree[i:j]
-        width = int(counts[members].max())
-        offsets = np.arange(width)[None, :]
-        valid = offsets < counts[members][:, None]
-        flat = np.minimum(starts[members][:, None] + offsets, len(cols) - 1)
-        c = np.where(valid, cols[flat], n_cols)
-        v = np.where(valid, vals[flat], 0.0).astype(np.float32)
-        buckets.append(
-            Bucket(
-                rows=torch.as_tensor(members, dtype=torch.long, device=device),
-                cols=torch.as_tensor(c, dtype=torch.long, device=device),
-                vals=torch.as_tensor(v, device=device),
-                mask=torch.as_tensor(valid.astype(np.float32), device=device),
-                counts=torch.as_tensor(counts[members].astype(np.float32), device=device),
-            )
-        )
-        i = j
-    return buckets
+    lay = ragged_layout(rows, cols, vals, n_rows, n_cols, max_elements, growth)
+    mask = lay.mask.astype(np.float32)
+    out = []
+    for b, width in enumerate(lay.widths.tolist()):
+        r0, r1 = lay.row_bounds[b], lay.row_bounds[b + 1]
+        e0, e1 = lay.entry_bounds[b], lay.entry_bounds[b + 1]
+        cols, vals, m = (torch.as_tensor(a[e0:e1].reshape(r1 - r0, width), device=device)
+                         for a in (lay.cols, lay.vals, mask))
+        out.append(Bucket(
+            rows=torch.as_tensor(lay.rows[r0:r1], device=device), cols=cols, vals=vals, mask=m,
+            counts=torch.as_tensor(lay.counts[r0:r1].astype(np.float32), device=device),
+        ))
+    return out

@@ -1,0 +1,246 @@
+"""Conjugate-gradient iALS updates over two layouts of the observed pairs.
+
+Every row solves ``A x = b`` with ``A = gram + F^T diag(w) F + lam I`` and
+``b = F^T c`` (see :mod:`torchmf.solvers.ials`). CG touches the data only
+through ``F^T (w * (F v))``, so the recurrence (:func:`cg_rows`) is written
+once and each layout supplies that product:
+
+- **CSR** (:class:`CSRPairs`): a sampled dense product (``v_u . q_i`` of
+  every observed pair, never the full matrix) and a sparse-times-dense
+  product, each one multithreaded kernel over the whole side. Nothing is
+  gathered or padded and no Python loop runs per row or bucket, which wins
+  when the other side's factors are small enough to stay in cache.
+- **Gathered** (:class:`IALSChunk`): the other side's factors of a chunk of
+  rows are gathered once per half-sweep into padded degree buckets and every
+  CG pass is a batched matrix product over that contiguous block. It wins when
+  random reads of a large factor table would be the bottleneck, and on GPUs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from torchmf.solvers.ragged import ragged_layout
+
+__all__ = [
+    "CSRPairs", "IALSBucket", "IALSChunk", "cg_rows", "chunk_data_term", "chunk_scores", "gathered_chunks", "make_csr",
+]
+
+# CG's data term: (v, residual) -> F^T (c - w * (F v)) if residual else F^T (w * (F v)), shape like v
+DataTerm = Callable[[torch.Tensor, bool], torch.Tensor]
+
+
+def cg_rows(x: torch.Tensor, gram: torch.Tensor, lam: torch.Tensor, steps: int, data_term: DataTerm) -> None:
+    """``steps`` warm-started conjugate-gradient steps on every row of ``x`` at once, in place.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (R, k)
+        Warm start; overwritten with the result.
+    gram : torch.Tensor, shape (k, k)
+        ``a0 * F^T F`` over the whole other side.
+    lam : torch.Tensor, shape (R, 1)
+        Ridge penalty of each row.
+    steps : int
+    data_term : callable
+        The layout's product, see :data:`DataTerm`.
+    """
+    # r0 = b - A x0 = F^T (c - w * (F x0)) - (gram + lam) x0: two passes over the data, not three
+    r = data_term(x, True)
+    r.addmm_(x, gram, alpha=-1.0).addcmul_(lam, x, value=-1.0)
+    p = r.clone()
+    rs = torch.linalg.vecdot(r, r).unsqueeze(1)
+    for step in range(steps):
+        ap = data_term(p, False)
+        ap.addmm_(p, gram).addcmul_(lam, p)
+        alpha = rs / torch.linalg.vecdot(p, ap).unsqueeze(1).clamp_min_(1e-30)
+        x.addcmul_(alpha, p)
+        if step == steps - 1:
+            break
+        r.addcmul_(alpha, ap, value=-1.0)
+        rs_new = torch.linalg.vecdot(r, r).unsqueeze(1)
+        torch.addcmul(r, rs_new / rs.clamp_min(1e-30), p, out=p)  # p = r + beta p, in one pass
+        rs = rs_new
+
+
+# ---------------------------------------------------------------------- CSR
+def make_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A sparse CSR matrix over a fixed pattern (no invariant checks: the pattern is ours)."""
+    with warnings.catch_warnings():  # torch flags CSR as beta; the two kernels used here are stable
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+@dataclass(frozen=True)
+class CSRPairs:
+    """A side's observed pairs as two sparse CSR matrices sharing one pattern.
+
+    Attributes
+    ----------
+    conf : torch.Tensor
+        Sparse CSR ``(n, n_other)`` with the confidences ``c`` as values;
+        also the pattern the sampled products are taken over.
+    scratch : torch.Tensor
+        Same pattern; its values are rewritten in place before each
+        sparse-times-dense product (building a sparse tensor per product
+        costs more than the product on small data).
+    weight : torch.Tensor, shape (nnz,)
+        ``c - a0`` in CSR order.
+    """
+
+    conf: torch.Tensor
+    scratch: torch.Tensor
+    weight: torch.Tensor
+
+    @classmethod
+    def build(cls, crow: torch.Tensor, col: torch.Tensor, conf: torch.Tensor, weight: torch.Tensor,
+              shape: tuple[int, int]) -> CSRPairs:
+        return cls(make_csr(crow, col, conf, shape), make_csr(crow, col, torch.empty_like(conf), shape), weight)
+
+    def scores(self, v: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``v_u . q_i`` of every observed pair in CSR order, shape (nnz,); never the full matrix."""
+        return torch.sparse.sampled_addmm(self.conf, v, other.T, beta=0.0).values()
+
+    def data_term(self, other: torch.Tensor) -> DataTerm:
+        """CG's data term over all rows (see :data:`DataTerm`)."""
+        conf, vals = self.conf.values(), self.scratch.values()  # aliases of the matrices' values
+
+        def term(v: torch.Tensor, residual: bool) -> torch.Tensor:
+            y = self.scores(v, other)
+            if residual:
+                torch.addcmul(conf, self.weight, y, value=-1.0, out=vals)
+            else:
+                torch.mul(y, self.weight, out=vals)
+            return self.scratch @ other
+
+        return term
+
+
+# ---------------------------------------------------------------------- gathered
+@dataclass(frozen=True)
+class IALSBucket:
+    """Rows ``r0:r1`` of a chunk, all padded to ``width`` entries, stored in slots ``e0:e1``."""
+
+    r0: int
+    r1: int
+    e0: int
+    e1: int
+    width: int
+
+    def view(self, flat: torch.Tensor) -> torch.Tensor:
+        """This bucket's slots of a chunk-wide ``(E, ...)`` tensor as ``(B, L, ...)``."""
+        return flat[self.e0 : self.e1].view(self.r1 - self.r0, self.width, *flat.shape[1:])
+
+
+@dataclass(frozen=True)
+class IALSChunk:
+    """Consecutive degree buckets whose gathered factors are solved together.
+
+    CG's vector operations run once per chunk; only the two batched products
+    of each pass run bucket by bucket (each bucket has its own padded width).
+
+    Attributes
+    ----------
+    rows : torch.LongTensor, shape (R,)
+        Rows solved by this chunk, bucket after bucket.
+    cols : torch.LongTensor, shape (E,)
+        Other side's row of every slot; padding points at ``n_other`` (a zero row).
+    conf : torch.Tensor, shape (E,)
+        Confidence ``c`` of every slot; 0 in padding.
+    weight : torch.Tensor, shape (E,)
+        ``c - a0``; 0 in padding.
+    lam : torch.Tensor, shape (R, 1)
+        Ridge penalty of each row.
+    buckets : tuple of IALSBucket
+        Bounds relative to this chunk.
+    """
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    conf: torch.Tensor
+    weight: torch.Tensor
+    lam: torch.Tensor
+    buckets: tuple[IALSBucket, ...]
+
+
+def gathered_chunks(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    conf: np.ndarray,
+    lam: torch.Tensor,
+    a0: float,
+    n_rows: int,
+    n_cols: int,
+    max_entries: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[IALSChunk, ...]:
+    """Degree buckets (:func:`~torchmf.solvers.ragged.ragged_layout`) in chunks of at most ``max_entries`` slots.
+
+    Parameters
+    ----------
+    rows, cols : numpy.ndarray of int64, shape (nnz,)
+    conf : numpy.ndarray, shape (nnz,)
+    lam : torch.Tensor, shape (n_rows, 1)
+        Ridge penalty of every row.
+    a0 : float
+        Unobserved weight.
+    n_rows, n_cols : int
+    max_entries : int
+        Slots per chunk (unless one row alone is longer).
+    device : torch.device
+    dtype : torch.dtype
+    """
+    lay = ragged_layout(rows, cols, conf, n_rows, n_cols, max_elements=max_entries, growth=1.3)
+    rows_t = torch.as_tensor(lay.rows, device=device)
+    lam_t = lam[rows_t]
+    cols_t = torch.as_tensor(lay.cols, device=device)
+    conf_t = torch.as_tensor(lay.vals, device=device).to(dtype)
+    weight_t = (conf_t - a0) * torch.as_tensor(lay.mask, device=device)
+    rb, eb = lay.row_bounds.tolist(), lay.entry_bounds.tolist()
+    out: list[IALSChunk] = []
+    first = 0
+    for last in range(1, len(rb)):
+        # close the chunk before bucket `last` would push it past the limit
+        if last == len(rb) - 1 or eb[last + 1] - eb[first] > max_entries:
+            r0, e0, r1, e1 = rb[first], eb[first], rb[last], eb[last]
+            buckets = tuple(
+                IALSBucket(rb[b] - r0, rb[b + 1] - r0, eb[b] - e0, eb[b + 1] - e0, int(lay.widths[b]))
+                for b in range(first, last)
+            )
+            out.append(IALSChunk(rows_t[r0:r1], cols_t[e0:e1], conf_t[e0:e1], weight_t[e0:e1], lam_t[r0:r1], buckets))
+            first = last
+    return tuple(out)
+
+
+def chunk_data_term(chunk: IALSChunk, feats: torch.Tensor, scores: torch.Tensor) -> DataTerm:
+    """The data term of one chunk over its gathered ``(E, k)`` block, with an ``(E,)`` scratch buffer."""
+    blocks = [(b, b.view(feats), b.view(scores).unsqueeze(1)) for b in chunk.buckets]
+
+    def term(v: torch.Tensor, residual: bool) -> torch.Tensor:
+        out = torch.empty_like(v)
+        # (B,1,k) @ (B,k,L) on a transposed view: on CPU several times faster
+        # than the textbook (B,L,k) @ (B,k,1), which misses MKL's fast path
+        for b, f, y in blocks:
+            torch.bmm(v[b.r0 : b.r1].unsqueeze(1), f.transpose(1, 2), out=y)
+        if residual:
+            torch.addcmul(chunk.conf, chunk.weight, scores, value=-1.0, out=scores)
+        else:
+            scores.mul_(chunk.weight)
+        for b, f, y in blocks:
+            torch.bmm(y, f, out=out[b.r0 : b.r1].unsqueeze(1))
+        return out
+
+    return term
+
+
+def chunk_scores(chunk: IALSChunk, feats: torch.Tensor, x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """``F x`` of every slot of a chunk into ``scores`` (0 in padding), shape (E,)."""
+    for b in chunk.buckets:
+        torch.bmm(x[b.r0 : b.r1].unsqueeze(1), b.view(feats).transpose(1, 2), out=b.view(scores).unsqueeze(1))
+    return scores
