@@ -1,7 +1,7 @@
 """Which iALS layout is faster where: CSR kernels versus gathered degree buckets.
 
 torchmf's iALS picks, per side, how conjugate gradient reads the observed
-pairs (``torchmf.solvers.ials_cg``): CSR sampled/sparse products, which read
+pairs (``torchmf.solvers.cg``): CSR sampled/sparse products, which read
 the other side's factors at random, or gathered padded buckets streamed through
 batched matrix products. The rule in ``ials_side`` takes CSR on the CPU while
 the other side's factor table is at most ``_CSR_MAX_OTHER_BYTES`` and rows
@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from torchmf.solvers import ials
+from torchmf.solvers import cg
 from torchmf.solvers.ials import IALSSettings, ials_half_sweep, ials_side
 
 try:
@@ -86,8 +86,8 @@ def main() -> None:
     args = ap.parse_args()
     print(machine())
     print(f"{K} factors, cg_steps {SETTINGS.cg_steps}; min of {args.repeat} half-sweeps; "
-          f"CSR when the other side's factors <= {ials._CSR_MAX_OTHER_BYTES / 2**20:.0f} MB and mean pairs per row "
-          f">= {ials._CSR_MIN_MEAN_DEGREE}\n")
+          f"CSR when the other side's factors <= {cg._CSR_MAX_OTHER_BYTES / 2**20:.0f} MB and mean pairs per row "
+          f">= {cg._CSR_MIN_MEAN_DEGREE}\n")
     print("| set | side | pairs | mean pairs per row | other side's factors | CSR ms | gathered ms | auto picks |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     if args.movielens:

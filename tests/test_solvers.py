@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from torchmf import MatrixFactorization, TrainingError
-from torchmf.solvers.als import als_half_sweep, ridge_rows
+from torchmf.solvers import cg as cg_module
+from torchmf.solvers.als import als_csr_half_sweep, als_half_sweep, als_side, ridge_rows
 from torchmf.solvers.losses import bpr, logistic, mse, warp
 from torchmf.solvers.optim import OPTIMIZERS, SGD, Adagrad, Adam, SparseAdam, make_optimizer
 from torchmf.solvers.ragged import bucketize
@@ -22,15 +23,26 @@ from torchmf.solvers.ragged import bucketize
 # 16384, to keep the step on popular items stable.
 COMMON = {"factors": 4, "reg": 0.01, "verbose": False, "seed": 0}
 SGD_COMMON = {**COMMON, "solver": "sgd", "batch_size": 1024}
+BUCKETS = "_buckets"
 CONFIGS = [
-    ("als", {**COMMON, "solver": "als", "epochs": 10}),
+    ("als", {**COMMON, "solver": "als", "epochs": 10}),  # CSR kernels: rows here hold 53-80 ratings
+    ("als", {**COMMON, "solver": "als", "epochs": 10, BUCKETS: True}),
     ("als", {**COMMON, "solver": "als", "epochs": 10, "cg_steps": 0}),
     ("sgd", {**SGD_COMMON, "optimizer": "sgd", "lr": 0.02, "epochs": 60}),
     ("sgd", {**SGD_COMMON, "optimizer": "adagrad", "lr": 0.1, "epochs": 100}),
     ("sgd", {**SGD_COMMON, "optimizer": "adam", "lr": 0.01, "epochs": 40}),
     ("sgd", {**SGD_COMMON, "optimizer": "sparse_adam", "lr": 0.01, "epochs": 40}),
 ]
-IDS = ["als-cg", "als-cholesky", "sgd-sgd", "sgd-adagrad", "sgd-adam", "sgd-sparse_adam"]
+IDS = ["als-cg", "als-cg-buckets", "als-cholesky", "sgd-sgd", "sgd-adagrad", "sgd-adam", "sgd-sparse_adam"]
+
+
+def fit(kwargs: dict, train) -> MatrixFactorization:
+    """Fit ``MatrixFactorization(**kwargs)``; the key BUCKETS forces the bucketed CG layout."""
+    kwargs = dict(kwargs)
+    with pytest.MonkeyPatch.context() as mp:
+        if kwargs.pop(BUCKETS, False):
+            mp.setattr(cg_module, "_CSR_MAX_OTHER_BYTES", 0)
+        return MatrixFactorization(**kwargs).fit(train)
 
 
 def heldout_predictions(model, test):
@@ -41,7 +53,7 @@ def heldout_predictions(model, test):
 def fitted(request, synthetic_split):
     train, _, _ = synthetic_split
     _, kwargs = request.param
-    return kwargs, MatrixFactorization(**kwargs).fit(train)
+    return kwargs, fit(kwargs, train)
 
 
 def test_contract_heldout_rmse_near_noise(fitted, synthetic_split):
@@ -68,8 +80,8 @@ def test_contract_same_seed_same_predictions(fitted, synthetic_split):
     # reproducibility is promised on the CPU; CUDA's atomic scatter-adds sum in no fixed order
     train, test, _ = synthetic_split
     kwargs, _ = fitted
-    model = MatrixFactorization(**{**kwargs, "device": "cpu"}).fit(train)
-    again = MatrixFactorization(**{**kwargs, "device": "cpu"}).fit(train)
+    model = fit({**kwargs, "device": "cpu"}, train)
+    again = fit({**kwargs, "device": "cpu"}, train)
     np.testing.assert_array_equal(heldout_predictions(again, test), heldout_predictions(model, test))
     np.testing.assert_array_equal(again.user_factors, model.user_factors)
 
@@ -347,3 +359,36 @@ def test_make_optimizer():
     assert isinstance(make_optimizer("sparse_adam", {"P": torch.zeros(2, 2)}, 0.1), SparseAdam)
     with pytest.raises(ValueError, match="optimizer"):
         make_optimizer("rmsprop", {}, 0.1)
+
+
+@pytest.mark.parametrize("biases", [True, False])
+def test_als_csr_cg_takes_the_same_steps_as_the_bucketed_cg(biases):
+    """Matrix-free CG on CSR kernels and CG on formed k x k matrices are the same iteration.
+
+    From the same warm start a few steps (not converged) agree to rounding in
+    float64, as does the reported squared error.
+    """
+    rng = np.random.default_rng(6)
+    n_users, n_items, k = 30, 20, 4
+    mask = rng.random((n_users, n_items)) < rng.uniform(0.1, 0.8, (n_users, 1))
+    mask[:, 0] = True
+    rows, cols = np.nonzero(mask)
+    vals = rng.integers(1, 6, len(rows)).astype(np.float32)  # exact in float32 and float64 alike
+    Q, ci = torch.tensor(rng.normal(size=(n_items, k))), torch.tensor(rng.normal(size=n_items))
+    P0, bu0 = torch.tensor(rng.normal(size=(n_users, k))), torch.tensor(rng.normal(size=n_users))
+    kw = dict(global_mean=3.0, reg=0.2, reg_bias=0.05, cg_steps=2, reg_exponent=0.75, with_loss=True)
+    cpu = torch.device("cpu")
+    buckets = [
+        type(b)(b.rows, b.cols, b.vals.double(), b.mask.double(), b.counts.double())
+        for b in bucketize(rows, cols, vals, n_users, n_items, cpu, max_elements=64)
+    ]
+    P1, bu1 = P0.clone(), (bu0.clone() if biases else None)
+    sse1 = als_half_sweep(buckets, P1, bu1, Q, ci if biases else None, **kw)
+    P2, bu2 = P0.clone(), (bu0.clone() if biases else None)
+    side = als_side(rows, cols, vals, n_users, n_items, cpu, torch.float64)
+    sse2 = als_csr_half_sweep(side, P2, bu2, Q, ci if biases else None, **kw)
+    torch.testing.assert_close(P1, P2, rtol=1e-10, atol=1e-12)
+    if biases:
+        torch.testing.assert_close(bu1, bu2, rtol=1e-10, atol=1e-12)
+    assert sse1 == pytest.approx(sse2, rel=1e-10)
+    assert not torch.allclose(P1, P0)

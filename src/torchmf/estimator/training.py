@@ -17,7 +17,8 @@ import torch
 from torchmf.data.interactions import Interactions
 from torchmf.estimator.params import auto_batch_size, is_implicit_loss
 from torchmf.nn.mf import MFModel
-from torchmf.solvers.als import als_half_sweep
+from torchmf.solvers.als import als_csr_half_sweep, als_half_sweep, als_side
+from torchmf.solvers.cg import prefer_csr
 from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_loss, ials_side
 from torchmf.solvers.monitor import Monitor
 from torchmf.solvers.pairwise import PairwiseSettings, make_pairwise_epoch
@@ -223,19 +224,31 @@ def _sgd_epoch(model: MFModel, data: Interactions, hp: dict[str, Any], device: t
 
 
 def _als_epoch(model: MFModel, data: Interactions, hp: dict[str, Any], device: torch.device):
-    by_user = bucketize(data.users, data.items, data.values, data.n_users, data.n_items, device)
-    by_item = bucketize(data.items, data.users, data.values, data.n_items, data.n_users, device)
     t = model_tables(model)
     mu = float(model.global_bias) if hp["biases"] else 0.0
     kw = dict(
         global_mean=mu, reg=hp["reg"], reg_bias=hp["reg_bias"], cg_steps=hp["cg_steps"], reg_exponent=hp["reg_exponent"]
     )
+    width = hp["factors"] + int(hp["biases"])
+    itemsize = t["P"].element_size()
+
+    def half(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> Callable[..., float]:
+        # matrix-free CG on CSR kernels where it wins; else degree buckets (also the exact solves)
+        n_active = int(np.count_nonzero(np.bincount(rows, minlength=n_rows)))
+        if hp["cg_steps"] > 0 and prefer_csr(len(rows), n_active, n_cols, width, itemsize, device):
+            side = als_side(rows, cols, data.values, n_rows, n_cols, device, t["P"].dtype)
+            return lambda *a, **k: als_csr_half_sweep(side, *a, **k)
+        buckets = bucketize(rows, cols, data.values, n_rows, n_cols, device)
+        return lambda *a, **k: als_half_sweep(buckets, *a, **k)
+
+    by_user = half(data.users, data.items, data.n_users, data.n_items)
+    by_item = half(data.items, data.users, data.n_items, data.n_users)
 
     def sweep() -> float:
-        als_half_sweep(by_user, t["P"], t.get("bu"), t["Q"], t.get("bi"), **kw)
+        by_user(t["P"], t.get("bu"), t["Q"], t.get("bi"), **kw)
         # the item step's residuals are the model's training errors after the sweep:
         # the same per-rating half squared error SGD reports, for comparable histories
-        sse = als_half_sweep(by_item, t["Q"], t.get("bi"), t["P"], t.get("bu"), with_loss=True, **kw)
+        sse = by_item(t["Q"], t.get("bi"), t["P"], t.get("bu"), with_loss=True, **kw)
         return 0.5 * sse / len(data)
 
     return sweep

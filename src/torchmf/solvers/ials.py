@@ -19,7 +19,7 @@ never form ``A_u`` (a CG product costs ``O(n_u k)`` instead of the
 ``O(n_u k^2)`` of building ``A_u``; the default) or exactly, by batched
 Cholesky over degree buckets (:mod:`torchmf.solvers.ragged`). CG reads the
 pairs in one of two layouts, picked per side by :func:`ials_side`; see
-:mod:`torchmf.solvers.ials_cg`.
+:mod:`torchmf.solvers.cg`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,15 @@ import numpy as np
 import torch
 
 from torchmf.data.csr import csr_order
-from torchmf.solvers.ials_cg import CSRPairs, IALSChunk, cg_rows, chunk_data_term, chunk_scores, gathered_chunks
+from torchmf.solvers.cg import (
+    CSRPairs,
+    IALSChunk,
+    cg_rows,
+    chunk_data_term,
+    chunk_scores,
+    gathered_chunks,
+    prefer_csr,
+)
 from torchmf.solvers.ragged import bucketize
 
 __all__ = [
@@ -41,14 +49,10 @@ __all__ = [
 # Exact solves form a k x k matrix per row; buckets of about 64 MB of them
 # bound the memory of the cg_steps=0 path.
 _EXACT_BLOCK_BYTES = 64 << 20
-# The CSR layout reads the other side's factors at random and pays a little
-# per row: it wins while those factors stay in cache and rows are not too
-# short (benchmarks/ials_layouts.py measures both). Otherwise (and on GPUs)
-# gathered chunks of about _CHUNK_BYTES are streamed through instead: on the
-# CPU a few MB keep a chunk in the last-level cache across CG's passes, on a
-# GPU bigger chunks mean fewer kernel launches.
-_CSR_MAX_OTHER_BYTES = 8 << 20
-_CSR_MIN_MEAN_DEGREE = 32
+# Where the CSR layout loses (cg.prefer_csr), gathered chunks of about
+# _CHUNK_BYTES are streamed through instead: on the CPU a few MB keep a chunk
+# in the last-level cache across CG's passes, on a GPU bigger chunks mean
+# fewer kernel launches.
 _CHUNK_BYTES_CPU = 16 << 20
 _CHUNK_BYTES_CUDA = 512 << 20
 _MIN_CHUNK_ENTRIES = 4096
@@ -118,7 +122,7 @@ class IALSSide:
     pairs : CSRPairs
         The same pairs as sparse matrices, for the CSR layout and the loss.
     chunks : tuple of IALSChunk, optional
-        The gathered layout (:mod:`torchmf.solvers.ials_cg`); None runs CG on the CSR form.
+        The gathered layout (:mod:`torchmf.solvers.cg`); None runs CG on the CSR form.
     """
 
     crow: torch.Tensor
@@ -160,7 +164,7 @@ def ials_side(
     dtype : torch.dtype
         Of the precomputed weights (the factors' dtype).
     layout : {"auto", "csr", "gathered"}
-        How CG reads the pairs (see :mod:`torchmf.solvers.ials_cg`). "auto"
+        How CG reads the pairs (see :mod:`torchmf.solvers.cg`). "auto"
         takes CSR on the CPU while the other side's factors are small enough
         to stay in cache and rows hold 32 pairs or more on average, else the
         gathered buckets.
@@ -171,9 +175,8 @@ def ials_side(
     crow, order = csr_order(rows, cols, n_rows, n_cols)
     counts = np.diff(crow)
     if layout == "auto":
-        small = n_cols * k * itemsize <= _CSR_MAX_OTHER_BYTES
-        long_rows = len(rows) >= _CSR_MIN_MEAN_DEGREE * max(1, np.count_nonzero(counts))
-        layout = "csr" if device.type == "cpu" and small and long_rows else "gathered"
+        csr = prefer_csr(len(rows), int(np.count_nonzero(counts)), n_cols, k, itemsize, device)
+        layout = "csr" if csr else "gathered"
     c = torch.as_tensor(np.asarray(conf)[order], device=device).to(dtype)
     lam = ials_penalty(torch.as_tensor(counts, device=device).to(dtype), n_cols, s).unsqueeze(1)
     chunks = None

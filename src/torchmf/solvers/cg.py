@@ -1,9 +1,12 @@
-"""Conjugate-gradient iALS updates over two layouts of the observed pairs.
+"""Conjugate-gradient row solves over two layouts of the observed pairs.
 
-Every row solves ``A x = b`` with ``A = gram + F^T diag(w) F + lam I`` and
-``b = F^T c`` (see :mod:`torchmf.solvers.ials`). CG touches the data only
-through ``F^T (w * (F v))``, so the recurrence (:func:`cg_rows`) is written
-once and each layout supplies that product:
+Every row of one side solves ``A x = b`` with ``A = gram + F^T diag(w) F +
+diag(lam)`` and ``b = F^T c``: iALS (:mod:`torchmf.solvers.ials`) with its
+Gramian, confidences ``c`` and weights ``w = c - a0``; explicit ALS
+(:mod:`torchmf.solvers.als`) with no Gramian, targets as ``c`` and unit
+weights. CG touches the data only through ``F^T (w * (F v))``, so the
+recurrence (:func:`cg_rows`) is written once and each layout supplies that
+product:
 
 - **CSR** (:class:`CSRPairs`): a sampled dense product (``v_u . q_i`` of
   every observed pair, never the full matrix) and a sparse-times-dense
@@ -29,35 +32,57 @@ from torchmf.solvers.ragged import ragged_layout
 
 __all__ = [
     "CSRPairs", "IALSBucket", "IALSChunk", "cg_rows", "chunk_data_term", "chunk_scores", "gathered_chunks", "make_csr",
+    "prefer_csr",
 ]
+
+# The CSR layout reads the other side's factors at random and pays a little
+# per row: it wins while those factors stay in cache and rows are not too
+# short (benchmarks/ials_layouts.py measures both layouts).
+_CSR_MAX_OTHER_BYTES = 8 << 20
+_CSR_MIN_MEAN_DEGREE = 32
+
+
+def prefer_csr(nnz: int, n_nonempty_rows: int, n_other: int, width: int, itemsize: int, device: torch.device) -> bool:
+    """Whether the CSR layout should beat gathered buckets for one side.
+
+    True on the CPU when the other side's ``(n_other, width)`` factor table
+    fits in 8 MB and rows hold 32 pairs or more on average; GPUs always gather.
+    """
+    small = n_other * width * itemsize <= _CSR_MAX_OTHER_BYTES
+    long_rows = nnz >= _CSR_MIN_MEAN_DEGREE * max(1, n_nonempty_rows)
+    return device.type == "cpu" and small and long_rows
 
 # CG's data term: (v, residual) -> F^T (c - w * (F v)) if residual else F^T (w * (F v)), shape like v
 DataTerm = Callable[[torch.Tensor, bool], torch.Tensor]
 
 
-def cg_rows(x: torch.Tensor, gram: torch.Tensor, lam: torch.Tensor, steps: int, data_term: DataTerm) -> None:
+def cg_rows(x: torch.Tensor, gram: torch.Tensor | None, lam: torch.Tensor, steps: int, data_term: DataTerm) -> None:
     """``steps`` warm-started conjugate-gradient steps on every row of ``x`` at once, in place.
 
     Parameters
     ----------
     x : torch.Tensor, shape (R, k)
         Warm start; overwritten with the result.
-    gram : torch.Tensor, shape (k, k)
-        ``a0 * F^T F`` over the whole other side.
-    lam : torch.Tensor, shape (R, 1)
-        Ridge penalty of each row.
+    gram : torch.Tensor, shape (k, k), optional
+        A term shared by every row (iALS: ``a0 * F^T F`` over the whole other side).
+    lam : torch.Tensor, shape (R, 1) or (R, k)
+        Ridge penalty of each row (and dimension).
     steps : int
     data_term : callable
         The layout's product, see :data:`DataTerm`.
     """
     # r0 = b - A x0 = F^T (c - w * (F x0)) - (gram + lam) x0: two passes over the data, not three
     r = data_term(x, True)
-    r.addmm_(x, gram, alpha=-1.0).addcmul_(lam, x, value=-1.0)
+    if gram is not None:
+        r.addmm_(x, gram, alpha=-1.0)
+    r.addcmul_(lam, x, value=-1.0)
     p = r.clone()
     rs = torch.linalg.vecdot(r, r).unsqueeze(1)
     for step in range(steps):
         ap = data_term(p, False)
-        ap.addmm_(p, gram).addcmul_(lam, p)
+        if gram is not None:
+            ap.addmm_(p, gram)
+        ap.addcmul_(lam, p)
         alpha = rs / torch.linalg.vecdot(p, ap).unsqueeze(1).clamp_min_(1e-30)
         x.addcmul_(alpha, p)
         if step == steps - 1:
@@ -83,22 +108,23 @@ class CSRPairs:
     Attributes
     ----------
     conf : torch.Tensor
-        Sparse CSR ``(n, n_other)`` with the confidences ``c`` as values;
+        Sparse CSR ``(n, n_other)`` with ``c`` as values (iALS: the
+        confidences; ALS: the targets, rewritten before each half-sweep);
         also the pattern the sampled products are taken over.
     scratch : torch.Tensor
         Same pattern; its values are rewritten in place before each
         sparse-times-dense product (building a sparse tensor per product
         costs more than the product on small data).
-    weight : torch.Tensor, shape (nnz,)
-        ``c - a0`` in CSR order.
+    weight : torch.Tensor, shape (nnz,), optional
+        ``w`` in CSR order (iALS: ``c - a0``); None means 1.
     """
 
     conf: torch.Tensor
     scratch: torch.Tensor
-    weight: torch.Tensor
+    weight: torch.Tensor | None
 
     @classmethod
-    def build(cls, crow: torch.Tensor, col: torch.Tensor, conf: torch.Tensor, weight: torch.Tensor,
+    def build(cls, crow: torch.Tensor, col: torch.Tensor, conf: torch.Tensor, weight: torch.Tensor | None,
               shape: tuple[int, int]) -> CSRPairs:
         return cls(make_csr(crow, col, conf, shape), make_csr(crow, col, torch.empty_like(conf), shape), weight)
 
@@ -112,7 +138,11 @@ class CSRPairs:
 
         def term(v: torch.Tensor, residual: bool) -> torch.Tensor:
             y = self.scores(v, other)
-            if residual:
+            if self.weight is None and residual:
+                torch.sub(conf, y, out=vals)
+            elif self.weight is None:
+                vals.copy_(y)
+            elif residual:
                 torch.addcmul(conf, self.weight, y, value=-1.0, out=vals)
             else:
                 torch.mul(y, self.weight, out=vals)
