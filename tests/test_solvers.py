@@ -8,7 +8,7 @@ import torch
 
 from torchmf import MatrixFactorization, TrainingError
 from torchmf.solvers import cg as cg_module
-from torchmf.solvers.als import als_csr_half_sweep, als_half_sweep, als_side, ridge_rows
+from torchmf.solvers.als import als_half_sweep, als_side, ridge_rows
 from torchmf.solvers.losses import bpr, logistic, mse, warp
 from torchmf.solvers.optim import OPTIMIZERS, SGD, Adagrad, Adam, SparseAdam, make_optimizer
 from torchmf.solvers.ragged import bucketize
@@ -386,9 +386,11 @@ def test_als_csr_cg_takes_the_same_steps_as_the_bucketed_cg(biases):
     sse1 = als_half_sweep(buckets, P1, bu1, Q, ci if biases else None, **kw)
     P2, bu2 = P0.clone(), (bu0.clone() if biases else None)
     side = als_side(rows, cols, vals, n_users, n_items, cpu, torch.float64)
-    sse2 = als_csr_half_sweep(side, P2, bu2, Q, ci if biases else None, **kw)
+    sse2 = als_half_sweep(side, P2, bu2, Q, ci if biases else None, **kw)
     torch.testing.assert_close(P1, P2, rtol=1e-10, atol=1e-12)
     if biases:
         torch.testing.assert_close(bu1, bu2, rtol=1e-10, atol=1e-12)
     assert sse1 == pytest.approx(sse2, rel=1e-10)
     assert not torch.allclose(P1, P0)
+    with pytest.raises(ValueError, match="cg_steps >= 1"):
+        als_half_sweep(side, P2, bu2, Q, ci if biases else None, **{**kw, "cg_steps": 0})

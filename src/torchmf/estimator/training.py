@@ -17,12 +17,12 @@ import torch
 from torchmf.data.interactions import Interactions
 from torchmf.estimator.params import auto_batch_size, is_implicit_loss
 from torchmf.nn.mf import MFModel
-from torchmf.solvers.als import als_csr_half_sweep, als_half_sweep, als_side
+from torchmf.solvers.als import ALSSide, als_half_sweep, als_side
 from torchmf.solvers.cg import prefer_csr
 from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_loss, ials_side
 from torchmf.solvers.monitor import Monitor
 from torchmf.solvers.pairwise import PairwiseSettings, make_pairwise_epoch
-from torchmf.solvers.ragged import bucketize
+from torchmf.solvers.ragged import Bucket, bucketize
 from torchmf.solvers.sgd import SGDSettings, make_sgd_epoch, model_tables
 
 __all__ = ["RankingValidation", "Validation", "fit_model"]
@@ -232,23 +232,21 @@ def _als_epoch(model: MFModel, data: Interactions, hp: dict[str, Any], device: t
     width = hp["factors"] + int(hp["biases"])
     itemsize = t["P"].element_size()
 
-    def half(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> Callable[..., float]:
+    def layout(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> ALSSide | list[Bucket]:
         # matrix-free CG on CSR kernels where it wins; else degree buckets (also the exact solves)
         n_active = int(np.count_nonzero(np.bincount(rows, minlength=n_rows)))
         if hp["cg_steps"] > 0 and prefer_csr(len(rows), n_active, n_cols, width, itemsize, device):
-            side = als_side(rows, cols, data.values, n_rows, n_cols, device, t["P"].dtype)
-            return lambda *a, **k: als_csr_half_sweep(side, *a, **k)
-        buckets = bucketize(rows, cols, data.values, n_rows, n_cols, device)
-        return lambda *a, **k: als_half_sweep(buckets, *a, **k)
+            return als_side(rows, cols, data.values, n_rows, n_cols, device, t["P"].dtype)
+        return bucketize(rows, cols, data.values, n_rows, n_cols, device)
 
-    by_user = half(data.users, data.items, data.n_users, data.n_items)
-    by_item = half(data.items, data.users, data.n_items, data.n_users)
+    by_user = layout(data.users, data.items, data.n_users, data.n_items)
+    by_item = layout(data.items, data.users, data.n_items, data.n_users)
 
     def sweep() -> float:
-        by_user(t["P"], t.get("bu"), t["Q"], t.get("bi"), **kw)
+        als_half_sweep(by_user, t["P"], t.get("bu"), t["Q"], t.get("bi"), **kw)
         # the item step's residuals are the model's training errors after the sweep:
         # the same per-rating half squared error SGD reports, for comparable histories
-        sse = by_item(t["Q"], t.get("bi"), t["P"], t.get("bu"), with_loss=True, **kw)
+        sse = als_half_sweep(by_item, t["Q"], t.get("bi"), t["P"], t.get("bu"), with_loss=True, **kw)
         return 0.5 * sse / len(data)
 
     return sweep

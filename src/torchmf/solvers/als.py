@@ -13,7 +13,7 @@ Each half-sweep solves every row at once, either bucket by bucket (see
 warm-started conjugate-gradient steps on the formed ``k x k`` matrices), or,
 where :func:`torchmf.solvers.cg.prefer_csr` says so, by the same CG steps
 without ever forming those matrices: two CSR kernels per step over the whole
-side (:func:`als_csr_half_sweep`), several times less work at ``k = 48``.
+side (an :class:`ALSSide` layout), several times less work at ``k = 48``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torchmf.data.csr import csr_order
 from torchmf.solvers.cg import CSRPairs, cg_rows
 from torchmf.solvers.ragged import Bucket
 
-__all__ = ["ALSSide", "als_csr_half_sweep", "als_half_sweep", "als_side", "ridge_rows"]
+__all__ = ["ALSSide", "als_half_sweep", "als_side", "ridge_rows"]
 
 
 def ridge_rows(
@@ -86,7 +86,7 @@ def ridge_rows(
 
 
 def als_half_sweep(
-    buckets: list[Bucket],
+    layout: list[Bucket] | ALSSide,
     factors: torch.Tensor,
     bias: torch.Tensor | None,
     other_factors: torch.Tensor,
@@ -102,8 +102,11 @@ def als_half_sweep(
 
     Parameters
     ----------
-    buckets : list of Bucket
-        This side's rows; their ``cols`` index the other side.
+    layout : list of Bucket, or ALSSide
+        This side's rows, as degree buckets (:func:`~torchmf.solvers.ragged.bucketize`;
+        exact or CG solves on formed matrices) or in CSR form (:func:`als_side`;
+        matrix-free CG, ``cg_steps`` >= 1, same iterates to rounding). Their
+        columns index the other side.
     factors : torch.Tensor, shape (n, k)
         Updated in place.
     bias : torch.Tensor, shape (n,), optional
@@ -126,24 +129,28 @@ def als_half_sweep(
     -------
     float
         With ``with_loss``, the sum of squared residuals over all entries after
-        the update, computed from the blocks already gathered (no second pass
-        over the data); 0.0 otherwise.
+        the update; 0.0 otherwise.
     """
     k = factors.shape[1]
-    sse = torch.zeros((), dtype=torch.float64, device=factors.device)
     with_bias = bias is not None
     feats = other_factors
     if with_bias:
         feats = torch.cat([feats, feats.new_ones(feats.shape[0], 1)], 1)
+    per_dim = torch.full((feats.shape[1],), reg, dtype=feats.dtype, device=feats.device)
+    if with_bias:
+        per_dim[k] = reg_bias
+    if isinstance(layout, ALSSide):
+        if cg_steps <= 0:
+            raise ValueError("the CSR layout solves by CG (cg_steps >= 1); exact solves need buckets")
+        return _csr_half_sweep(layout, factors, bias, feats, other_bias, global_mean, per_dim, cg_steps, reg_exponent,
+                               with_loss)
+    sse = torch.zeros((), dtype=torch.float64, device=factors.device)
     # an all-zero row that padding entries point at
     feats = torch.cat([feats, feats.new_zeros(1, feats.shape[1])])
     offset = other_factors.new_zeros(other_factors.shape[0] + 1)
     if other_bias is not None:
         offset[:-1] = other_bias
-    per_dim = torch.full((feats.shape[1],), reg, dtype=feats.dtype, device=feats.device)
-    if with_bias:
-        per_dim[k] = reg_bias
-    for b in buckets:
+    for b in layout:
         f = feats[b.cols]
         target = (b.vals - global_mean - offset[b.cols]) * b.mask
         lam = b.counts[:, None].pow(reg_exponent) * per_dim[None, :]
@@ -154,8 +161,7 @@ def als_half_sweep(
         factors[b.rows] = w[:, :k]
         if with_bias:
             bias[b.rows] = w[:, k]
-        if with_loss:
-            # padding features and targets are zero, so padding adds nothing
+        if with_loss:  # from the blocks already gathered; padding features and targets are zero
             resid = target - torch.bmm(f, w.unsqueeze(2)).squeeze(2)
             sse += resid.pow(2).sum()
     return float(sse)
@@ -163,7 +169,7 @@ def als_half_sweep(
 
 @dataclass(frozen=True)
 class ALSSide:
-    """One side's ratings in CSR form, for :func:`als_csr_half_sweep`.
+    """One side's ratings in CSR form, the layout :func:`als_half_sweep` runs matrix-free CG on.
 
     Attributes
     ----------
@@ -204,42 +210,29 @@ def als_side(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, 
     return ALSSide(CSRPairs.build(crow_t, col, ratings.clone(), None, (n_rows, n_cols)), col, ratings, counts)
 
 
-def als_csr_half_sweep(
+def _csr_half_sweep(
     side: ALSSide,
     factors: torch.Tensor,
     bias: torch.Tensor | None,
-    other_factors: torch.Tensor,
+    feats: torch.Tensor,
     other_bias: torch.Tensor | None,
     global_mean: float,
-    reg: float,
-    reg_bias: float,
+    per_dim: torch.Tensor,
     cg_steps: int,
-    reg_exponent: float = 1.0,
-    with_loss: bool = False,
+    reg_exponent: float,
+    with_loss: bool,
 ) -> float:
-    """:func:`als_half_sweep` by matrix-free CG over CSR kernels (``cg_steps`` >= 1).
-
-    Solves the same systems from the same warm start as the bucketed CG, so
-    the two agree to rounding; the ``k x k`` matrices are never formed.
-    Parameters and return value as :func:`als_half_sweep`, with ``side``
-    from :func:`als_side` instead of buckets.
-    """
+    """:func:`als_half_sweep` on the CSR layout; ``feats`` already carries the bias column."""
     k = factors.shape[1]
-    with_bias = bias is not None
-    feats = torch.cat([other_factors, other_factors.new_ones(other_factors.shape[0], 1)], 1) if with_bias \
-        else other_factors
     target = side.pairs.conf.values()  # rewritten in place: the CSR matrix reads it
     torch.sub(side.ratings, global_mean, out=target)
     if other_bias is not None:
         target.sub_(other_bias[side.col])
-    per_dim = torch.full((feats.shape[1],), reg, dtype=feats.dtype, device=feats.device)
-    if with_bias:
-        per_dim[k] = reg_bias
     lam = side.counts.pow(reg_exponent) * per_dim  # (n, m)
-    x = torch.cat([factors, bias[:, None]], 1) if with_bias else factors.clone()
+    x = torch.cat([factors, bias[:, None]], 1) if bias is not None else factors.clone()
     cg_rows(x, None, lam, cg_steps, side.pairs.data_term(feats))
     factors.copy_(x[:, :k])
-    if with_bias:
+    if bias is not None:
         bias.copy_(x[:, k])
     if not with_loss:
         return 0.0
