@@ -52,6 +52,7 @@ def prefer_csr(nnz: int, n_nonempty_rows: int, n_other: int, width: int, itemsiz
     long_rows = nnz >= _CSR_MIN_MEAN_DEGREE * max(1, n_nonempty_rows)
     return device.type == "cpu" and small and long_rows
 
+
 # CG's data term: (v, residual) -> F^T (c - w * (F v)) if residual else F^T (w * (F v)), shape like v
 DataTerm = Callable[[torch.Tensor, bool], torch.Tensor]
 
