@@ -99,6 +99,32 @@ def test_ials_recovers_the_blocks_on_either_layout(blocks, monkeypatch, layout):
         assert_in_group_unseen(model, data, user, model.recommend(user, k=K)["item"].tolist())
 
 
+def test_ials_fit_on_csr_matches_plain_half_sweeps(blocks, monkeypatch):
+    """fit carries each sweep's loss scores into the next user half; the factors must not notice.
+
+    Reference: the same initial factors (the estimator's seeded init) swept by
+    plain :func:`ials_half_sweep` calls that compute every product themselves.
+    """
+    monkeypatch.setattr(cg_module, "_CSR_MIN_MEAN_DEGREE", 0)  # both sides on the CSR layout
+    data = blocks[0]
+    model = MatrixFactorization(loss="ials", factors=3, epochs=4, seed=0, verbose=False, device="cpu").fit(data)
+    hp = model.effective_params
+    init = MFModel(data.n_users, data.n_items, 3, biases=False, init_std=hp["init_std"],
+                   generator=torch.Generator().manual_seed(0))
+    P, Q = init.user_embs.weight.detach().clone(), init.item_embs.weight.detach().clone()
+    s = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], hp["cg_steps"])
+    conf = confidence(data.values, hp["alpha"], hp["confidence"], hp["confidence_eps"])
+    cpu = torch.device("cpu")
+    by_user = ials_side(data.users, data.items, conf, data.n_users, data.n_items, 3, cpu, s)
+    by_item = ials_side(data.items, data.users, conf, data.n_items, data.n_users, 3, cpu, s)
+    assert by_user.chunks is None and by_item.chunks is None
+    for _ in range(4):
+        ials_half_sweep(by_user, P, Q, s)
+        ials_half_sweep(by_item, Q, P, s)
+    np.testing.assert_allclose(model.user_factors, P.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(model.item_factors, Q.numpy(), rtol=1e-4, atol=1e-6)
+
+
 def test_predict_is_raw_score_not_clipped(fitted):
     _, model = fitted
     scores = model.predict(["u0", "u0"], ["i0", f"i{2 * ITEMS_PER_GROUP - 1}"])

@@ -19,7 +19,7 @@ from torchmf.estimator.params import auto_batch_size, is_implicit_loss
 from torchmf.nn.mf import MFModel
 from torchmf.solvers.als import ALSSide, als_half_sweep, als_side
 from torchmf.solvers.cg import prefer_csr
-from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_loss, ials_side
+from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_loss, ials_observed, ials_side
 from torchmf.solvers.monitor import Monitor
 from torchmf.solvers.pairwise import PairwiseSettings, make_pairwise_epoch
 from torchmf.solvers.ragged import Bucket, bucketize
@@ -193,9 +193,21 @@ def _ials_epoch(model: MFModel, data: Interactions, hp: dict[str, Any], device: 
     t = model_tables(model)
     P, Q = t["P"], t["Q"]
 
+    # With both sides on the CSR layout, the scores the loss needs after a sweep
+    # are the ones the next sweep's user half starts from (same P and Q, pairs
+    # in the other order): computing them once saves a pass over the data.
+    csr = settings.cg_steps > 0 and by_user.chunks is None and by_item.chunks is None
+    to_user_order = torch.argsort(by_item.order)[by_user.order] if csr else None
+    carried: list[torch.Tensor | None] = [None]
+
     def sweep() -> float:
-        ials_half_sweep(by_user, P, Q, settings)
-        observed = ials_half_sweep(by_item, Q, P, settings, with_loss=True)
+        ials_half_sweep(by_user, P, Q, settings, scores=carried[0])
+        if to_user_order is None:
+            observed = ials_half_sweep(by_item, Q, P, settings, with_loss=True)
+        else:
+            ials_half_sweep(by_item, Q, P, settings)
+            observed, scores = ials_observed(by_item, Q, P, settings)
+            carried[0] = scores[to_user_order]
         # the full objective per observed pair: comparable across data sizes
         return ials_loss(observed, P, Q, by_user, by_item, settings) / len(data)
 

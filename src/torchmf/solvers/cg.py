@@ -133,12 +133,17 @@ class CSRPairs:
         """``v_u . q_i`` of every observed pair in CSR order, shape (nnz,); never the full matrix."""
         return torch.sparse.sampled_addmm(self.conf, v, other.T, beta=0.0).values()
 
-    def data_term(self, other: torch.Tensor) -> DataTerm:
-        """CG's data term over all rows (see :data:`DataTerm`)."""
+    def data_term(self, other: torch.Tensor, start_scores: torch.Tensor | None = None) -> DataTerm:
+        """CG's data term over all rows (see :data:`DataTerm`).
+
+        ``start_scores`` (shape (nnz,)), when given, are the scores of the
+        warm start, already known to the caller: the residual product then
+        skips its sampled product.
+        """
         conf, vals = self.conf.values(), self.scratch.values()  # aliases of the matrices' values
 
         def term(v: torch.Tensor, residual: bool) -> torch.Tensor:
-            y = self.scores(v, other)
+            y = start_scores if residual and start_scores is not None else self.scores(v, other)
             if self.weight is None and residual:
                 torch.sub(conf, y, out=vals)
             elif self.weight is None:

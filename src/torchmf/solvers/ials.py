@@ -42,8 +42,8 @@ from torchmf.solvers.cg import (
 from torchmf.solvers.ragged import bucketize
 
 __all__ = [
-    "IALSSettings", "IALSSide", "confidence", "ials_half_sweep", "ials_loss", "ials_penalty", "ials_side",
-    "ials_solve_rows",
+    "IALSSettings", "IALSSide", "confidence", "ials_half_sweep", "ials_loss", "ials_observed", "ials_penalty",
+    "ials_side", "ials_solve_rows",
 ]
 
 # Exact solves form a k x k matrix per row; buckets of about 64 MB of them
@@ -121,6 +121,8 @@ class IALSSide:
         ``(n, n_other)``.
     pairs : CSRPairs
         The same pairs as sparse matrices, for the CSR layout and the loss.
+    order : torch.LongTensor, shape (nnz,)
+        Input position of each pair in CSR order (maps scores between the two sides).
     chunks : tuple of IALSChunk, optional
         The gathered layout (:mod:`torchmf.solvers.cg`); None runs CG on the CSR form.
     """
@@ -133,6 +135,7 @@ class IALSSide:
     empty: torch.Tensor
     shape: tuple[int, int]
     pairs: CSRPairs
+    order: torch.Tensor
     chunks: tuple[IALSChunk, ...] | None = None
 
 
@@ -196,6 +199,7 @@ def ials_side(
         empty=torch.as_tensor(np.flatnonzero(counts == 0), device=device),
         shape=(n_rows, n_cols),
         pairs=CSRPairs.build(crow_t, col_t, c, weight, (n_rows, n_cols)),
+        order=torch.as_tensor(order, device=device),
         chunks=chunks,
     )
 
@@ -280,6 +284,7 @@ def ials_half_sweep(
     other: torch.Tensor,
     s: IALSSettings,
     with_loss: bool = False,
+    scores: torch.Tensor | None = None,
 ) -> float:
     """Re-solve every row of one side in place, the other side fixed.
 
@@ -295,6 +300,11 @@ def ials_half_sweep(
     with_loss : bool
         Also return the observed-pairs part of the loss at the new factors,
         ``sum c (1 - y)^2 - a0 y^2`` (see :func:`ials_loss`); 0.0 otherwise.
+    scores : torch.Tensor, shape (nnz,), optional
+        ``factors . other`` of every pair in this side's CSR order at the
+        current factors, when the caller has them (:func:`ials_observed`
+        after the other side's half-sweep): CG on the CSR layout then skips
+        one of its products. Ignored by the other layouts.
 
     Returns
     -------
@@ -305,15 +315,26 @@ def ials_half_sweep(
         return _gathered_cg(side.chunks, factors, other, gram, s, with_loss)
     kept = factors[side.empty] if len(side.empty) else None
     if s.cg_steps > 0:
-        cg_rows(factors, gram, side.lam, s.cg_steps, side.pairs.data_term(other))
+        cg_rows(factors, gram, side.lam, s.cg_steps, side.pairs.data_term(other, scores))
     else:
         _exact(side, other, gram, factors, s.unobserved_weight)
     if kept is not None:
         factors[side.empty] = kept
-    if not with_loss:
-        return 0.0
+    return ials_observed(side, factors, other, s)[0] if with_loss else 0.0
+
+
+def ials_observed(side: IALSSide, factors: torch.Tensor, other: torch.Tensor, s: IALSSettings
+                  ) -> tuple[float, torch.Tensor]:
+    """Observed-pairs part of the loss, ``sum c (1 - y)^2 - a0 y^2``, and the scores ``y``.
+
+    Returns
+    -------
+    loss : float
+    scores : torch.Tensor, shape (nnz,)
+        ``factors . other`` of every pair in this side's CSR order.
+    """
     y = side.pairs.scores(factors, other)
-    return float((side.conf * (1 - y).square() - s.unobserved_weight * y.square()).sum(dtype=torch.float64))
+    return float((side.conf * (1 - y).square() - s.unobserved_weight * y.square()).sum(dtype=torch.float64)), y
 
 
 def ials_loss(observed: float, P: torch.Tensor, Q: torch.Tensor, user_side: IALSSide, item_side: IALSSide,
