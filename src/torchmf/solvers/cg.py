@@ -215,6 +215,7 @@ def gathered_chunks(
     max_entries: int,
     device: torch.device,
     dtype: torch.dtype,
+    csr: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[IALSChunk, ...]:
     """Degree buckets (:func:`~torchmf.solvers.ragged.ragged_layout`) in chunks of at most ``max_entries`` slots.
 
@@ -231,8 +232,10 @@ def gathered_chunks(
         Slots per chunk (unless one row alone is longer).
     device : torch.device
     dtype : torch.dtype
+    csr : tuple of numpy.ndarray, optional
+        The pairs' CSR order, when the caller has it (see :func:`~torchmf.solvers.ragged.ragged_layout`).
     """
-    lay = ragged_layout(rows, cols, conf, n_rows, n_cols, max_elements=max_entries, growth=1.3)
+    lay = ragged_layout(rows, cols, conf, n_rows, n_cols, max_elements=max_entries, growth=1.3, csr=csr)
     rows_t = torch.as_tensor(lay.rows, device=device)
     lam_t = lam[rows_t]
     cols_t = torch.as_tensor(lay.cols, device=device)

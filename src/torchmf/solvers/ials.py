@@ -39,7 +39,7 @@ from torchmf.solvers.cg import (
     gathered_chunks,
     prefer_csr,
 )
-from torchmf.solvers.ragged import bucketize
+from torchmf.solvers.ragged import Bucket, bucketize
 
 __all__ = [
     "IALSSettings", "IALSSide", "confidence", "ials_half_sweep", "ials_loss", "ials_observed", "ials_penalty",
@@ -125,6 +125,9 @@ class IALSSide:
         Input position of each pair in CSR order (maps scores between the two sides).
     chunks : tuple of IALSChunk, optional
         The gathered layout (:mod:`torchmf.solvers.cg`); None runs CG on the CSR form.
+    exact : list of Bucket, optional
+        Degree buckets for exact (Cholesky) solves, built when the settings
+        ask for them (``cg_steps`` 0).
     """
 
     crow: torch.Tensor
@@ -137,6 +140,7 @@ class IALSSide:
     pairs: CSRPairs
     order: torch.Tensor
     chunks: tuple[IALSChunk, ...] | None = None
+    exact: list[Bucket] | None = None
 
 
 def ials_side(
@@ -178,15 +182,18 @@ def ials_side(
     crow, order = csr_order(rows, cols, n_rows, n_cols)
     counts = np.diff(crow)
     if layout == "auto":
-        csr = prefer_csr(len(rows), int(np.count_nonzero(counts)), n_cols, k, itemsize, device)
-        layout = "csr" if csr else "gathered"
+        use_csr = prefer_csr(len(rows), int(np.count_nonzero(counts)), n_cols, k, itemsize, device)
+        layout = "csr" if use_csr else "gathered"
     c = torch.as_tensor(np.asarray(conf)[order], device=device).to(dtype)
     lam = ials_penalty(torch.as_tensor(counts, device=device).to(dtype), n_cols, s).unsqueeze(1)
-    chunks = None
-    if layout == "gathered":
+    chunks = exact = None
+    if s.cg_steps <= 0:
+        exact = _exact_buckets(rows, cols, conf, n_rows, n_cols, k, device, itemsize, csr=(crow, order))
+    elif layout == "gathered":
         chunk_bytes = _CHUNK_BYTES_CUDA if device.type == "cuda" else _CHUNK_BYTES_CPU
         max_entries = max(_MIN_CHUNK_ENTRIES, chunk_bytes // (itemsize * k))
-        chunks = gathered_chunks(rows, cols, conf, lam, s.unobserved_weight, n_rows, n_cols, max_entries, device, dtype)
+        chunks = gathered_chunks(rows, cols, conf, lam, s.unobserved_weight, n_rows, n_cols, max_entries, device, dtype,
+                                 csr=(crow, order))
     crow_t = torch.as_tensor(crow, device=device)
     col_t = torch.as_tensor(np.asarray(cols, dtype=np.int64)[order], device=device)
     weight = c - s.unobserved_weight
@@ -201,6 +208,7 @@ def ials_side(
         pairs=CSRPairs.build(crow_t, col_t, c, weight, (n_rows, n_cols)),
         order=torch.as_tensor(order, device=device),
         chunks=chunks,
+        exact=exact,
     )
 
 
@@ -241,15 +249,22 @@ def ials_solve_rows(
     return torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
 
 
+def _exact_buckets(rows: np.ndarray, cols: np.ndarray, conf: np.ndarray, n_rows: int, n_cols: int, k: int,
+                   device: torch.device, itemsize: int, csr: tuple[np.ndarray, np.ndarray] | None = None
+                   ) -> list[Bucket]:
+    """Degree buckets for exact solves, which form a k x k matrix per row: about 64 MB of them a bucket."""
+    max_elements = max(4096, _EXACT_BLOCK_BYTES // (itemsize * k * k))
+    return bucketize(rows, cols, conf, n_rows, n_cols, device, max_elements=max_elements, csr=csr)
+
+
 def _exact(side: IALSSide, other: torch.Tensor, gram: torch.Tensor, x: torch.Tensor, a0: float) -> None:
     """Exact solves of every non-empty row, bucket by bucket (:mod:`torchmf.solvers.ragged`)."""
-    rows = torch.repeat_interleave(torch.arange(side.shape[0], device=x.device), side.crow.diff())
-    k = other.shape[1]
-    padded = torch.cat([other, other.new_zeros(1, k)])  # padding cols point at the zero row
-    buckets = bucketize(
-        rows.cpu().numpy(), side.col.cpu().numpy(), side.conf.cpu().numpy(), side.shape[0], side.shape[1], x.device,
-        max_elements=max(4096, _EXACT_BLOCK_BYTES // (x.element_size() * k * k)),
-    )
+    buckets = side.exact
+    if buckets is None:  # laid out for CG (settings with cg_steps > 0): build the buckets now
+        rows = torch.repeat_interleave(torch.arange(side.shape[0], device=x.device), side.crow.diff())
+        buckets = _exact_buckets(rows.cpu().numpy(), side.col.cpu().numpy(), side.conf.cpu().numpy(), *side.shape,
+                                 other.shape[1], x.device, x.element_size())
+    padded = torch.cat([other, other.new_zeros(1, other.shape[1])])  # padding cols point at the zero row
     for b in buckets:
         conf = b.vals.to(x.dtype).unsqueeze(1)
         weight = (conf - a0) * b.mask.to(x.dtype).unsqueeze(1)

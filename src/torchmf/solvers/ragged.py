@@ -91,6 +91,7 @@ def ragged_layout(
     n_cols: int,
     max_elements: int = 1 << 22,
     growth: float = 1.3,
+    csr: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> RaggedLayout:
     """Pad the rows of a sparse matrix into degree buckets.
 
@@ -107,6 +108,8 @@ def ragged_layout(
     growth : float
         A bucket ends when its longest row would exceed ``growth`` times its
         shortest (plus 8), so padding wastes less than ``1 - 1/growth`` of a block.
+    csr : tuple of numpy.ndarray, optional
+        ``csr_order(rows, cols, n_rows, n_cols)`` when the caller has it already.
 
     Returns
     -------
@@ -115,7 +118,7 @@ def ragged_layout(
     rows = np.asarray(rows, dtype=np.int64)
     cols = np.asarray(cols, dtype=np.int64)
     # entries grouped by row, columns ascending inside a row (gathers read memory in order)
-    indptr, order = csr_order(rows, cols, n_rows, n_cols)
+    indptr, order = csr if csr is not None else csr_order(rows, cols, n_rows, n_cols)
     cols_sorted, vals_sorted = cols[order], np.asarray(vals, dtype=np.float32)[order]
     counts_all = np.diff(indptr)
     starts_all = indptr[:-1]
@@ -172,6 +175,7 @@ def bucketize(
     device: torch.device,
     max_elements: int = 1 << 22,
     growth: float = 1.3,
+    csr: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Bucket]:
     """The buckets of :func:`ragged_layout` as separate tensors on ``device``.
 
@@ -181,14 +185,14 @@ def bucketize(
     vals : numpy.ndarray of float32, shape (nnz,)
     n_rows, n_cols : int
     device : torch.device
-    max_elements, growth
+    max_elements, growth, csr
         See :func:`ragged_layout`.
 
     Returns
     -------
     list of Bucket
     """
-    lay = ragged_layout(rows, cols, vals, n_rows, n_cols, max_elements, growth)
+    lay = ragged_layout(rows, cols, vals, n_rows, n_cols, max_elements, growth, csr)
     mask = lay.mask.astype(np.float32)
     out = []
     for b, width in enumerate(lay.widths.tolist()):
