@@ -16,6 +16,10 @@ __all__ = ["add_parsers"]
 _RAW = argparse.RawDescriptionHelpFormatter
 
 
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL_DIR", help="folder written by 'torchmf train'")
+
+
 def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "predict", parents=parents, formatter_class=_RAW,
@@ -24,7 +28,7 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         epilog="examples:\n  torchmf predict model --user 1 --item 50\n"
                "  torchmf predict model --pairs pairs.csv -o predictions.csv --unknown fallback",
     )
-    p.add_argument("model", metavar="MODEL_DIR", help="folder written by 'torchmf train'")
+    _add_model(p)
     p.add_argument("--user", help="user id, as in the training file")
     p.add_argument("--item", help="item id, as in the training file")
     p.add_argument("--pairs", metavar="FILE", help="CSV of user,item pairs (a header line is optional)")
@@ -43,7 +47,7 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         epilog="examples:\n  torchmf recommend model --user 1 -k 5\n"
                "  torchmf recommend model --users users.txt --format csv -o recs.csv",
     )
-    p.add_argument("model", metavar="MODEL_DIR", help="folder written by 'torchmf train'")
+    _add_model(p)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="user id, as in the training file")
     who.add_argument("--users", metavar="FILE", help="file of user ids, one per line (- for stdin)")
@@ -59,7 +63,7 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         description="Items whose factors are closest (cosine similarity) to the given item's.",
         epilog='example:\n  torchmf similar model --item 50 -k 5 --format json',
     )
-    p.add_argument("model", metavar="MODEL_DIR", help="folder written by 'torchmf train'")
+    _add_model(p)
     p.add_argument("--item", required=True, help="item id, as in the training file")
     p.add_argument("-k", type=int, default=10, help="number of items (default 10)")
     common.add_format(p)
@@ -70,7 +74,7 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="describe a saved model",
         description="Show a saved model's hyperparameters, size, rating range and training history.",
     )
-    p.add_argument("model", metavar="MODEL_DIR", help="folder written by 'torchmf train'")
+    _add_model(p)
     common.add_format(p, ("table", "json"))
     p.set_defaults(func=info)
 
@@ -82,7 +86,7 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                     "cannot count as hits; --train adds the interactions of another file to that.",
         epilog="example:\n  torchmf evaluate model test.csv -k 10 --format json",
     )
-    p.add_argument("model", metavar="MODEL_DIR", help="folder written by 'torchmf train'")
+    _add_model(p)
     p.add_argument("test", metavar="TEST_DATA", help="ratings file to evaluate on")
     p.add_argument("--train", metavar="TRAIN_DATA", help="training file whose items are excluded from rankings")
     p.add_argument("-k", type=int, default=10, help="cut-off of the ranking metrics (default 10)")
