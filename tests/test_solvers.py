@@ -324,34 +324,28 @@ def test_sparse_adam_leaves_untouched_rows_alone():
     torch.testing.assert_close(table[1], torch.full((2,), 0.9, dtype=torch.float64))
 
 
-def test_adam_matches_torch_adam():
-    start = torch.randn(5, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    ours = start.clone()
+@pytest.mark.parametrize(
+    "ours, theirs, lr, seed",
+    [
+        # same algorithm; only eps enters at a slightly different place, a ~1e-8 relative effect
+        (Adam, torch.optim.Adam, 0.01, 3),
+        # torch uses eps 1e-10 where ours uses 1e-8: negligible next to sqrt(acc) ~ 1
+        (Adagrad, torch.optim.Adagrad, 0.1, 5),
+    ],
+    ids=["adam", "adagrad"],
+)
+def test_optimizer_matches_torch(ours, theirs, lr, seed):
+    start = torch.randn(5, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    table = start.clone()
     ref = torch.nn.Parameter(start.clone())
-    opt = Adam({"P": ours}, lr=0.01)
-    ref_opt = torch.optim.Adam([ref], lr=0.01)
+    opt = ours({"P": table}, lr=lr)
+    ref_opt = theirs([ref], lr=lr)
     rows = torch.arange(5)
-    for grad in _random_steps(20, (5, 3), seed=4):
+    for grad in _random_steps(20, (5, 3), seed=seed + 1):
         opt.step("P", rows, grad.clone())
         ref.grad = grad.clone()
         ref_opt.step()
-    # same algorithm; only eps enters at a slightly different place, a ~1e-8 relative effect
-    torch.testing.assert_close(ours, ref.detach(), rtol=1e-6, atol=1e-7)
-
-
-def test_adagrad_matches_torch_adagrad():
-    start = torch.randn(5, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    ours = start.clone()
-    ref = torch.nn.Parameter(start.clone())
-    opt = Adagrad({"P": ours}, lr=0.1)
-    ref_opt = torch.optim.Adagrad([ref], lr=0.1)
-    rows = torch.arange(5)
-    for grad in _random_steps(20, (5, 3), seed=6):
-        opt.step("P", rows, grad.clone())
-        ref.grad = grad.clone()
-        ref_opt.step()
-    # torch uses eps 1e-10 where ours uses 1e-8: negligible next to sqrt(acc) ~ 1
-    torch.testing.assert_close(ours, ref.detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(table, ref.detach(), rtol=1e-6, atol=1e-7)
 
 
 def test_make_optimizer():
