@@ -36,7 +36,8 @@ import torch
 import torchmf
 from torchmf.data.idmap import IdMap
 from torchmf.data.interactions import Interactions
-from torchmf.estimator.params import auto_batch_size, resolve_device
+from torchmf.device import resolve_device
+from torchmf.estimator.params import auto_batch_size
 from torchmf.estimator.training import _ials_epoch, _pairwise_epoch
 
 

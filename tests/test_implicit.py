@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import torchmf
 from torchmf import Interactions, MatrixFactorization
+from torchmf import device as device_module
 from torchmf.nn.mf import MFModel
 from torchmf.solvers import cg as cg_module
 from torchmf.solvers import ials as ials_module
@@ -311,8 +312,8 @@ def test_csr_and_gathered_layouts_take_the_same_cg_steps(monkeypatch):
     Q = torch.tensor(rng.normal(size=(n_i, k)))
     P0 = torch.tensor(rng.normal(size=(n_u, k)))
     cpu = torch.device("cpu")
-    monkeypatch.setattr(ials_module, "_MIN_CHUNK_ENTRIES", 64)  # several chunks on this small set
-    monkeypatch.setattr(ials_module, "_CHUNK_BYTES_CPU", 64 * 8 * k)
+    monkeypatch.setattr(ials_module, "MIN_CHUNK_ENTRIES", 64)  # several chunks on this small set
+    monkeypatch.setattr(device_module, "_CHUNK_BYTES_CPU", 64 * 8 * k)
     results = {}
     for layout in ("csr", "gathered"):
         side = ials_side(u, i, conf, n_u, n_i, k, cpu, s, dtype=torch.float64, layout=layout)

@@ -13,6 +13,7 @@ import torch
 
 from torchmf.data.csr import csr_order
 from torchmf.data.interactions import Interactions
+from torchmf.device import resolve_device
 from torchmf.errors import DataError, NotFittedError
 from torchmf.estimator import params as hparams
 from torchmf.estimator.training import Validation, fit_model
@@ -165,7 +166,7 @@ class MatrixFactorization:
             raise DataError("cannot fit on empty interactions")
         data = train.compact()
         hp = hparams.resolve(self._params)
-        device = hparams.resolve_device(hp["device"])
+        device = resolve_device(hp["device"])
         self.user_map, self.item_map = data.user_map, data.item_map
         self.implicit_ = data.implicit
         self.rating_range_ = data.rating_range()

@@ -187,9 +187,11 @@ def validate(p: Params) -> None:
     _check(isinstance(p.device, str), "device", p.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
     if p.device != "auto":
         try:
-            torch.device(p.device)
-        except RuntimeError:
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {p.device!r}") from None
+            dev = torch.device(p.device)
+        except (RuntimeError, TypeError):
+            dev = None
+        if dev is None or dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {p.device!r}")
 
 
 def resolve(p: Params) -> dict[str, Any]:
@@ -201,16 +203,6 @@ def resolve(p: Params) -> dict[str, Any]:
         if out[name] is None:
             out[name] = default
     return out
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available; use device='auto' or 'cpu'")
-    return dev
 
 
 def auto_batch_size(loss: str, n_interactions: int) -> int:

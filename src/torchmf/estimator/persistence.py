@@ -28,6 +28,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from torchmf.data.idmap import IdMap
+from torchmf.device import resolve_device
 from torchmf.errors import ModelFileError, TorchMFError
 from torchmf.estimator import params as hparams
 from torchmf.nn.mf import MFModel
@@ -155,7 +156,7 @@ def _build(cls: type, meta: dict[str, Any], tensors: dict[str, torch.Tensor], de
     ):
         raise ModelFileError("seen-items index does not match the id maps")
     est = cls(**{k: v for k, v in meta["params"].items() if k in hparams.Params.names()})
-    dev = hparams.resolve_device(device)
+    dev = resolve_device(device)
     model.requires_grad_(False)
     est._model = model.to(dev)
     est._hp = hp

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from torchmf.data.interactions import Interactions
+from torchmf.device import prefer_csr
 from torchmf.estimator.params import auto_batch_size, is_implicit_loss
 from torchmf.nn.mf import MFModel
 from torchmf.solvers.als import ALSSide, als_half_sweep, als_side
-from torchmf.solvers.cg import prefer_csr
 from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_loss, ials_observed, ials_side
 from torchmf.solvers.monitor import Monitor
 from torchmf.solvers.pairwise import PairwiseSettings, make_pairwise_epoch

@@ -11,7 +11,7 @@ solvers minimise the same objective.
 Each half-sweep solves every row at once, either bucket by bucket (see
 :mod:`torchmf.solvers.ragged`: exactly by batched Cholesky, or by a few
 warm-started conjugate-gradient steps on the formed ``k x k`` matrices), or,
-where :func:`torchmf.solvers.cg.prefer_csr` says so, by the same CG steps
+where :func:`torchmf.device.prefer_csr` says so, by the same CG steps
 without ever forming those matrices: two CSR kernels per step over the whole
 side (an :class:`ALSSide` layout), several times less work at ``k = 48``.
 """

@@ -32,26 +32,7 @@ from torchmf.solvers.ragged import ragged_layout
 
 __all__ = [
     "CSRPairs", "IALSBucket", "IALSChunk", "cg_rows", "chunk_data_term", "chunk_scores", "gathered_chunks", "make_csr",
-    "prefer_csr",
 ]
-
-# The CSR layout reads the other side's factors at random and pays a little
-# per row: it wins while those factors stay in cache and rows are not too
-# short (benchmarks/ials_layouts.py measures both layouts).
-_CSR_MAX_OTHER_BYTES = 8 << 20
-_CSR_MIN_MEAN_DEGREE = 32
-
-
-def prefer_csr(nnz: int, n_nonempty_rows: int, n_other: int, width: int, itemsize: int, device: torch.device) -> bool:
-    """Whether the CSR layout should beat gathered buckets for one side.
-
-    True on the CPU when the other side's ``(n_other, width)`` factor table
-    fits in 8 MB and rows hold 32 pairs or more on average; GPUs always gather.
-    """
-    small = n_other * width * itemsize <= _CSR_MAX_OTHER_BYTES
-    long_rows = nnz >= _CSR_MIN_MEAN_DEGREE * max(1, n_nonempty_rows)
-    return device.type == "cpu" and small and long_rows
-
 
 # CG's data term: (v, residual) -> F^T (c - w * (F v)) if residual else F^T (w * (F v)), shape like v
 DataTerm = Callable[[torch.Tensor, bool], torch.Tensor]

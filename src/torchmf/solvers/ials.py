@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from torchmf.data.csr import csr_order
+from torchmf.device import EXACT_BLOCK_BYTES, MIN_CHUNK_ENTRIES, chunk_bytes, prefer_csr
 from torchmf.solvers.cg import (
     CSRPairs,
     IALSChunk,
@@ -37,7 +38,6 @@ from torchmf.solvers.cg import (
     chunk_data_term,
     chunk_scores,
     gathered_chunks,
-    prefer_csr,
 )
 from torchmf.solvers.ragged import Bucket, bucketize
 
@@ -46,16 +46,6 @@ __all__ = [
     "ials_side", "ials_solve_rows",
 ]
 
-# Exact solves form a k x k matrix per row; buckets of about 64 MB of them
-# bound the memory of the cg_steps=0 path.
-_EXACT_BLOCK_BYTES = 64 << 20
-# Where the CSR layout loses (cg.prefer_csr), gathered chunks of about
-# _CHUNK_BYTES are streamed through instead: on the CPU a few MB keep a chunk
-# in the last-level cache across CG's passes, on a GPU bigger chunks mean
-# fewer kernel launches.
-_CHUNK_BYTES_CPU = 16 << 20
-_CHUNK_BYTES_CUDA = 512 << 20
-_MIN_CHUNK_ENTRIES = 4096
 
 
 @dataclass(frozen=True)
@@ -190,8 +180,7 @@ def ials_side(
     if s.cg_steps <= 0:
         exact = _exact_buckets(rows, cols, conf, n_rows, n_cols, k, device, itemsize, csr=(crow, order))
     elif layout == "gathered":
-        chunk_bytes = _CHUNK_BYTES_CUDA if device.type == "cuda" else _CHUNK_BYTES_CPU
-        max_entries = max(_MIN_CHUNK_ENTRIES, chunk_bytes // (itemsize * k))
+        max_entries = max(MIN_CHUNK_ENTRIES, chunk_bytes(device) // (itemsize * k))
         chunks = gathered_chunks(rows, cols, conf, lam, s.unobserved_weight, n_rows, n_cols, max_entries, device, dtype,
                                  csr=(crow, order))
     crow_t = torch.as_tensor(crow, device=device)
@@ -253,7 +242,7 @@ def _exact_buckets(rows: np.ndarray, cols: np.ndarray, conf: np.ndarray, n_rows:
                    device: torch.device, itemsize: int, csr: tuple[np.ndarray, np.ndarray] | None = None
                    ) -> list[Bucket]:
     """Degree buckets for exact solves, which form a k x k matrix per row: about 64 MB of them a bucket."""
-    max_elements = max(4096, _EXACT_BLOCK_BYTES // (itemsize * k * k))
+    max_elements = max(4096, EXACT_BLOCK_BYTES // (itemsize * k * k))
     return bucketize(rows, cols, conf, n_rows, n_cols, device, max_elements=max_elements, csr=csr)
 
 
