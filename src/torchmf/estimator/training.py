@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from torchmf.data.interactions import Interactions
-from torchmf.device import prefer_csr
+from torchmf.device import prefer_csr, thread_policy
 from torchmf.estimator.params import auto_batch_size, is_implicit_loss
 from torchmf.nn.mf import MFModel
 from torchmf.solvers.als import ALSSide, als_half_sweep, als_side
@@ -176,8 +176,12 @@ def fit_model(
         run_epoch = _als_epoch(model, data, hp, device)
     else:
         run_epoch = _sgd_epoch(model, data, hp, device)
-    with torch.no_grad():
+    # intra-op threads matched to the free cores and to each kernel's work (see device.thread_policy)
+    minibatch = hp["solver"] == "sgd"
+    work = (hp["batch_size"] * (1 + (hp["negatives"] or 0)) if minibatch else len(data)) * hp["factors"]
+    with torch.no_grad(), thread_policy(work, device) as threads:
         for epoch in range(1, hp["epochs"] + 1):
+            threads.refresh()
             if monitor.end_epoch(epoch, run_epoch()):
                 break
     monitor.finish()
