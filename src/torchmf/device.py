@@ -28,6 +28,7 @@ __all__ = [
     "ThreadPolicy",
     "available_cores",
     "busy_cores",
+    "check_memory",
     "chunk_bytes",
     "fit_threads",
     "prefer_csr",
@@ -95,6 +96,31 @@ def prefer_csr(nnz: int, n_nonempty_rows: int, n_other: int, width: int, itemsiz
 def chunk_bytes(device: torch.device) -> int:
     """Bytes of gathered factors per chunk on the gathered layout."""
     return _CHUNK_BYTES_CUDA if device.type == "cuda" else _CHUNK_BYTES_CPU
+
+
+def check_memory(nbytes: int, device: torch.device, what: str) -> None:
+    """Refuse an allocation of ``nbytes`` that cannot fit, before trying it.
+
+    Compares with the device's total memory (CUDA) or the machine's physical
+    memory (CPU), so a typo such as ``factors=10**9`` is a clear error instead
+    of an out-of-memory crash minutes later.
+
+    Raises
+    ------
+    ValueError
+        Naming ``what`` and the sizes.
+    """
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - platforms without sysconf
+            return
+    if nbytes > total:
+        raise ValueError(
+            f"{what} needs {nbytes / 2**30:.1f} GiB, more than the {total / 2**30:.1f} GiB of memory on {device}"
+        )
 
 
 # ---------------------------------------------------------------------- threads
