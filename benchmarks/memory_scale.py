@@ -3,6 +3,7 @@
     python benchmarks/memory_scale.py --cache /tmp/mem50m.npz                   # 50 M: 1 M users x 100 k items
     python benchmarks/memory_scale.py --users 100000 --items 20000 --interactions 5000000 --cache /tmp/mem5m.npz
     python benchmarks/memory_scale.py --cache /tmp/mem50m.npz --libraries torchmf --epochs 1
+    python benchmarks/memory_scale.py --cache /tmp/mem50m.npz --libraries "" --csv /tmp/mem50m.csv --readers arrow
 
 The data is a synthetic implicit matrix: users' degrees vary (geometric-like),
 items follow a Zipf popularity (exponent ``--zipf``); pairs are distinct. It is
@@ -13,6 +14,11 @@ the resident size right after loading the matrix (so the fit's own peak is the
 difference). implicit (``pip install implicit``; a benchmark-only dependency)
 fits ``implicit.cpu.als.AlternatingLeastSquares`` on the same CSR; torchmf runs
 ``Interactions.from_csr`` and ``MatrixFactorization(loss="ials")``.
+
+With ``--csv`` the pairs are also written as a ``user,item`` CSV and
+``torchmf.read_ratings`` is measured on it the same way: through pyarrow
+(column-wise, what large files get) and through the pandas reader (one
+Python string per field; small files get it).
 
 Timing is only meaningful on a quiet machine; peak memory does not depend on load.
 """
@@ -38,14 +44,18 @@ def generate(n_users: int, n_items: int, nnz: int, zipf: float, seed: int = 0) -
     pop = 1.0 / np.arange(1, n_items + 1) ** zipf
     pop = pop[rng.permutation(n_items)]  # popular items anywhere in the id range
     cdf = np.cumsum(pop / pop.sum())
-    # draw ~5% extra to make up for repeats, then keep distinct pairs
-    draws = int(nnz * 1.05)
+    # draw extra pairs to make up for repeats (popular items repeat often), more until there are enough
     degree = rng.gamma(0.7, 1.0, n_users)
-    users = np.repeat(np.arange(n_users, dtype=np.int32), rng.multinomial(draws, degree / degree.sum()))
-    items = np.searchsorted(cdf, rng.random(len(users))).astype(np.int32)
-    np.minimum(items, n_items - 1, out=items)
-    m = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(n_users, n_items))
-    del users, items
+    extra = 1.1
+    while True:
+        users = np.repeat(np.arange(n_users, dtype=np.int32), rng.multinomial(int(nnz * extra), degree / degree.sum()))
+        items = np.searchsorted(cdf, rng.random(len(users))).astype(np.int32)
+        np.minimum(items, n_items - 1, out=items)
+        m = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(n_users, n_items))
+        del users, items
+        if m.nnz >= nnz:
+            break
+        extra *= 1.05 * nnz / m.nnz
     m.data[:] = 1.0  # repeats were summed
     if m.nnz > nnz:  # drop the surplus evenly so nnz matches the request
         keep = np.sort(rng.choice(m.nnz, nnz, replace=False))
@@ -65,16 +75,47 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def read_one(reader: str, csv: str) -> dict:
+    """read_ratings of the CSV in this process, by pyarrow or (forced) pandas; seconds and memory (MB)."""
+    import torchmf
+    from torchmf.data import readers
+
+    if reader == "pandas":
+        readers.wants_arrow = lambda path: False
+    before = rss_mb()
+    t = time.perf_counter()
+    data = torchmf.read_ratings(csv, implicit=True)
+    seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"library": f"read_ratings ({reader})", "seconds": seconds, "convert_s": 0.0, "after_load_mb": before,
+            "peak_mb": peak, "threads": 1, "n": len(data)}
+
+
+def write_csv(m: sp.csr_matrix, path: str) -> None:
+    """The matrix's pairs as ``user,item`` lines (row and column numbers) under a header."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    users = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    table = pa.table({"user": pa.array(users), "item": pa.array(m.indices.astype(np.int64))})
+    with open(path, "wb") as f:
+        f.write(b"user,item\n")
+        pcsv.write_csv(table, f, pcsv.WriteOptions(include_header=False, quoting_style="none"))
+
+
 def run_one(library: str, cache: str, factors: int, epochs: int) -> dict:
     """Fit in this process; returns seconds and memory (MB)."""
+    if library.startswith("read:"):
+        _, reader, csv = library.split(":", 2)
+        return read_one(reader, csv)
     m = load(cache)
     after_load = rss_mb()
-    t = time.perf_counter()
     if library == "torchmf":
         import torch
 
         import torchmf
 
+        t = time.perf_counter()
         data = torchmf.Interactions.from_csr(m, implicit=True)
         convert = time.perf_counter() - t
         torchmf.MatrixFactorization(loss="ials", factors=factors, epochs=epochs, device="cpu", verbose=False).fit(data)
@@ -82,6 +123,7 @@ def run_one(library: str, cache: str, factors: int, epochs: int) -> dict:
     else:
         from implicit.cpu.als import AlternatingLeastSquares
 
+        t = time.perf_counter()
         convert = 0.0
         model = AlternatingLeastSquares(factors=factors, iterations=epochs, calculate_training_loss=False,
                                         random_state=0)
@@ -103,6 +145,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--libraries", default="torchmf,implicit")
     ap.add_argument("--cache", required=True, help="npz file holding the generated CSR matrix (made when missing)")
+    ap.add_argument("--csv", help="also write the pairs to this CSV and time/measure read_ratings on it "
+                    "(pyarrow path and the pandas path)")
+    ap.add_argument("--readers", default="arrow,pandas", help="with --csv: which read paths to measure")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one library in this process
     args = ap.parse_args()
     if args.one:
@@ -119,7 +164,12 @@ def main() -> None:
     del m
     print("| library | threads | fit (s) | of it: CSR -> data (s) | RSS after loading CSR (MB) | peak RSS (MB) |")
     print("|---|---:|---:|---:|---:|---:|")
-    for lib in args.libraries.split(","):
+    runs = [x for x in args.libraries.split(",") if x]
+    if args.csv:
+        if not Path(args.csv).exists():
+            write_csv(load(args.cache), args.csv)
+        runs += [f"read:{r}:{args.csv}" for r in args.readers.split(",") if r]
+    for lib in runs:
         out = subprocess.run([sys.executable, __file__, "--one", lib, "--cache", args.cache, "--factors",
                               str(args.factors), "--epochs", str(args.epochs)], capture_output=True, text=True)
         if out.returncode:

@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from torchmf.data.arrow import arrow_columns, interactions_from_arrow, wants_arrow
 from torchmf.data.idmap import INT_PATTERN
 from torchmf.data.interactions import Duplicates, Interactions
 from torchmf.errors import DataError
@@ -109,25 +110,9 @@ def read_table(
         lines = text.splitlines()
         first = first.replace("::", "\t")
         sep = "\t"
-    fields = _split(first, sep)
-    if header == "infer":
-        second = next((ln for ln in lines[lines.index(first) + 1 :] if ln.strip()), None)
-        header = _looks_like_header(fields, None if second is None else _split(second, sep))
-    if columns is None:
-        if header:
-            columns = [f.strip() for f in fields]
-        elif len(fields) in _DEFAULT_COLUMNS:
-            columns = list(_DEFAULT_COLUMNS[len(fields)])
-        else:
-            raise DataError(
-                f"{path}: line 1 has {len(fields)} fields; give column names "
-                "(columns=['user', 'item', 'rating', ...]) to say which is which"
-            )
+    second = next((ln for ln in lines[lines.index(first) + 1 :] if ln.strip()), None) if header == "infer" else None
+    columns, header = _columns_and_header(path, first, second, sep, columns, header)
     n_cols = len(columns)
-    if len(fields) != n_cols:
-        raise DataError(
-            f"{path}: line 1 has {len(fields)} fields but {n_cols} column names were given ({list(columns)})"
-        )
     whitespace = sep.isspace() if sep else False
     try:
         df = pd.read_csv(
@@ -197,8 +182,13 @@ def read_ratings(
     -------
     Interactions
     """
-    df = read_table(path, sep=sep, columns=columns, header=header)
-    names = [str(c) for c in df.columns]
+    # large files: column-wise with pyarrow, no Python object per row (torchmf.data.arrow)
+    table = _arrow_table(Path(path), sep, columns, header)
+    if table is None:
+        df = read_table(path, sep=sep, columns=columns, header=header)
+        names = [str(c) for c in df.columns]
+    else:
+        names = list(table)
     user_col = user_col or _find(names, "user", required=True, path=path)
     item_col = item_col or _find(names, "item", required=True, path=path)
     if not implicit:
@@ -206,6 +196,14 @@ def read_ratings(
     else:
         rating_col = None
     timestamp_col = timestamp_col or _find(names, "timestamp", required=False, path=path)
+    if table is not None:
+        wanted = [c for c in (user_col, item_col, rating_col, timestamp_col) if c is not None]
+        if len(set(wanted)) == len(wanted) and all(c in table for c in wanted):
+            data = interactions_from_arrow(table, user_col, item_col, rating_col, timestamp_col, duplicates, str(path))
+            if data is not None:
+                return data
+        del table  # something unusual: the pandas reader below words the error with its line
+        df = read_table(path, sep=sep, columns=columns, header=header)
     for col in (user_col, item_col):
         if col in df.columns:
             df[col] = _parse_ids(df[col])
@@ -221,6 +219,55 @@ def read_ratings(
 
 
 # ---------------------------------------------------------------------- helpers
+def _columns_and_header(
+    path: str | os.PathLike, first: str, second: str | None, sep: str, columns: Sequence[str] | None,
+    header: bool | Literal["infer"],
+) -> tuple[list[str], bool]:
+    """Column names and whether line 1 is a header, from the first two non-blank lines."""
+    fields = _split(first, sep)
+    if header == "infer":
+        header = _looks_like_header(fields, None if second is None else _split(second, sep))
+    if columns is None:
+        if header:
+            columns = [f.strip() for f in fields]
+        elif len(fields) in _DEFAULT_COLUMNS:
+            columns = list(_DEFAULT_COLUMNS[len(fields)])
+        else:
+            raise DataError(
+                f"{path}: line 1 has {len(fields)} fields; give column names "
+                "(columns=['user', 'item', 'rating', ...]) to say which is which"
+            )
+    if len(fields) != len(columns):
+        raise DataError(
+            f"{path}: line 1 has {len(fields)} fields but {len(columns)} column names were given ({list(columns)})"
+        )
+    return list(columns), bool(header)
+
+
+def _arrow_table(
+    path: Path, sep: str | None, columns: Sequence[str] | None, header: bool | Literal["infer"]
+) -> dict | None:
+    """A large file's columns read by pyarrow (:mod:`torchmf.data.arrow`), or None for the pandas path."""
+    if not wants_arrow(path):
+        return None
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return arrow_columns(path, None, None if columns is None else list(columns), False)
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    try:
+        lines = head.decode("utf-8").splitlines()
+    except UnicodeDecodeError:  # maybe a multi-byte character cut at the end: let pandas decide
+        return None
+    if len(lines) < 3 or not lines[0].strip():
+        return None
+    first, second = lines[0], next((ln for ln in lines[1:-1] if ln.strip()), None)
+    sep = _sniff(first) if sep is None else sep
+    if sep == "::" or (sep.isspace() and sep not in "\t "):
+        return None
+    names, has_header = _columns_and_header(path, first, second, sep, columns, header)
+    return arrow_columns(path, sep, names, has_header)
+
+
 def _read_text(path: Path) -> str:
     raw = path.read_bytes()
     try:
