@@ -247,7 +247,7 @@ def add_hyperparameters(parser: argparse.ArgumentParser) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="show a progress bar (default: when stderr is a terminal)",
+        help="show progress: a bar on a terminal, one line per epoch otherwise (default: on)",
     )
 
 
@@ -276,7 +276,7 @@ def hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
     """The hyperparameters given on the command line, by MatrixFactorization name."""
     out = {name: getattr(args, name) for name, _, _ in _hp_specs() if getattr(args, name, None) is not None}
     progress = getattr(args, "progress", None)
-    out["verbose"] = sys.stderr.isatty() if progress is None else progress
+    out["verbose"] = True if progress is None else progress  # a bar on a terminal, one line per epoch elsewhere
     return out
 
 

@@ -70,6 +70,8 @@ def _configure_logging(verbosity: int) -> None:
     root.handlers = [h for h in root.handlers if not isinstance(h, logging.StreamHandler)] + [handler]
     root.setLevel(level)
     root.propagate = False
+    # per-epoch progress lines (written when stderr is not a terminal; --no-progress turns them off)
+    logging.getLogger("torchmf.training.monitor").setLevel(min(level, logging.INFO))
 
 
 def _message(exc: BaseException) -> str:

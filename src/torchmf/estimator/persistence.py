@@ -46,6 +46,7 @@ def save_state(state: ModelState, path: str | os.PathLike, overwrite: bool = Fal
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.tensors.items()}
     tensors["seen_indptr"] = torch.from_numpy(np.ascontiguousarray(state.seen_indptr, dtype=np.int64))
     tensors["seen_indices"] = torch.from_numpy(np.ascontiguousarray(state.seen_indices, dtype=np.int64))
+    tensors["seen_values"] = torch.from_numpy(np.ascontiguousarray(state.seen_values, dtype=np.float32))
     blob = st_save(tensors, metadata={"format": FORMAT_NAME})
     meta = {
         "format": FORMAT_NAME,
@@ -135,7 +136,7 @@ def load_state(path: str | os.PathLike, device: str = "auto", mmap: bool = False
 
 
 def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor], device: str) -> ModelState:
-    declared = meta["tensors"]
+    declared = dict(meta["tensors"])
     if set(declared) != set(tensors):
         raise ModelFileError(f"tensor names {sorted(tensors)} differ from the metadata's {sorted(declared)}")
     for name, t in tensors.items():
@@ -145,6 +146,11 @@ def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor], device: str) 
     user_map = IdMap.from_json(meta["user_ids"], "user")
     item_map = IdMap.from_json(meta["item_ids"], "item")
     indptr, indices = tensors.pop("seen_indptr").numpy(), tensors.pop("seen_indices").numpy()
+    # written since format 1.1; older files held implicit ones or unknown ratings: NaN marks "not stored"
+    seen_values = tensors.pop("seen_values", None)
+    values = np.full(len(indices), np.nan, dtype=np.float32) if seen_values is None else seen_values.numpy()
+    if len(values) != len(indices):
+        raise ModelFileError("seen-items values do not match the seen-items index")
     if (
         len(indptr) != len(user_map) + 1
         or indptr[-1] != len(indices)
@@ -167,6 +173,7 @@ def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor], device: str) 
         item_map=item_map,
         seen_indptr=indptr.copy(),
         seen_indices=indices.copy(),
+        seen_values=values.copy(),
         rating_range=tuple(meta["rating_range"]),
         implicit=bool(meta["implicit"]),
         history=meta.get("history", []),

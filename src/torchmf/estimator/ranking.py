@@ -155,7 +155,7 @@ class RankingMixin:
         """
         k = check_k(k)
         self.model  # noqa: B018 - raises before fit
-        w, seen = fold_in_row(self, "the visitor", interactions)
+        w, seen, _ = fold_in_row(self, "the visitor", interactions)
         d = self.model.embedding_dim
         offsets = None
         if self.model.biases:

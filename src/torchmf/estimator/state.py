@@ -36,6 +36,8 @@ class ModelState:
     seen_indptr : numpy.ndarray of int64, shape (n_users + 1,)
     seen_indices : numpy.ndarray of int64, shape (n_seen,)
         Each user's training items, CSR, sorted within a row.
+    seen_values : numpy.ndarray of float32, shape (n_seen,)
+        The training value of each of those interactions (1 for implicit data).
     rating_range : (float, float)
         Smallest and largest training value.
     implicit : bool
@@ -54,6 +56,7 @@ class ModelState:
     item_map: IdMap
     seen_indptr: np.ndarray
     seen_indices: np.ndarray
+    seen_values: np.ndarray
     rating_range: tuple[float, float]
     implicit: bool
     history: list[dict[str, float]] = field(default_factory=list)
