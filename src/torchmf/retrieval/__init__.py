@@ -1,0 +1,1 @@
+"""Top-k retrieval: exact and approximate indexes over item factors."""
