@@ -52,14 +52,17 @@ def _row_keys(csr: tuple[np.ndarray, np.ndarray], n_cols: int) -> np.ndarray:
     return np.sort(rows * n_cols + np.asarray(indices[indptr[0] : indptr[-1]], dtype=np.int64))
 
 
-def filter_excluded(ids: np.ndarray, exclude: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """``ids`` (R, n) with every id listed in its row of ``exclude`` (R rows) replaced by -1."""
-    if len(exclude[1]) == 0:
+def filter_excluded(ids: np.ndarray, exclude: tuple[np.ndarray, np.ndarray], n_items: int) -> np.ndarray:
+    """``ids`` (R, n) with every id listed in its row of ``exclude`` (R rows) replaced by -1.
+
+    Ids and excluded items must lie in ``[0, n_items)`` (ids may be -1).
+    """
+    keys = _row_keys(exclude, n_items)
+    if len(keys) == 0:
         return ids
-    n_cols = int(max(ids.max(initial=0), np.max(exclude[1], initial=0))) + 1
-    keys = np.arange(len(ids), dtype=np.int64)[:, None] * n_cols + ids
-    drop = np.isin(keys, _row_keys(exclude, n_cols), assume_unique=False) & (ids >= 0)
-    return np.where(drop, -1, ids)
+    query = np.arange(len(ids), dtype=np.int64)[:, None] * n_items + ids
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return np.where((keys[pos] == query) & (ids >= 0), -1, ids)
 
 
 def exact_top_k(

@@ -71,6 +71,7 @@ class HNSWIndex:
         self.has_bias = bool(has_bias)
         self.info = dict(info)
         self.ef_search = int(info.get("ef_search", 100))
+        self._param_cache: dict[int, Any] = {}
 
     def __repr__(self) -> str:
         recall = self.info.get("recall_at_10")
@@ -154,45 +155,58 @@ class HNSWIndex:
             scores = scores + off  # -inf stays -inf
         return items, scores.astype(np.float32, copy=False)
 
+    def _params(self, fetch: int) -> Any:
+        """faiss search parameters for a beam of at least ``fetch`` (cached: building one costs ~25 µs)."""
+        ef = max(self.ef_search, fetch)
+        params = self._param_cache.get(ef)
+        if params is None:
+            params = import_faiss().SearchParametersHNSW(efSearch=ef)
+            self._param_cache[ef] = params
+        return params
+
     def _graph_search(
         self, y: np.ndarray, k: int, exclude: tuple[np.ndarray, np.ndarray] | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        faiss = import_faiss()
-        B = len(y)
+        B, n = len(y), self.n_items
         out_i = np.full((B, k), -1, dtype=np.int64)
         out_s = np.full((B, k), -np.inf, dtype=np.float32)
-        n_excl = np.zeros(B, dtype=np.int64) if exclude is None else np.diff(exclude[0][: B + 1]).astype(np.int64)
-        # how many results each row can have at most
-        want = np.minimum(k, np.maximum(self.n_items - n_excl, 0))
+        if exclude is None:
+            n_excl = np.zeros(B, dtype=np.int64)
+        else:
+            if len(exclude[0]) != B + 1:
+                raise ValueError(f"exclude indptr must have {B + 1} entries (queries + 1), got {len(exclude[0])}")
+            n_excl = np.diff(exclude[0]).astype(np.int64)
+        want = np.minimum(k, np.maximum(n - n_excl, 0))  # results a row can have at most
+        # fetch k + (number excluded), rounded up to a power of two so that few groups share a search
+        fetch = np.minimum(2 ** np.ceil(np.log2(k + n_excl)).astype(np.int64), n)
+        limit = max(k, int(_MAX_FETCH_SHARE * n))
         todo = np.flatnonzero(want > 0)
-        fetch = np.minimum(k + n_excl, self.n_items)
-        limit = max(k, int(_MAX_FETCH_SHARE * self.n_items))
         while len(todo):
-            big = todo[fetch[todo] > limit]
-            if len(big):  # a beam this wide costs more than scanning everything
-                rows = exclude and csr_rows(exclude, big)
-                every = np.arange(self.n_items, dtype=np.int64)
-                out_i[big], out_s[big] = exact_top_k(y[big], self.all_item_vectors(), k, rows, every)
-                todo = todo[fetch[todo] <= limit]
-            # rows fetching the same number share one graph search
-            for kf in np.unique(fetch[todo]):
-                rows_kf = todo[fetch[todo] == kf]
-                params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, int(kf)))
-                s, ids = self._index.search(y[rows_kf], int(kf), params=params)
-                if exclude is not None:
-                    ids = filter_excluded(ids, csr_rows(exclude, rows_kf))
+            big = fetch[todo] > limit
+            if big.any():  # a beam this wide costs more than scanning everything
+                rows = todo[big]
+                every = np.arange(n, dtype=np.int64)
+                excl = None if exclude is None else exclude if len(rows) == B else csr_rows(exclude, rows)
+                out_i[rows], out_s[rows] = exact_top_k(y[rows], self.all_item_vectors(), k, excl, every)
+                todo = todo[~big]
+            groups = np.unique(fetch[todo])
+            for kf in groups:
+                rows = todo if len(groups) == 1 else todo[fetch[todo] == kf]
+                s, ids = self._index.search(y[rows], int(kf), params=self._params(int(kf)))
+                if exclude is not None and n_excl[rows].any():
+                    ids = filter_excluded(ids, exclude if len(rows) == B else csr_rows(exclude, rows), n)
+                    s[ids < 0] = -np.inf
+                    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+                    ids, s = np.take_along_axis(ids, order, 1), np.take_along_axis(s, order, 1)
+                else:  # faiss returns each row best first, -1 padded
+                    ids, s = ids[:, :k], s[:, :k]
+                ids[~(s > -np.inf)] = -1
                 s[ids < 0] = -np.inf
-                order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-                top_i = np.take_along_axis(ids, order, 1)
-                top_s = np.take_along_axis(s, order, 1)
-                top_i[~np.isfinite(top_s)] = -1
-                n = top_i.shape[1]
-                out_i[rows_kf, :n], out_s[rows_kf, :n] = top_i, top_s
+                out_i[rows, : ids.shape[1]], out_s[rows, : ids.shape[1]] = ids, s
             # rows that lost too many results to exclusions go round again, fetching twice as many
-            found = (out_i[todo] >= 0).sum(1)
-            short = found < want[todo]
-            todo = todo[short & (fetch[todo] < self.n_items)]
-            fetch[todo] = np.minimum(2 * fetch[todo], self.n_items)
+            short = (out_i[todo] >= 0).sum(1) < want[todo]
+            todo = todo[short & (fetch[todo] < n)]
+            fetch[todo] = np.minimum(2 * fetch[todo], n)
         return out_i, out_s
 
     def set_ef_search(self, ef_search: int) -> None:
