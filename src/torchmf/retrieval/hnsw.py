@@ -103,11 +103,13 @@ class HNSWIndex:
         return self._index.reconstruct_batch(items)
 
     def all_item_vectors(self) -> np.ndarray:
-        """Every stored item row, shape ``(n_items, width)`` float32: a view of the index's storage."""
+        """Every stored item row, shape ``(n_items, width)`` float32.
+
+        A view of the index's own storage (no copy; do not write to it), valid while this index lives.
+        """
         faiss = import_faiss()
         storage = faiss.downcast_index(self._index.storage)
-        flat = faiss.rev_swig_ptr(storage.get_xb(), self.n_items * self._index.d)
-        return flat.reshape(self.n_items, self._index.d)
+        return faiss.rev_swig_ptr(storage.get_xb(), self.n_items * self._index.d).reshape(self.n_items, -1)
 
     # ------------------------------------------------------------------ search
     def search(
