@@ -26,7 +26,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from torchmf.retrieval.ann_common import csr_rows, exact_top_k, filter_excluded, import_faiss, recall_at
+from torchmf.retrieval.ann_common import filter_excluded, import_faiss, recall_at
+from torchmf.retrieval.base import CSR, csr_rows
+from torchmf.retrieval.exact import ExactIndex
 
 __all__ = ["HNSWIndex", "build_hnsw"]
 
@@ -83,6 +85,10 @@ class HNSWIndex:
         return self._index
 
     # ------------------------------------------------------------------ vectors
+    def exact(self) -> ExactIndex:
+        """Exact search over the stored vectors (queries as :meth:`_queries` makes them), valid while this lives."""
+        return ExactIndex(torch.from_numpy(self.all_item_vectors()))
+
     def _queries(self, queries: torch.Tensor | np.ndarray) -> np.ndarray:
         """``(B, dim)`` user vectors -> ``(B, width)`` float32 ``[p, 1]`` rows (``p`` without biases)."""
         q = queries.detach().to("cpu", torch.float32).numpy() if isinstance(queries, torch.Tensor) else queries
@@ -118,7 +124,7 @@ class HNSWIndex:
         k: int,
         *,
         offsets: torch.Tensor | None = None,
-        exclude: tuple[np.ndarray, np.ndarray] | None = None,
+        exclude: CSR | None = None,
         candidates: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Approximate top-``k`` items per query row by ``queries[b] · q_i + b_i + offsets[b]``.
@@ -149,7 +155,7 @@ class HNSWIndex:
             cand = np.asarray(candidates, dtype=np.int64)
             if len(cand) and (cand.min() < 0 or cand.max() >= self.n_items):
                 raise ValueError(f"candidates must be item indices in [0, {self.n_items})")
-            items, scores = exact_top_k(y, self.item_vectors(cand), k, exclude, cand)
+            items, scores = self.exact().search(torch.from_numpy(y), k, exclude=exclude, candidates=cand)
         else:
             items, scores = self._graph_search(y, int(k), exclude)
         if offsets is not None and B:
@@ -167,7 +173,7 @@ class HNSWIndex:
         return params
 
     def _graph_search(
-        self, y: np.ndarray, k: int, exclude: tuple[np.ndarray, np.ndarray] | None
+        self, y: np.ndarray, k: int, exclude: CSR | None
     ) -> tuple[np.ndarray, np.ndarray]:
         B, n = len(y), self.n_items
         out_i = np.full((B, k), -1, dtype=np.int64)
@@ -187,16 +193,15 @@ class HNSWIndex:
             big = fetch[todo] > limit
             if big.any():  # a beam this wide costs more than scanning everything
                 rows = todo[big]
-                every = np.arange(n, dtype=np.int64)
-                excl = None if exclude is None else exclude if len(rows) == B else csr_rows(exclude, rows)
-                out_i[rows], out_s[rows] = exact_top_k(y[rows], self.all_item_vectors(), k, excl, every)
+                excl = None if exclude is None else exclude if len(rows) == B else csr_rows(*exclude, rows)
+                out_i[rows], out_s[rows] = self.exact().search(torch.from_numpy(y[rows]), k, exclude=excl)
                 todo = todo[~big]
             groups = np.unique(fetch[todo])
             for kf in groups:
                 rows = todo if len(groups) == 1 else todo[fetch[todo] == kf]
                 s, ids = self._index.search(y[rows], int(kf), params=self._params(int(kf)))
                 if exclude is not None and n_excl[rows].any():
-                    ids = filter_excluded(ids, exclude if len(rows) == B else csr_rows(exclude, rows), n)
+                    ids = filter_excluded(ids, exclude if len(rows) == B else csr_rows(*exclude, rows), n)
                     s[ids < 0] = -np.inf
                     order = np.argsort(-s, axis=1, kind="stable")[:, :k]
                     ids, s = np.take_along_axis(ids, order, 1), np.take_along_axis(s, order, 1)
@@ -309,13 +314,13 @@ def measure_recall(index: HNSWIndex, queries: np.ndarray, k: int = RECALL_K, blo
     ----------
     queries : numpy.ndarray, shape (B, dim)
     """
-    every = np.arange(index.n_items, dtype=np.int64)
+    exact = index.exact()
     hits = []
     for s in range(0, len(queries), block):
         q = torch.from_numpy(np.ascontiguousarray(queries[s : s + block]))
         approx, _ = index.search(q, k)
-        exact, _ = exact_top_k(index._queries(q), index.all_item_vectors(), k, None, every)
-        hits.append(recall_at(approx, exact))
+        best, _ = exact.search(torch.from_numpy(index._queries(q)), k)
+        hits.append(recall_at(approx, best))
     return float(np.concatenate(hits).mean()) if hits else float("nan")
 
 
