@@ -167,3 +167,108 @@ def test_bad_manifest_entry_is_refused(tmp_path, index):
         load_index(tmp_path, {**entry, "n_items": 3})
     with pytest.raises(ModelFileError, match="names index files"):
         load_index(tmp_path, {**entry, "file": "../x.faiss"})
+
+
+# ---------------------------------------------------------------------- facade, persistence, CLI
+@pytest.fixture(scope="module")
+def fitted():
+    """A small fitted model (planted data, 300 users x < 400 items) with an exhaustive-beam HNSW index."""
+    import torchmf
+    from torchmf.datasets import synthetic
+
+    data, _ = synthetic(n_users=300, n_items=400, n_interactions=6000, rank=4, seed=3)
+    model = torchmf.MatrixFactorization(factors=8, epochs=3, device="cpu", verbose=False).fit(data)
+    # ef_search = n_items: the graph search visits everything, so approximate == exact
+    model.build_index("hnsw", m=8, ef_construction=100, ef_search=400, n_recall=100)
+    return model
+
+
+def test_build_index_measures_recall_on_users(fitted):
+    info = fitted.index_.info
+    assert fitted.index_.kind == "hnsw" and fitted.index_.n_items == len(fitted.item_map) and fitted.index_.has_bias
+    # exhaustive beam over all (< 400) items: every exact top-10 is found
+    assert info["recall_at_10"] == 1.0 and info["recall_queries"] == 100 and info["recall_source"] == "users"
+
+
+def test_approximate_recommend_matches_exact_with_exhaustive_beam(fitted):
+    users = list(fitted.user_map.raw(np.arange(20)))
+    exact = fitted.recommend(users, k=7)
+    approx = fitted.recommend(users, k=7, approximate=True)
+    assert exact[["user", "rank", "item"]].equals(approx[["user", "rank", "item"]])
+    np.testing.assert_allclose(approx["score"], exact["score"], rtol=1e-5, atol=1e-5)
+    cand = list(fitted.item_map.raw(np.arange(0, len(fitted.item_map), 7)))
+    one = fitted.recommend(users[0], k=5, items=cand, approximate=True)
+    assert one["item"].tolist() == fitted.recommend(users[0], k=5, items=cand)["item"].tolist()
+    visitor = {fitted.item_map.raw(np.array([3]))[0]: 5.0, fitted.item_map.raw(np.array([9]))[0]: 1.0}
+    assert (fitted.recommend_for(visitor, k=5, approximate=True)["item"].tolist()
+            == fitted.recommend_for(visitor, k=5)["item"].tolist())
+
+
+def test_approximate_without_index_is_exact():
+    import torchmf
+    from torchmf.datasets import synthetic
+
+    data, _ = synthetic(n_users=50, n_items=60, n_interactions=800, rank=3, seed=4)
+    model = torchmf.MatrixFactorization(factors=4, epochs=2, device="cpu", verbose=False).fit(data)
+    assert model.index_ is None
+    u = model.user_map.raw(np.array([0]))[0]
+    assert model.recommend(u, k=5, approximate=True).equals(model.recommend(u, k=5))
+    with pytest.raises(ValueError, match="kind"):
+        model.build_index("ivf")
+    model.build_index("hnsw", m=4, n_recall=10)
+    model.fit(data)  # new factors: the old index is dropped
+    assert model.index_ is None
+
+
+def test_model_saves_and_loads_its_index(tmp_path, fitted, monkeypatch):
+    import torchmf
+
+    fitted.save(tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / "torchmf.json").read_text())
+    assert manifest["index"]["sha256"] and manifest["index"]["info"]["recall_at_10"] == 1.0
+    back = torchmf.load(tmp_path / "m", device="cpu")
+    assert back.index_ is not None and back.index_.info == fitted.index_.info
+    users = list(fitted.user_map.raw(np.arange(10)))
+    assert back.recommend(users, k=5, approximate=True).equals(fitted.recommend(users, k=5, approximate=True))
+    # without faiss the model still loads, with exact search
+    import torchmf.retrieval.ann_io as ann_io
+
+    def no_faiss():
+        raise ImportError("no faiss")
+
+    monkeypatch.setattr(ann_io, "import_faiss", no_faiss)
+    assert torchmf.load(tmp_path / "m", device="cpu").index_ is None
+    monkeypatch.undo()
+    data = bytearray((tmp_path / "m" / "index.hnsw.faiss").read_bytes())
+    data[-5] ^= 0xFF
+    (tmp_path / "m" / "index.hnsw.faiss").write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="checksum"):
+        torchmf.load(tmp_path / "m", device="cpu")
+
+
+def test_cli_index_builds_saves_and_recommend_uses_it(tmp_path, fitted, capsys):
+    from torchmf.cli.main import main
+
+    folder = tmp_path / "m"
+    fitted.__class__.save(_without_index(fitted), folder)
+    assert main(["index", str(folder), "--m", "8", "--ef-construction", "100", "--ef-search", "400",
+                 "--recall-users", "50", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["items"] == len(fitted.item_map) and out["m"] == 8
+    assert out["recall_at_10"] == 1.0 and out["recall_queries"] == 50
+    assert (folder / "index.hnsw.faiss").exists()
+    user = str(fitted.user_map.raw(np.array([0]))[0])
+    assert main(["recommend", str(folder), "--user", user, "-k", "5", "--format", "json"]) == 0
+    exact = json.loads(capsys.readouterr().out)
+    assert main(["recommend", str(folder), "--user", user, "-k", "5", "--format", "json", "--approximate"]) == 0
+    assert [r["item"] for r in json.loads(capsys.readouterr().out)] == [r["item"] for r in exact]
+    assert main(["index", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def _without_index(model):
+    import copy
+
+    plain = copy.copy(model)
+    plain.index_ = None
+    return plain
