@@ -297,9 +297,10 @@ def build_hnsw(
     }
     out = HNSWIndex(index, d, item_bias is not None, info)
     rng = np.random.default_rng(seed)
-    pool = vec if recall_queries is None else _as_f32(recall_queries)
+    pool = vec if recall_queries is None else recall_queries
     if n_recall and len(pool):
-        sample = pool[np.sort(rng.choice(len(pool), size=min(n_recall, len(pool)), replace=False))]
+        rows = np.sort(rng.choice(len(pool), size=min(n_recall, len(pool)), replace=False))
+        sample = _as_f32(pool[torch.from_numpy(rows)] if isinstance(pool, torch.Tensor) else pool[rows])
         out.info["recall_at_10"] = round(measure_recall(out, sample, RECALL_K), 4)
         out.info["recall_queries"] = len(sample)
         out.info["recall_source"] = "items" if recall_queries is None else "users"
