@@ -57,6 +57,12 @@ def test_wide_beam_matches_exact_search_and_scores(index, factors):
     assert got_i.dtype == np.int64 and got_s.dtype == np.float32
 
 
+def test_is_an_index(index):
+    from torchmf.retrieval import Index
+
+    assert isinstance(index, Index) and index.kind == "hnsw" and index.n_items == N_ITEMS
+
+
 def test_recall_measured_at_build_time(index):
     # exhaustive beam (ef_search = n_items) on 1500 items: every exact top-10 is found
     assert index.info["recall_at_10"] == 1.0
@@ -264,6 +270,12 @@ def test_cli_index_builds_saves_and_recommend_uses_it(tmp_path, fitted, capsys):
     assert [r["item"] for r in json.loads(capsys.readouterr().out)] == [r["item"] for r in exact]
     assert main(["index", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["index", str(folder), "--m", "0"])
+    assert exc.value.code == 2 and "positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["index", "--help"])
+    assert exc.value.code == 0 and "--ef-construction" in capsys.readouterr().out
 
 
 def _without_index(model):
