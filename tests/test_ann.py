@@ -252,7 +252,18 @@ def test_model_saves_and_loads_its_index(tmp_path, fitted, monkeypatch):
         torchmf.load(tmp_path / "m", device="cpu")
 
 
-def test_cli_index_builds_saves_and_recommend_uses_it(tmp_path, fitted, capsys):
+@pytest.fixture
+def restore_logging():
+    """main() configures the 'torchmf' logger (own handler, no propagation): undo it so caplog keeps working."""
+    import logging
+
+    logger = logging.getLogger("torchmf")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers, logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+def test_cli_index_builds_saves_and_recommend_uses_it(tmp_path, fitted, capsys, restore_logging):
     from torchmf.cli.main import main
 
     folder = tmp_path / "m"
