@@ -279,6 +279,8 @@ def test_cli_index_builds_saves_and_recommend_uses_it(tmp_path, fitted, capsys, 
     exact = json.loads(capsys.readouterr().out)
     assert main(["recommend", str(folder), "--user", user, "-k", "5", "--format", "json", "--approximate"]) == 0
     assert [r["item"] for r in json.loads(capsys.readouterr().out)] == [r["item"] for r in exact]
+    assert main(["info", str(folder)]) == 0
+    assert "hnsw (m=8, ef_search=400, recall@10 1.0)" in capsys.readouterr().out
     assert main(["index", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:

@@ -171,6 +171,10 @@ def info(args: argparse.Namespace) -> int:
         row = hist[model.best_epoch_ - 1]
         summary["best epoch"] = model.best_epoch_
         summary.update({f"validation {k[4:]}": common.plain(v) for k, v in row.items() if k.startswith("val_")})
+    if model.index_ is not None:
+        i = model.index_.info
+        summary["approximate index"] = (f"{model.index_.kind} (m={i.get('m')}, ef_search={i.get('ef_search')}, "
+                                        f"recall@10 {i.get('recall_at_10')})")
     params = {k: common.plain(v) for k, v in model.effective_params.items() if k != "verbose"}
     if args.format == "json":
         print(json.dumps({"model": summary, "hyperparameters": params, "history": hist}, indent=2))
