@@ -365,3 +365,17 @@ def test_demo_runs_offline_quickly(tmp_path: Path) -> None:
     assert "Where to go next" in out
     header = (tmp_path / "demo.csv").read_text().split("\n", 1)[0]
     assert header == "user,item,rating,timestamp"
+
+
+def test_top_level_help_does_not_import_torch() -> None:
+    """`torchmf --help` answers without paying the torch import (seconds); commands still get every option."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from torchmf.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"

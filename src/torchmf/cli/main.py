@@ -38,10 +38,13 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from torchmf.cli import demo, index, query, train, tune
+def build_parser(options: bool = True) -> argparse.ArgumentParser:
+    """The ``torchmf`` parser; ``options=False`` leaves out the hyperparameter options (they need torch),
+    enough for the top-level ``--help`` and ``--version``."""
+    from torchmf.cli import common, demo, index, query, train, tune
     from torchmf.version import __version__
 
+    common.HYPERPARAMETER_OPTIONS = options
     parser = argparse.ArgumentParser(
         prog="torchmf",
         description="Matrix-factorization recommenders on PyTorch: train, evaluate, tune and query models.",
@@ -88,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # keep output and log lines in order
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # only a command needs its full options: `torchmf --help` stays fast and does not import torch
+    wants_command = any(not a.startswith("-") for a in argv)
+    parser = build_parser(options=wants_command)
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     if args.command is None:
