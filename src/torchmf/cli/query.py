@@ -53,6 +53,8 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     who.add_argument("--users", metavar="FILE", help="file of user ids, one per line (- for stdin)")
     p.add_argument("-k", type=int, default=10, help="number of items per user (default 10)")
     p.add_argument("--include-seen", action="store_true", help="also rank items the user rated in training")
+    p.add_argument("--approximate", action="store_true",
+                   help="use the model's approximate index ('torchmf index'); exact search when it has none")
     common.add_format(p)
     p.add_argument("-o", "--output", metavar="FILE", help="write to this file instead of stdout")
     p.set_defaults(func=recommend)
@@ -127,15 +129,16 @@ def predict(args: argparse.Namespace) -> int:
 def recommend(args: argparse.Namespace) -> int:
     common.check_k(args.k)
     model = common.load_model(args.model)
-    exclude = not args.include_seen
+    exclude, approx = not args.include_seen, args.approximate
     if args.user is not None:
-        recs = model.recommend(common.resolve_id(model.user_map, args.user), k=args.k, exclude_seen=exclude)
+        recs = model.recommend(common.resolve_id(model.user_map, args.user), k=args.k, exclude_seen=exclude,
+                               approximate=approx)
         recs.insert(0, "rank", np.arange(1, len(recs) + 1))
         if args.format == "json":
             recs = recs[["item", "score"]]
     else:
         ids = [common.resolve_id(model.user_map, text) for text in common.read_ids(args.users)]
-        recs = model.recommend(ids, k=args.k, exclude_seen=exclude)
+        recs = model.recommend(ids, k=args.k, exclude_seen=exclude, approximate=approx)
     common.emit(recs, args.format, args.output)
     return 0
 
@@ -168,6 +171,10 @@ def info(args: argparse.Namespace) -> int:
         row = hist[model.best_epoch_ - 1]
         summary["best epoch"] = model.best_epoch_
         summary.update({f"validation {k[4:]}": common.plain(v) for k, v in row.items() if k.startswith("val_")})
+    if model.index_ is not None:
+        i = model.index_.info
+        summary["approximate index"] = (f"{model.index_.kind} (m={i.get('m')}, ef_search={i.get('ef_search')}, "
+                                        f"recall@10 {i.get('recall_at_10')})")
     params = {k: common.plain(v) for k, v in model.effective_params.items() if k != "verbose"}
     if args.format == "json":
         print(json.dumps({"model": summary, "hyperparameters": params, "history": hist}, indent=2))

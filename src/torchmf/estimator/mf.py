@@ -29,6 +29,7 @@ from torchmf.estimator.persistence import load_state, save_state
 from torchmf.estimator.ranking import RankingMixin
 from torchmf.estimator.state import ModelState
 from torchmf.nn.mf import MFModel
+from torchmf.retrieval.base import Index
 
 __all__ = ["MatrixFactorization"]
 
@@ -140,6 +141,7 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         self._params = hparams.Params(**given)
         hparams.validate(self._params)
         self._model: MFModel | None = None
+        self.index_: Index | None = None
         self.history_: list[dict[str, float]] = []
         self.best_epoch_: int | None = None
 
@@ -223,6 +225,7 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         self.implicit_, self.rating_range_ = bool(implicit), (float(rating_range[0]), float(rating_range[1]))
         self.history_, self.best_epoch_ = history, best
         self.extras_: dict[str, Any] = dict(extras or {})
+        self.index_ = None  # an approximate index of other item factors would be stale
 
     def _set_seen(self, users: np.ndarray, items: np.ndarray, values: np.ndarray) -> None:
         from torchmf.data.csr import csr_order
@@ -300,7 +303,7 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
             seen_indptr=self.seen_indptr_, seen_indices=self.seen_indices_, seen_values=self.seen_values_,
             rating_range=self.rating_range_,
             implicit=self.implicit_, history=list(self.history_), best_epoch=self.best_epoch_,
-            extras=dict(self.extras_),
+            extras=dict(self.extras_), index=self.index_,
         )
 
     @classmethod
@@ -310,6 +313,7 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         est._install(state.build_model(), dict(state.effective_params), state.user_map, state.item_map,
                      state.implicit, state.rating_range, list(state.history), state.best_epoch, state.extras)
         est.seen_indptr_, est.seen_indices_, est.seen_values_ = state.seen_indptr, state.seen_indices, state.seen_values
+        est.index_ = state.index
         return est
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:

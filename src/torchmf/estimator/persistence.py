@@ -7,6 +7,9 @@ A model folder holds two files:
   training history, tensor shapes and dtypes, and the SHA-256 of the weights
   file, so a truncated or edited file is caught before it is used.
 
+A model with an approximate index (``build_index``) also holds the index files
+of :mod:`torchmf.retrieval.ann_io`, their checksums under ``"index"`` in the JSON.
+
 Saving writes a temporary folder beside the target and renames it into place,
 so a crash never leaves a half-written model where the last good one was.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -32,8 +36,12 @@ from torchmf.device import resolve_device
 from torchmf.errors import ModelFileError, TorchMFError
 from torchmf.estimator.params import Params, validate
 from torchmf.estimator.state import ModelState
+from torchmf.retrieval.ann_io import load_index, save_index
+from torchmf.retrieval.base import Index
 
 __all__ = ["FORMAT_VERSION", "load_state", "save_state"]
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "torchmf-model"
@@ -72,6 +80,8 @@ def save_state(state: ModelState, path: str | os.PathLike, overwrite: bool = Fal
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         (tmp / WEIGHTS).write_bytes(blob)
+        if state.index is not None:
+            meta["index"] = save_index(state.index, tmp)
         (tmp / META).write_text(json.dumps(meta, indent=1, allow_nan=False))
         if target.exists():
             # two renames: old aside, new in; the old copy is deleted only after
@@ -128,11 +138,28 @@ def load_state(path: str | os.PathLike, device: str = "auto", mmap: bool = False
     except (SafetensorError, ValueError) as exc:
         raise ModelFileError(f"{weights_path}: unreadable ({exc})") from None
     try:
-        return _build(meta, tensors, device)
+        state = _build(meta, tensors, device)
     except ModelFileError:
         raise
     except (TorchMFError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{folder}: inconsistent model files ({type(exc).__name__}: {exc})") from None
+    if "index" in meta:
+        state.index = _read_index(folder, meta["index"], state)
+    return state
+
+
+def _read_index(folder: Path, entry: Any, state: ModelState) -> Index | None:
+    """The saved approximate index, checked against its checksum and the model; None without faiss."""
+    try:
+        index = load_index(folder, entry)
+    except ImportError:
+        log.warning("%s: the model has an approximate index but faiss is not installed "
+                    "(pip install 'torchmf[ann]'); using exact search", folder)
+        return None
+    if index.n_items != state.n_items or getattr(index, "dim", state.factors) != state.factors:
+        raise ModelFileError(f"{folder}: the approximate index covers {index.n_items} items of width "
+                             f"{getattr(index, 'dim', '?')}, the model has {state.n_items} of width {state.factors}")
+    return index
 
 
 def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor], device: str) -> ModelState:

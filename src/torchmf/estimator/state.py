@@ -14,6 +14,7 @@ import torch
 
 from torchmf.data.idmap import IdMap
 from torchmf.nn.mf import MFModel
+from torchmf.retrieval.base import Index
 
 __all__ = ["ModelState"]
 
@@ -47,6 +48,9 @@ class ModelState:
     best_epoch : int or None
     extras : dict
         JSON-serialisable solver- or feature-specific metadata.
+    index : Index or None
+        An approximate index over the item factors (``MatrixFactorization.build_index``),
+        saved beside the weights with its checksum in the metadata.
     """
 
     params: dict[str, Any]
@@ -62,6 +66,7 @@ class ModelState:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    index: Index | None = None
 
     @property
     def n_users(self) -> int:
