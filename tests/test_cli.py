@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-COMMANDS = ["train", "predict", "recommend", "similar", "info", "evaluate", "cv", "tune", "demo"]
+COMMANDS = ["train", "predict", "recommend", "similar", "info", "evaluate", "cv", "tune", "demo", "index"]
 FAST = ["--factors", "4", "--epochs", "2"]
 
 
