@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
-from collections.abc import Hashable, Sequence
+import tempfile
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +135,18 @@ def read_ids(path: str) -> list[str]:
     if not ids:
         raise CLIError(f"{path}: no ids in the file")
     return ids
+
+
+@contextlib.contextmanager
+def stdin_as_file(path: str) -> Iterator[str]:
+    """``path`` itself, or for ``-`` a temporary file holding stdin (the readers sniff files, not streams)."""
+    if path != "-":
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="torchmf-stdin-") as tmp:
+        target = Path(tmp) / "stdin.csv"
+        target.write_text(sys.stdin.read())
+        yield str(target)
 
 
 # ---------------------------------------------------------------------- models
