@@ -35,7 +35,8 @@ MAX_ABS_TIMESTAMP = 9.2e18
 
 def show(value: Any) -> str:
     """repr of a value as the user wrote it: numpy scalars shown as plain Python."""
-    return repr(value.item() if isinstance(value, np.generic) else value)
+    text = repr(value.item() if isinstance(value, np.generic) else value)
+    return text if len(text) <= 60 else text[:50] + f"... ({len(text)} characters)"
 
 
 def where(df: pd.DataFrame, pos: int, ids: tuple[str, str] | None = None) -> str:
@@ -66,8 +67,8 @@ def check_ids(col: pd.Series, name: str, source: str, df: pd.DataFrame) -> None:
     if blanks:
         pos = _first(col.isin(blanks).to_numpy())
         raise DataError(
-            f"{source}: {where(df, pos)}: column {name!r}: blank id {show(col.iloc[pos])}; every row needs a "
-            "user and an item id"
+            f"{source}: {where(df, pos)}: column {name!r} is blank (no id); "
+            "every row needs a user and an item id"
         )
 
 
@@ -111,7 +112,10 @@ def numeric_column(
     if empty.any() and df.attrs.get("line_numbers") is not None:
         raise DataError(f"{source}: {where(df, _first(empty), ids)}: column {name!r} is empty")
     with np.errstate(all="ignore"):
-        converted = pd.to_numeric(col, errors="coerce")
+        try:
+            converted = pd.to_numeric(col, errors="coerce")
+        except (OverflowError, TypeError, ValueError):  # e.g. Python ints beyond float64
+            converted = pd.Series([_to_float(v) for v in col.tolist()], index=col.index, dtype=np.float64)
         raw = converted.to_numpy()
         if np.iscomplexobj(raw):
             imag = np.flatnonzero(np.imag(raw) != 0)
@@ -126,10 +130,7 @@ def numeric_column(
             raise DataError(
                 f"{source}: {where(df, pos, ids)}: column {name!r}: {show(col.iloc[pos])} is not a number"
             )
-        try:
-            arr = converted.to_numpy(dtype=np.float64)
-        except (OverflowError, TypeError, ValueError):  # e.g. Python ints beyond float64
-            arr = np.array([_to_float(v) for v in converted.tolist()], dtype=np.float64)
+        arr = converted.to_numpy(dtype=np.float64)
         inf = ~np.isfinite(arr)
         if inf.any():
             pos = _first(inf)
@@ -145,10 +146,13 @@ def numeric_column(
 
 
 def _to_float(v: Any) -> float:
+    """float(v); inf when too large, NaN when not a number."""
     try:
         return float(v)
-    except (OverflowError, TypeError, ValueError):
+    except OverflowError:
         return float("inf")
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def timestamp_column(

@@ -129,7 +129,7 @@ def read_table(
     fields = split_fields(first, sep)
     if len(fields) > MAX_COLUMNS:
         raise DataError(
-            f"{path}: line {line1} has {len(fields):,} fields (at most {MAX_COLUMNS} allowed); a ratings "
+            f"{path}: line {line1} has more than {MAX_COLUMNS} fields ({len(fields):,} counted); a ratings "
             f"file has a few columns such as user, item, rating, timestamp{hint or '; wrong separator?'}"
         )
     if given is not None and len(fields) == 1:
