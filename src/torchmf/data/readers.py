@@ -22,6 +22,7 @@ from torchmf.data.textfile import (
     is_number,
     iter_lines,
     read_text,
+    separator_name,
     sniff_separator,
     split_fields,
 )
@@ -66,10 +67,6 @@ def normalise_separator(sep: str | None) -> str | None:
             f"separator {sep!r} not supported: give one character, '::', 'tab' or 'space'"
         )
     return sep
-
-
-def _sep_name(sep: str) -> str:
-    return "whitespace" if sep == " " else repr(sep)
 
 
 def read_table(
@@ -117,7 +114,7 @@ def read_table(
     sep = given or sniffed
     hint = ""
     if given is not None and given != sniffed:
-        hint = f" (wrong separator? the file looks {_sep_name(sniffed)}-separated)"
+        hint = f" (wrong separator? the file looks {separator_name(sniffed)}-separated)"
     if sep == "::":
         # pandas' C parser takes single-character separators only; MovieLens'
         # ``::`` files are rewritten to tabs so they parse at C speed.
@@ -135,9 +132,9 @@ def read_table(
     if given is not None and len(fields) == 1:
         data_lines = [ln for ln in head[first_idx:] if ln.strip()][:50]
         if all(len(split_fields(ln, sep)) == 1 for ln in data_lines):
-            looks = f"the file looks {_sep_name(sniffed)}-separated" if hint else "no separator fits"
+            looks = f"the file looks {separator_name(sniffed)}-separated" if hint else "no separator fits"
             raise DataError(
-                f"{path}: wrong separator? with separator {_sep_name(given)} found 1 field per line; {looks}"
+                f"{path}: wrong separator? with separator {separator_name(given)} found 1 field per line; {looks}"
             )
     if header == "infer":
         second = next((ln for ln in head[first_idx + 1 :] if ln.strip()), None)

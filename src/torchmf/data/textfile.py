@@ -24,8 +24,10 @@ __all__ = [
     "compression",
     "head_lines",
     "is_number",
+    "iter_lines",
     "peek_lines",
     "read_text",
+    "separator_name",
     "sniff_separator",
     "split_fields",
 ]
@@ -181,6 +183,11 @@ def split_fields(line: str, sep: str) -> list[str]:
     if len(sep) > 1:
         return line.split(sep)
     return next(csv.reader([line], delimiter=sep, quotechar='"'), [""])
+
+
+def separator_name(sep: str) -> str:
+    """How messages name a separator: ``','``, ``'\\t'`` or ``whitespace``."""
+    return "whitespace" if sep == " " else repr(sep)
 
 
 def is_number(text: str) -> bool:
