@@ -161,7 +161,7 @@ def read_table(
             f"({list(columns)}){hint}"
         )
     skip = first_idx + 1 if header else first_idx
-    whitespace = sep.isspace()
+    whitespace = sep == " "  # runs of blanks; a tab is a real separator (C parser, empty fields kept)
     try:
         df = pd.read_csv(
             io.StringIO(text),
@@ -173,7 +173,7 @@ def read_table(
             skip_blank_lines=False,
             keep_default_na=False,
             na_values=[""],
-            engine="c" if not whitespace else "python",
+            engine="c",  # r"\s+" included: the C parser treats it as runs of blanks
         )
     except pd.errors.ParserError as exc:
         match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))

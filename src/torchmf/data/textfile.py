@@ -178,11 +178,14 @@ def head_lines(text: str, n_bytes: int = PEEK_BYTES) -> list[str]:
 
 def split_fields(line: str, sep: str) -> list[str]:
     """Fields of one line as pandas would split them (double quotes respected)."""
-    if sep.isspace():
+    if sep == " ":
         return line.split()
     if len(sep) > 1:
         return line.split(sep)
-    return next(csv.reader([line], delimiter=sep, quotechar='"'), [""])
+    try:
+        return next(csv.reader([line], delimiter=sep, quotechar='"'), [""])
+    except csv.Error:  # e.g. a field beyond csv's size limit
+        return line.split(sep)
 
 
 def separator_name(sep: str) -> str:
@@ -224,7 +227,7 @@ def sniff_separator(lines: Sequence[str]) -> str:
         return ","
     best: tuple[tuple[int, int, int], str] | None = None
     for prio, sep in enumerate(SEPARATORS):
-        if not sep.isspace() and sep not in sample[-1]:
+        if sep != " " and sep not in sample[-1]:
             continue
         rows = [split_fields(ln, sep) for ln in sample]
         data = rows[1:] or rows
