@@ -96,8 +96,8 @@ def read_table(
     Returns
     -------
     pandas.DataFrame
-        Cells as str, empty cells NaN; ``df.attrs["line_numbers"]`` maps each
-        row to its line in the file.
+        Cells as str, empty cells NaN; for text files ``df.attrs["line_numbers"]``
+        maps each row to its line in the file.
     """
     path = Path(path)
     check_regular_file(path)
@@ -262,8 +262,7 @@ def _read_parquet(path: Path, columns: Sequence[str] | None) -> pd.DataFrame:
         if len(columns) != df.shape[1]:
             raise DataError(f"{path}: {len(columns)} column names given for {df.shape[1]} columns")
         df.columns = list(columns)
-    df.attrs["line_numbers"] = np.arange(len(df))
-    return df
+    return df  # no line numbers: messages name 0-based rows, as for in-memory data
 
 
 def _header_names(fields: list[str], path: Path, line: int) -> list[str]:

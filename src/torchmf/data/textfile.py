@@ -50,6 +50,7 @@ _MAGIC = {
 }
 # C0 control bytes other than tab, newline, vertical tab, form feed and carriage return
 _CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")
+_CONTROL_TEXT = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
 
 
 def check_regular_file(path: Path) -> None:
@@ -126,13 +127,17 @@ def _read_bytes(path: Path, limit: int | None = None) -> bytes:
 
 def _decode(raw: bytes, path: Path, partial: bool = False) -> str:
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return raw.decode("utf-16", errors="replace" if partial else "strict")
+        try:
+            text = raw.decode("utf-16", errors="replace" if partial else "strict")
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: starts like UTF-16 text but is not; binary data?") from None
+        bad_char = _CONTROL_TEXT.search(text)
+        if bad_char is not None:
+            raise _binary(path, ord(bad_char.group()), bad_char.start(), "character")
+        return text
     bad = _CONTROL.search(raw)
     if bad is not None:
-        raise DataError(
-            f"{path}: binary data, not a text ratings file (byte 0x{raw[bad.start()]:02x} at offset {bad.start()}); "
-            "torchmf reads delimited text (optionally .gz, .bz2, .xz or .zst compressed) and Parquet"
-        )
+        raise _binary(path, raw[bad.start()], bad.start(), "offset")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -140,6 +145,13 @@ def _decode(raw: bytes, path: Path, partial: bool = False) -> str:
             return raw[: exc.start].decode("utf-8-sig")
         log.info("%s: not UTF-8 (byte %d); reading it as Latin-1", path, exc.start)
         return raw.decode("latin-1")
+
+
+def _binary(path: Path, code: int, pos: int, unit: str) -> DataError:
+    return DataError(
+        f"{path}: binary data, not a text ratings file (byte 0x{code:02x} at {unit} {pos}); "
+        "torchmf reads delimited text (optionally .gz, .bz2, .xz or .zst compressed) and Parquet"
+    )
 
 
 def read_text(path: Path) -> str:
