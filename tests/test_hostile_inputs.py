@@ -381,3 +381,30 @@ def test_as_interactions_says_what_to_call(obj, hint):
     with pytest.raises(DataError) as info:
         as_interactions(obj, role="validation")
     assert hint in str(info.value) and "validation" in str(info.value)
+
+
+# ---------------------------------------------------------------------- round trip through the sniffer
+_ID_CHARS = "abcXYZ019 ,;|"
+
+
+@pytest.mark.parametrize("sep", [";", ",", "\t", "|"])
+def test_sniffed_round_trip_with_separators_inside_ids(tmp_path, sep):
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    # ids start and end with a letter (the reader strips spaces) and never contain ``sep`` itself
+    chars = _ID_CHARS.replace(sep, "")
+    ident = st.builds(lambda a, mid, b: a + mid + b, st.sampled_from("abc"), st.text(chars, max_size=6),
+                      st.sampled_from("xyz"))
+    rows = st.lists(st.tuples(ident, ident, st.integers(1, 5)), min_size=1, max_size=8,
+                    unique_by=lambda r: (r[0], r[1]))
+
+    @given(rows=rows, header=st.booleans())
+    def check(rows, header):
+        text = ("user" + sep + "item" + sep + "rating\n" if header else "") + "".join(
+            f"{u}{sep}{i}{sep}{r}\n" for u, i, r in rows
+        )
+        path = write(tmp_path, "r.txt", text)
+        assert triples(read_ratings(path)) == Counter((u, i, float(r)) for u, i, r in rows)
+
+    check()
