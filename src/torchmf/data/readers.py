@@ -206,13 +206,16 @@ def read_ratings(
     """Read a ratings or interactions file into :class:`Interactions`.
 
     MovieLens' ``u.data`` (tab), ``ratings.dat`` (``::``) and ``ratings.csv``
-    (comma, with header) all read with no options. Without a header the
-    columns are taken as ``user, item[, rating[, timestamp]]``.
+    (comma, with header) all read with no options, also gzip, bzip2, xz or
+    zstd compressed. Without a header the columns are taken as
+    ``user, item[, rating[, timestamp]]``. Ratings must be real numbers with
+    ``|value| <= 1e12`` (``torchmf.data.checks.MAX_ABS_VALUE``); ids must not
+    be blank.
 
     Parameters
     ----------
     path : path-like
-        Delimited text or Parquet.
+        Delimited text (optionally compressed) or Parquet; a regular file.
     sep, columns, header
         See :func:`read_table`.
     user_col, item_col, rating_col, timestamp_col : str, optional
