@@ -170,14 +170,20 @@ def timestamp_column(
 
 def check_values(values: np.ndarray, describe: Any) -> None:
     """Refuse non-finite or out-of-range values; ``describe(pos)`` names entry ``pos`` in the message."""
-    with np.errstate(all="ignore"):
-        arr = np.asarray(values, dtype=np.float64) if not np.iscomplexobj(values) else None
-    if arr is None:
+    if np.iscomplexobj(values):
         raise DataError(f"{describe(0)}: values are complex numbers, not real values")
+    with np.errstate(all="ignore"):
+        try:
+            arr = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):  # objects: complex, text, huge ints
+            arr = np.array([_to_float(v) for v in np.asarray(values, dtype=object).ravel()])
     bad = ~np.isfinite(arr)
     if bad.any():
         pos = _first(bad)
-        raise DataError(f"{describe(pos)}: value {arr[pos]} is not finite")
+        orig = np.asarray(values).ravel()[pos]
+        real = not isinstance(orig, (complex, np.complexfloating, str, bytes))
+        what = "is not finite" if real else "is not a real number"
+        raise DataError(f"{describe(pos)}: value {show(orig)} {what}")
     big = np.abs(arr) > MAX_ABS_VALUE
     if big.any():
         pos = _first(big)
