@@ -118,6 +118,8 @@ def _read_bytes(path: Path, limit: int | None = None) -> bytes:
     except DataError:
         raise
     except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:
+        if kind is None:
+            raise DataError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
         raise DataError(f"{path}: corrupt or truncated {kind} data ({exc})") from None
     except Exception as exc:  # zstandard.ZstdError and friends
         if kind == "zstd":
