@@ -24,10 +24,10 @@ from torchmf.errors import (
 from torchmf.estimator import MatrixFactorization
 from torchmf.evaluation import cross_validate, evaluate, grid_search, optuna_search
 from torchmf.nn import MFModel
+from torchmf.version import __version__
 
 load = MatrixFactorization.load
 
-__version__ = "0.1.0"
 
 __all__ = [
     "DataError",

@@ -1,6 +1,6 @@
 """Entry point of the ``torchmf`` command: parser, logging and error handling.
 
-Each command lives in its own module (``fit``, ``query``, ``tune``, ``demo``)
+Each command lives in its own module (``train``, ``query``, ``tune``, ``demo``)
 and registers a sub-parser whose ``func`` runs it. User errors (bad files,
 unknown ids, bad options) print one ``torchmf: error: ...`` line and exit 2;
 ``--debug`` shows the traceback instead.
@@ -39,8 +39,8 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from torchmf import __version__
-    from torchmf.cli import demo, fit, query, tune
+    from torchmf.cli import demo, query, train, tune
+    from torchmf.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="torchmf",
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"torchmf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     parents = [_global_options(suppress=True)]
-    fit.add_parser(sub, parents)
+    train.add_parser(sub, parents)
     query.add_parsers(sub, parents)
     tune.add_parsers(sub, parents)
     demo.add_parser(sub, parents)
