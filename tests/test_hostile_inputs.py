@@ -327,7 +327,9 @@ def test_from_pandas_recognises_rating_names(name):
     assert not data.implicit and data.values.tolist() == [2.0, 7.0]
 
 
-def test_from_pandas_warns_about_unused_numeric_column(caplog):
+def test_from_pandas_warns_about_unused_numeric_column(caplog, monkeypatch):
+    # an in-process CLI run earlier in the session turns propagation off (cli.main._configure_logging)
+    monkeypatch.setattr(logging.getLogger("torchmf"), "propagate", True)
     df = pd.DataFrame({"user": [1, 2], "item": [1, 1], "stars_given": [2.0, 5.0]})
     with caplog.at_level(logging.WARNING, logger="torchmf"), pytest.warns(UserWarning, match="stars_given"):
         data = Interactions.from_pandas(df)
