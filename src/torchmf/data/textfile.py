@@ -222,9 +222,10 @@ def sniff_separator(lines: Sequence[str]) -> str:
     Each candidate of :data:`SEPARATORS` splits the first :data:`SNIFF_LINES`
     non-blank lines; it fits when every data line (all but the first, which may
     be a header) gets the same number of fields, two or more. Among those that
-    fit, the best gives the header the same count, then has the most columns
-    that are numbers on every data line (so ``a,1;b,2;5`` splits on ``;``),
-    then the most columns, then comes first in :data:`SEPARATORS`. Runs of
+    fit, the best gives the header the same count, then has a last column
+    (rating, timestamp) of numbers (so ``a,1;b,2;5`` splits on ``;``), then the
+    most columns of numbers, then the most columns, then comes first in
+    :data:`SEPARATORS`. Runs of
     whitespace are tried only when no other candidate fits. When none fits, the
     first candidate found on the first line is returned (the reader then names
     the ragged line).
@@ -241,7 +242,7 @@ def sniff_separator(lines: Sequence[str]) -> str:
     sample = [ln for ln in lines if ln.strip()][:SNIFF_LINES]
     if not sample:
         return ","
-    best: tuple[tuple[int, int, int, int], str] | None = None
+    best: tuple[tuple[int, ...], str] | None = None
     for prio, sep in enumerate(SEPARATORS):
         if (sep != " " and sep not in sample[-1]) or (sep == " " and best is not None):
             continue
@@ -250,8 +251,8 @@ def sniff_separator(lines: Sequence[str]) -> str:
         width = len(data[0])
         if width < 2 or any(len(r) != width for r in data):
             continue
-        numeric = sum(all(is_number(r[j].strip()) for r in data) for j in range(width))
-        score = (int(len(rows[0]) == width), numeric, width, -prio)
+        numeric = [all(is_number(r[j].strip()) for r in data) for j in range(width)]
+        score = (int(len(rows[0]) == width), int(numeric[-1]), sum(numeric), width, -prio)
         if best is None or score > best[0]:
             best = (score, sep)
     if best is not None:
