@@ -56,15 +56,15 @@ def add_reading_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-_SEP_NAMES = {r"\t": "\t", "tab": "\t", "space": " ", "whitespace": " ", "comma": ",", "semicolon": ";", "pipe": "|"}
-
-
 def _sep(text: str | None) -> str | None:
+    """``--sep`` as the reader takes it (names such as ``tab`` understood by the reader itself)."""
+    from torchmf.data.readers import normalise_separator
+
     if text is None:
         return None
     if text == "":
         raise CLIError("--sep must not be empty")
-    return _SEP_NAMES.get(text.lower() if text.isalpha() else text, text)
+    return normalise_separator(text)
 
 
 def _columns(text: str | None) -> list[str] | None:
@@ -102,20 +102,28 @@ def read_data(path: str, args: argparse.Namespace) -> Any:
 def _check_field_count(path: str, sep: str | None, columns: list[str]) -> None:
     """Fail clearly when ``--columns`` names a different number of columns than the file has.
 
-    (pandas would silently turn extra leading fields into an index.)
+    The file's first lines and separator come from the reader's own helpers
+    (decompression and sniffing included), so the count is the one the reader sees.
     """
+    from torchmf.data.textfile import compression, peek_lines, separator_name, sniff_separator, split_fields
+    from torchmf.errors import DataError
+
     p = Path(path)
-    if not p.is_file() or p.suffix.lower() in (".parquet", ".pq"):
-        return  # the reader reports missing files and checks Parquet itself
-    with open(p, encoding="utf-8", errors="replace") as fh:
-        first = next((ln.strip("\r\n\ufeff") for ln in fh if ln.strip()), None)
+    try:
+        if not p.is_file() or p.suffix.lower() in (".parquet", ".pq") or compression(p) == "parquet":
+            return  # the reader reports missing files and checks Parquet itself
+        lines = peek_lines(p)
+    except DataError:
+        return  # binary data, an archive, a pipe: the reader says so
+    first = next((ln for ln in lines if ln.strip()), None)
     if first is None:
         return
-    if sep is None:  # same sniffing as torchmf.data.readers
-        sep = "::" if "::" in first else next((c for c in "\t,;|" if c in first), " ")
-    n = len(first.split() if sep.isspace() else first.split(sep))
+    sniffed = sniff_separator(lines)
+    sep = sep or sniffed
+    n = len(split_fields(first, sep))
     if n != len(columns):
-        raise CLIError(f"--columns names {len(columns)} columns but {path} line 1 has {n} fields")
+        hint = f" (wrong --sep? the file looks {separator_name(sniffed)}-separated)" if sep != sniffed else ""
+        raise CLIError(f"--columns names {len(columns)} columns but {path} line 1 has {n} fields{hint}")
 
 
 def read_ids(path: str) -> list[str]:

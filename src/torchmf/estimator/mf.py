@@ -20,6 +20,7 @@ import torch
 
 from torchmf import solvers
 from torchmf.checks import check_k, is_scalar, to_id_array
+from torchmf.data.convert import as_interactions
 from torchmf.data.interactions import Interactions
 from torchmf.device import resolve_device
 from torchmf.errors import DataError, NotFittedError
@@ -188,11 +189,11 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         """
         from torchmf.training import Validation, fit_model  # training is only needed to fit
 
-        train = _as_interactions(train, "train")
+        train = as_interactions(train, "train")
         if len(train) == 0:
             raise DataError("cannot fit on empty interactions")
         if validation is not None:
-            validation = _as_interactions(validation, "validation")
+            validation = as_interactions(validation, "validation")
         hp = hparams.resolve(self._params)
         if hp["early_stopping"] is not None and validation is None:
             raise ValueError(
@@ -370,14 +371,3 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         return new
 
 
-# ---------------------------------------------------------------------- helpers
-def _as_interactions(data: Any, role: str) -> Interactions:
-    if isinstance(data, Mapping):
-        return Interactions.from_dict(data)
-    if isinstance(data, Interactions):
-        return data
-    if isinstance(data, pd.DataFrame):
-        raise DataError(f"{role} is a DataFrame: convert it with Interactions.from_pandas(df, user_col=..., "
-                        "item_col=..., rating_col=...) first")
-    raise DataError(f"{role} must be Interactions or a nested dict {{user: {{item: rating}}}}, "
-                    f"got {type(data).__name__}")

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from torchmf.data.convert import as_interactions
 from torchmf.data.interactions import Interactions
 from torchmf.errors import DataError
 from torchmf.estimator.protocol import Recommender
@@ -61,8 +62,9 @@ def evaluate(
         ``test_items_unknown`` (relevant items the model never saw: they count
         in recall's denominator but cannot be hit).
     """
-    if not isinstance(test, Interactions):
-        raise DataError(f"test must be Interactions, got {type(test).__name__}")
+    test = as_interactions(test, "test")
+    if train is not None:
+        train = as_interactions(train, "train")
     if len(test) == 0:
         raise DataError("test set is empty")
     out: dict[str, Any] = {}
