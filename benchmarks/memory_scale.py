@@ -16,9 +16,8 @@ fits ``implicit.cpu.als.AlternatingLeastSquares`` on the same CSR; torchmf runs
 ``Interactions.from_csr`` and ``MatrixFactorization(loss="ials")``.
 
 With ``--csv`` the pairs are also written as a ``user,item`` CSV and
-``torchmf.read_ratings`` is measured on it the same way: through pyarrow
-(column-wise, what large files get) and through the pandas reader (one
-Python string per field; small files get it).
+read the same way: by ``torchmf.data.arrow.read_ratings_arrow`` (pyarrow,
+column-wise) and by ``torchmf.read_ratings`` (the pandas reader).
 
 Timing is only meaningful on a quiet machine; peak memory does not depend on load.
 """
@@ -76,18 +75,19 @@ def rss_mb() -> float:
 
 
 def read_one(reader: str, csv: str) -> dict:
-    """read_ratings of the CSV in this process, by pyarrow or (forced) pandas; seconds and memory (MB)."""
+    """The CSV read in this process by pyarrow (``read_ratings_arrow``) or by ``read_ratings`` (pandas)."""
     import torchmf
-    from torchmf.data import readers
+    from torchmf.data.arrow import read_ratings_arrow
 
-    if reader == "pandas":
-        readers.wants_arrow = lambda path: False
     before = rss_mb()
     t = time.perf_counter()
-    data = torchmf.read_ratings(csv, implicit=True)
+    if reader == "arrow":
+        data = read_ratings_arrow(csv, ",", ["user", "item"], True, user_col="user", item_col="item")
+    else:
+        data = torchmf.read_ratings(csv, implicit=True)
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"library": f"read_ratings ({reader})", "seconds": seconds, "convert_s": 0.0, "after_load_mb": before,
+    return {"library": f"read ({reader})", "seconds": seconds, "convert_s": 0.0, "after_load_mb": before,
             "peak_mb": peak, "threads": 1, "n": len(data)}
 
 
@@ -145,8 +145,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--libraries", default="torchmf,implicit")
     ap.add_argument("--cache", required=True, help="npz file holding the generated CSR matrix (made when missing)")
-    ap.add_argument("--csv", help="also write the pairs to this CSV and time/measure read_ratings on it "
-                    "(pyarrow path and the pandas path)")
+    ap.add_argument("--csv", help="also write the pairs to this CSV and time/measure reading it "
+                    "(pyarrow path and the pandas reader)")
     ap.add_argument("--readers", default="arrow,pandas", help="with --csv: which read paths to measure")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one library in this process
     args = ap.parse_args()

@@ -1,4 +1,9 @@
-"""Large files read by pyarrow (torchmf.data.arrow) give exactly what the pandas reader gives."""
+"""Files read by pyarrow (torchmf.data.arrow) give exactly what the pandas reader gives.
+
+The pyarrow path takes the layout (separator, column names, header) as the
+pandas reader settles it from the file's head, so each test passes the same
+explicit choices to both.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,17 @@ import pandas as pd
 import pytest
 
 from torchmf import read_ratings
-from torchmf.data import arrow, readers
-from torchmf.errors import DataError
+from torchmf.data.arrow import read_ratings_arrow
+
+ROLES = {"user_col": "user", "item_col": "item"}
 
 
-def both(monkeypatch, path, **kw):
-    """read_ratings through pyarrow (every size qualifies) and through pandas (pyarrow off)."""
-    with monkeypatch.context() as mp:
-        mp.setattr(arrow, "STREAM_MIN_BYTES", 0)
-        calls = []
-        real = arrow.interactions_from_arrow
-        mp.setattr(readers, "interactions_from_arrow", lambda *a: calls.append(1) or real(*a))
-        fast = read_ratings(path, **kw)
-        assert calls, "the pyarrow path was not taken"
-    with monkeypatch.context() as mp:
-        mp.setattr(readers, "wants_arrow", lambda path: False)
-        slow = read_ratings(path, **kw)
+def both(path, sep, names, header, rating_col=None, timestamp_col=None, duplicates="error"):
+    roles = {**ROLES, "rating_col": rating_col, "timestamp_col": timestamp_col}
+    fast = read_ratings_arrow(path, sep, names, header, duplicates=duplicates, **roles)
+    assert fast is not None, "the pyarrow path handed over"
+    slow = read_ratings(path, sep=sep, columns=names, header=header, implicit=rating_col is None,
+                        duplicates=duplicates, **roles)
     return fast, slow
 
 
@@ -53,81 +53,65 @@ def rows():
     rng = np.random.default_rng(0)
     users = rng.integers(1, 40, 300)
     items = rng.integers(1, 60, 300)
-    keep = np.unique(users * 100 + items, return_index=True)[1]
-    keep = np.sort(keep)
+    keep = np.sort(np.unique(users * 100 + items, return_index=True)[1])
     return users[keep], items[keep], rng.integers(1, 6, len(keep)), rng.integers(10**8, 10**9, len(keep))
 
 
-def test_tab_file_like_movielens(tmp_path, monkeypatch, rows):
+NAMES4 = ["user", "item", "rating", "timestamp"]
+
+
+def test_tab_file_like_movielens(tmp_path, rows):
     u, i, r, t = rows
     path = write(tmp_path, "u.data", "".join(f"{a}\t{b}\t{c}\t{d}\n" for a, b, c, d in zip(u, i, r, t, strict=True)))
-    fast, slow = both(monkeypatch, path)
+    fast, slow = both(path, "\t", NAMES4, False, "rating", "timestamp")
     assert_same(fast, slow)
     assert fast.timestamps is not None and fast.user_map._index.dtype == np.int64
 
 
-def test_csv_with_header_and_float_ratings(tmp_path, monkeypatch, rows):
+def test_csv_with_header_and_float_ratings(tmp_path, rows):
     u, i, r, t = rows
     body = "".join(f"{a},{b},{c / 2},{d}\r\n" for a, b, c, d in zip(u, i, r, t, strict=True))
-    fast, slow = both(monkeypatch, write(tmp_path, "ratings.csv", "userId,movieId,rating,timestamp\r\n" + body))
-    assert_same(fast, slow)
+    path = write(tmp_path, "ratings.csv", "user,item,rating,timestamp\r\n" + body)
+    assert_same(*both(path, ",", NAMES4, True, "rating", "timestamp"))
 
 
-def test_string_ids_stay_strings(tmp_path, monkeypatch):
+def test_string_ids_stay_strings(tmp_path):
     # "007" is not the integer 7; spaces around ids are stripped; an id past int64 stays a string
     lines = ["user,item,rating", "a, 007,4", " b,7,3", "a,7 ,5", "c,x y,1", "99999999999999999999,7,2", "b,007,2.5"]
-    fast, slow = both(monkeypatch, write(tmp_path, "mixed.csv", "\n".join(lines) + "\n"))
+    path = write(tmp_path, "mixed.csv", "\n".join(lines) + "\n")
+    fast, slow = both(path, ",", ["user", "item", "rating"], True, "rating")
     assert_same(fast, slow)
     assert fast.item_map.ids == ["007", "7", "x y"]
 
 
-def test_implicit_two_columns_and_duplicate_policies(tmp_path, monkeypatch):
-    text = "".join(f"{u};{i}\n" for u, i in [(1, 2), (3, 2), (1, 2), (2, 9), (3, 2), (1, 5)])
-    path = write(tmp_path, "clicks.txt", text)
+def test_implicit_pairs_and_duplicate_policies(tmp_path):
+    path = write(tmp_path, "clicks.txt", "".join(f"{u};{i}\n" for u, i in [(1, 2), (3, 2), (1, 2), (2, 9), (3, 2)]))
     for policy in ("sum", "mean", "last"):
-        fast, slow = both(monkeypatch, path, duplicates=policy)
-        assert_same(fast, slow)
-    with monkeypatch.context() as mp:
-        mp.setattr(arrow, "STREAM_MIN_BYTES", 0)
-        with pytest.raises(DataError, match="line 3: repeated"):  # the pandas path words it
-            read_ratings(path)
+        assert_same(*both(path, ";", ["user", "item"], False, duplicates=policy))
+    # a repeated pair under "error": the pandas path names the line
+    assert read_ratings_arrow(path, ";", ["user", "item"], False, **ROLES) is None
 
 
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ("1,2,3\n4,5\n6,7,8\n", "line 2"),
-        ("1,2,3\n4,5,x\n6,7,8\n", "line 2.*not a number"),
-        ("1,2,3\n,5,4\n6,7,8\n", "missing id"),
-    ],
-)
-def test_problems_are_reported_by_line(tmp_path, monkeypatch, text, message):
+def test_space_separated_runs(tmp_path):
+    path = write(tmp_path, "spaces.txt", "1 2 5\n3 4 1\n1 4 2\n")
+    assert_same(*both(path, " ", ["user", "item", "rating"], False, "rating"))
+    runs = write(tmp_path, "runs.txt", "1 2 5\n3  4 1\n")  # a run of blanks: pandas' split, not pyarrow's
+    assert read_ratings_arrow(runs, " ", ["user", "item", "rating"], False, rating_col="rating", **ROLES) is None
+
+
+@pytest.mark.parametrize("text", ["1,2,3\n4,5\n6,7,8\n", "1,2,3\n4,5,x\n", "1,2,3\n,5,4\n", "1,2,3\n 2 ,5,1e99\n"])
+def test_problems_hand_over_to_pandas(tmp_path, text):
+    # a short line, a non-number, a missing id, a value out of range: pandas words each with its line
     path = write(tmp_path, "bad.csv", text)
-    with monkeypatch.context() as mp:
-        mp.setattr(arrow, "STREAM_MIN_BYTES", 0)
-        with pytest.raises(DataError, match=message):
-            read_ratings(path)
+    assert read_ratings_arrow(path, ",", ["user", "item", "rating"], False, rating_col="rating", **ROLES) is None
 
 
-def test_parquet_typed_and_string_ids(tmp_path, monkeypatch, rows):
+def test_parquet_typed_and_string_ids(tmp_path, rows):
     u, i, r, t = rows
-    df = pd.DataFrame({"user_id": u.astype(np.int32), "item": [f"i{x}" for x in i], "rating": r.astype(np.float32),
+    df = pd.DataFrame({"user": u.astype(np.int32), "item": [f"i{x}" for x in i], "rating": r.astype(np.float32),
                        "timestamp": t})
     path = tmp_path / "r.parquet"
     df.to_parquet(path)
-    fast, slow = both(monkeypatch, path)
+    fast, slow = both(path, None, None, False, "rating", "timestamp")
     assert_same(fast, slow)
     assert fast.user_map._index.dtype == np.int32  # as pandas types the column
-
-
-def test_whitespace_separated_fields_match_pandas_runs(tmp_path, monkeypatch):
-    # pandas splits tab/space files on runs of whitespace; pyarrow takes the same fields or hands over
-    fast, slow = both(monkeypatch, write(tmp_path, "spaces.txt", "1 2 5\n3 4 1\n1 4 2\n"))
-    assert_same(fast, slow)
-    path = write(tmp_path, "runs.txt", "1\t2\t5\n3\t\t4\t1\n1 4\t2\n")  # a run of tabs, a space inside
-    with monkeypatch.context() as mp:
-        mp.setattr(readers, "wants_arrow", lambda path: False)
-        slow = read_ratings(path)
-    with monkeypatch.context() as mp:
-        mp.setattr(arrow, "STREAM_MIN_BYTES", 0)
-        assert_same(read_ratings(path), slow)

@@ -10,8 +10,14 @@ the id maps). The result is the very :class:`Interactions` the pandas path
 builds: same id typing (canonical integers become ``int64``, anything else
 stays a string), same first-appearance index order, same values.
 
+Status: not yet called by :func:`torchmf.read_ratings` (the hardened reader
+on ``main`` decides separator, header and columns from the file's head;
+:func:`read_ratings_arrow` takes those decisions as arguments, so wiring it in
+is a matter of calling it for large uncompressed files and falling back to
+pandas when it returns None).
+
 Anything unusual (a byte-order mark, a ``::`` separator, a field with blanks in a
-whitespace-separated file, a
+space-separated file, a blank id, a value the pandas path's checks refuse, a
 missing field, a value that is not a number, a repeated pair under
 ``duplicates="error"``) makes these functions return None, and the caller
 falls back to the pandas path, which reports the problem with its line.
@@ -25,11 +31,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from torchmf.data.checks import check_values
 from torchmf.data.csr import count_repeats
+from torchmf.data.dedupe import dedupe
 from torchmf.data.idmap import INT_PATTERN, IdMap
-from torchmf.data.interactions import Interactions, _dedupe
+from torchmf.data.interactions import Interactions
+from torchmf.errors import DataError
 
-__all__ = ["STREAM_MIN_BYTES", "arrow_columns", "interactions_from_arrow", "wants_arrow"]
+__all__ = ["STREAM_MIN_BYTES", "arrow_columns", "interactions_from_arrow", "read_ratings_arrow", "wants_arrow"]
 
 # Files at least this large are read with pyarrow when it is installed; below
 # it the pandas reader is as fast and its per-row objects are affordable.
@@ -67,8 +76,8 @@ def arrow_columns(path: Path, sep: str | None, names: list[str] | None, header: 
     ----------
     path : Path
     sep : str or None
-        A single-character separator (text files); ignored for Parquet. A
-        whitespace one stands for runs of whitespace, as in the pandas reader.
+        A single-character separator (text files); ignored for Parquet. ``" "``
+        stands for runs of blanks, as in the pandas reader; a tab is a plain separator.
     names : list of str, optional
         Column names, in file order (required for text; Parquet files name
         their own unless these replace them).
@@ -109,8 +118,8 @@ def arrow_columns(path: Path, sep: str | None, names: list[str] | None, header: 
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError):
         return None  # a malformed line: the pandas path names it
     out = {n: pa.chunked_array(c, type=pa.string()) for n, c in chunks.items()}
-    if sep.isspace():
-        # pandas splits these files on runs of any whitespace: the same fields
+    if sep == " ":
+        # pandas splits these files on runs of blanks: the same fields
         # exactly when no field is empty (a run) or holds other whitespace
         import pyarrow.compute as pc
 
@@ -134,6 +143,8 @@ def _ids(col: Any, kind: str) -> tuple[IdMap, np.ndarray] | None:
     # trimmed as pandas' str.strip does; a copy only where some id has blanks around it
     stripped = pc.utf8_trim_whitespace(col) if pc.any(pc.match_substring_regex(col, r"^\s|\s$")).as_py() else col
     del col
+    if pc.any(pc.equal(pc.utf8_length(stripped), 0)).as_py():
+        return None  # a blank id: the pandas path's checks name its line
     if len(stripped) and pc.all(pc.match_substring_regex(stripped, f"^(?:{INT_PATTERN})$")).as_py():
         try:
             return IdMap.encode(pc.cast(stripped, pa.int64()).to_numpy(), kind)
@@ -191,6 +202,10 @@ def interactions_from_arrow(
         ratings = _numbers(columns.pop(rating_col))
         if ratings is None:
             return None
+        try:
+            check_values(ratings, lambda pos: f"row {pos}")
+        except DataError:
+            return None  # out of range: the pandas path words it with the line
         values = ratings.astype(np.float32)
     ts = None
     if timestamp_col is not None:
@@ -201,5 +216,42 @@ def interactions_from_arrow(
     if duplicates == "error" and count_repeats(u, i, len(user_map), len(item_map)):
         return None  # the pandas path names the repeated pair's line
     # the frame is only read to word errors, which "error" (handled above) alone raises
-    u, i, values, ts = _dedupe(u, i, values, ts, len(item_map), duplicates, source, pd.DataFrame(), user_col, item_col)
+    u, i, values, ts = dedupe(u, i, values, ts, len(item_map), duplicates, source, pd.DataFrame(), user_col, item_col)
     return Interactions(u, i, values, user_map, item_map, ts, implicit=rating_col is None)
+
+
+def read_ratings_arrow(
+    path: str | Path,
+    sep: str | None,
+    names: list[str] | None,
+    header: bool,
+    user_col: str,
+    item_col: str,
+    rating_col: str | None = None,
+    timestamp_col: str | None = None,
+    duplicates: str = "error",
+) -> Interactions | None:
+    """Read a ratings file with pyarrow, the layout decided by the caller; None means "use pandas".
+
+    Parameters
+    ----------
+    path : path-like
+        Uncompressed delimited text, or Parquet (``.parquet``/``.pq``).
+    sep, names, header
+        See :func:`arrow_columns`: the separator, column names and header
+        flag the pandas reader settled on from the file's first lines.
+    user_col, item_col, rating_col, timestamp_col : str
+        Columns by role (``rating_col`` None: implicit data).
+    duplicates : {"error", "last", "mean", "sum"}
+
+    Returns
+    -------
+    Interactions or None
+        Exactly what ``read_ratings`` returns for the same file and choices.
+    """
+    path = Path(path)
+    columns = arrow_columns(path, sep, names, header)
+    wanted = [c for c in (user_col, item_col, rating_col, timestamp_col) if c is not None]
+    if columns is None or len(set(wanted)) != len(wanted) or not all(c in columns for c in wanted):
+        return None
+    return interactions_from_arrow(columns, user_col, item_col, rating_col, timestamp_col, duplicates, str(path))
