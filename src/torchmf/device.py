@@ -212,6 +212,8 @@ class ThreadPolicy:
     thread count is changed, and it is set back when the block exits (also on
     error). Results do not depend on it: every kernel a fit runs gives the
     same numbers with one thread or several (``tests/test_threads.py``).
+    torch's thread count is process-wide: fits running at once in several
+    Python threads share it, and the last to exit restores its own start value.
 
     Parameters
     ----------
