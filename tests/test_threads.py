@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -42,7 +43,9 @@ def test_threads_follow_free_cores(monkeypatch):
     assert fit_threads(3 * MIN_WORK_PER_THREAD, limit=8, busy=0) == 3  # no more threads than the work feeds
 
 
-def test_busy_cores_sees_a_spinning_process():
+def test_busy_cores_sees_a_spinning_process(monkeypatch):
+    # all online cores ours: no scaling by this process's share (a container's quota would shrink it)
+    monkeypatch.setattr(device, "available_cores", lambda: os.cpu_count() or 1)
     spin = "import time\nend = time.time() + 10\nwhile time.time() < end:\n    pass\n"
     child = subprocess.Popen([sys.executable, "-c", spin])
     try:
