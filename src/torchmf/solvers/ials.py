@@ -48,6 +48,9 @@ __all__ = [
 
 
 
+_CONF_BLOCK = 1 << 16
+
+
 @dataclass(frozen=True)
 class IALSSettings:
     """Hyperparameters of an iALS fit (validated by the estimator)."""
@@ -74,14 +77,18 @@ def confidence(values: np.ndarray, alpha: float, transform: str, eps: float) -> 
     -------
     numpy.ndarray of float32, shape (nnz,)
     """
-    v = np.asarray(values, dtype=np.float64)
-    if transform == "linear":
-        t = v
-    elif transform == "log":
-        t = np.log1p(np.maximum(v, 0.0) / eps)
-    else:
+    if transform not in ("linear", "log"):
         raise ValueError(f"confidence must be 'linear' or 'log', got {transform!r}")
-    return (1.0 + alpha * t).astype(np.float32)
+    values = np.asarray(values)
+    out = np.empty(len(values), dtype=np.float32)
+    # in float64 as before, block by block: the temporaries stay in cache instead
+    # of costing fresh pages (3 float64 arrays of nnz at 50 M pairs: 1.2 GB)
+    for start in range(0, len(values), _CONF_BLOCK):
+        t = values[start : start + _CONF_BLOCK].astype(np.float64)
+        if transform == "log":
+            t = np.log1p(np.maximum(t, 0.0) / eps)
+        out[start : start + _CONF_BLOCK] = 1.0 + alpha * t  # rounded to float32 as astype does
+    return out
 
 
 def ials_penalty(counts: torch.Tensor, n_other: int, s: IALSSettings) -> torch.Tensor:
