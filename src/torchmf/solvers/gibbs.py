@@ -1,0 +1,408 @@
+"""Bayesian matrix factorization by Gibbs sampling (Salakhutdinov & Mnih 2008; Rendle's myFM).
+
+Model: ``r_ui = mean + w0 + b_u + c_i + p_u . q_i + noise``, noise precision
+``alpha ~ Gamma(a0, b0)``; each side's rows ``a_u = [p_u, b_u]`` are
+``N(mu, diag(lam)^-1)`` with a Normal-Gamma hyperprior per dimension
+(``lam_f ~ Gamma(a0, b0)``, ``mu_f | lam_f ~ N(0, 1 / (g0 lam_f))``, myFM's
+defaults ``a0 = b0 = g0 = 1``); ``w0 ~ N(0, 1)`` on the centred ratings.
+
+One sweep draws every user row given the items (an ALS-shaped solve per row:
+batched Cholesky of ``diag(lam) + alpha F_u^T F_u`` over the degree buckets of
+:func:`~torchmf.solvers.ragged.bucketize`, plus ``L^-T z``), the users'
+hyperparameters, then the same for the items, then ``alpha`` and ``w0``. With
+``implicit_features`` the rows' prior means also depend on their rated sets (see
+:mod:`torchmf.solvers.gibbs_features`).
+
+Predictions average over the kept samples. Because
+``sum_s p_u^s . q_i^s / S = [p_u^1 .. p_u^S] / sqrt(S) . [q_i^1 .. q_i^S] / sqrt(S)``,
+:meth:`GibbsSampler.result` returns ``S * rank``-wide concatenations (biases
+averaged) that an ordinary dot-product model scores exactly; the per-sample
+products are recovered by reshaping to ``(S, rank)`` (:func:`posterior_std`).
+Memory of the result: ``(n_users + n_items) * S * rank`` floats, e.g. 21 MB for
+ML-100k at ``S = 200, rank = 10``; ``thin`` keeps every ``thin``-th sweep only.
+All randomness comes from one ``torch.Generator`` on the data's device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from torchmf.data.csr import csr_order
+from torchmf.solvers.gibbs_features import ImplicitBlock, implicit_block
+
+__all__ = ["GibbsSampler", "draw_rows", "gibbs_fit", "posterior_std"]
+
+# hyperprior of every precision (Gamma(A0, B0)) and of every group mean (N(0, 1/(G0 lam)))
+A0, B0, G0 = 1.0, 1.0, 1.0
+# prior precision of the global offset w0 (on ratings centred by their mean)
+W0_PREC = 1.0
+# rows per block bound its (rows, m, m) precision matrices to this many elements
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def _normal_gamma(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint draw of ``(mu, lam)`` per column from the Normal-Gamma posterior given rows ``x`` (n, m)."""
+    n = x.shape[0]
+    xbar = x.mean(0)
+    ss = (x - xbar).square().sum(0)
+    gn = G0 + n
+    shape = torch.full_like(xbar, A0 + n / 2)
+    rate = B0 + 0.5 * (ss + G0 * n * xbar.square() / gn)
+    lam = torch._standard_gamma(shape, generator=generator) / rate
+    z = torch.randn(xbar.shape, generator=generator, device=x.device, dtype=x.dtype)
+    mu = n * xbar / gn + z / (gn * lam).sqrt()
+    return mu, lam
+
+
+def draw_rows(
+    gram: torch.Tensor,
+    h: torch.Tensor,
+    prior: torch.Tensor,
+    lam: torch.Tensor,
+    alpha: torch.Tensor | float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One draw per row from ``N(P^-1 (alpha h + lam * prior), P^-1)``, ``P = alpha gram + diag(lam)``.
+
+    The Gaussian conditional of a row's ``[factors, bias]`` in Bayesian MF
+    (a ridge regression with a random draw added): one batched Cholesky
+    ``P = L L^T``, the mean by two triangular solves, and ``L^-T z`` for
+    standard normal ``z``.
+
+    Parameters
+    ----------
+    gram : torch.Tensor, shape (B, m, m)
+        ``sum_i f_i f_i^T`` over each row's observations.
+    h : torch.Tensor, shape (B, m)
+        ``sum_i t_i f_i``.
+    prior : torch.Tensor, shape (B, m)
+        Prior mean of each row.
+    lam : torch.Tensor, shape (m,)
+        Prior precision per dimension (positive).
+    alpha : torch.Tensor or float
+        Noise precision.
+    generator : torch.Generator
+
+    Returns
+    -------
+    torch.Tensor, shape (B, m)
+    """
+    prec = gram * alpha
+    prec.diagonal(dim1=1, dim2=2).add_(lam)
+    rhs = (h * alpha + lam * prior).unsqueeze(2)
+    chol, info = torch.linalg.cholesky_ex(prec)
+    if bool((info != 0).any()):  # only in float32 with extreme scales: retry with jitter
+        prec.diagonal(dim1=1, dim2=2).add_(1e-4 * prec.diagonal(dim1=1, dim2=2).mean(1, keepdim=True))
+        chol = torch.linalg.cholesky(prec)
+    draw = torch.cholesky_solve(rhs, chol)
+    z = torch.randn(draw.shape, generator=generator, device=draw.device, dtype=draw.dtype)
+    draw.add_(torch.linalg.solve_triangular(chol.transpose(1, 2), z, upper=True))
+    return draw.squeeze(2)
+
+
+@dataclass(frozen=True)
+class _RowChunk:
+    """Rows ``start:stop`` of one side's rating matrix as CSR (pattern and centred values)."""
+
+    start: int
+    stop: int
+    pattern: torch.Tensor  # sparse CSR (rows, n_other), ones
+    values: torch.Tensor  # sparse CSR (rows, n_other), centred ratings
+    sq_sum: torch.Tensor  # (rows,) sum of squared centred ratings per row
+
+
+@dataclass
+class _Side:
+    """One side's rows ``[factors, bias]``, their hyperparameters and layout."""
+
+    chunks: list[_RowChunk]
+    rows: torch.Tensor  # (n, m)
+    mu: torch.Tensor  # (m,)
+    lam: torch.Tensor  # (m,)
+    block: ImplicitBlock | None = None
+    w: torch.Tensor | None = None  # (n_other, m) weights of the rated-set features
+    mu_w: torch.Tensor | None = None
+    lam_w: torch.Tensor | None = None
+    kept: list[torch.Tensor] = field(default_factory=list)
+    bias_sum: torch.Tensor | None = None
+
+    def prior_mean(self) -> torch.Tensor:
+        """Each row's prior mean, shape (n, m)."""
+        if self.block is None:
+            return self.mu.expand_as(self.rows)
+        return self.mu + self.block.mean_shift(self.w)
+
+
+def _row_chunks(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int, n_other: int, per_chunk: int,
+                device: torch.device) -> list[_RowChunk]:
+    """Cut one side's ratings into CSR blocks of at most ``per_chunk`` rows."""
+    indptr, order = csr_order(rows, cols, n, n_other)
+    cols_s = torch.as_tensor(cols[order], device=device)
+    vals_s = torch.as_tensor(vals[order], dtype=torch.float32, device=device)
+    sq = np.bincount(rows, weights=vals.astype(np.float64) ** 2, minlength=n)
+    out = []
+    for start in range(0, n, per_chunk):
+        stop = min(n, start + per_chunk)
+        e0, e1 = int(indptr[start]), int(indptr[stop])
+        ptr = torch.as_tensor(indptr[start:stop + 1] - e0, device=device)
+        c, v = cols_s[e0:e1], vals_s[e0:e1]
+        out.append(_RowChunk(
+            start, stop,
+            torch.sparse_csr_tensor(ptr, c, torch.ones_like(v), size=(stop - start, n_other)),
+            torch.sparse_csr_tensor(ptr, c, v, size=(stop - start, n_other)),
+            torch.as_tensor(sq[start:stop], dtype=torch.float32, device=device),
+        ))
+    return out
+
+
+class GibbsSampler:
+    """State of one Gibbs chain over a rating matrix.
+
+    Parameters
+    ----------
+    users, items : numpy.ndarray of int64, shape (nnz,)
+        Rated pairs, indices in ``0..n_users-1`` and ``0..n_items-1``; no pair repeats.
+    values : numpy.ndarray, shape (nnz,)
+        Ratings.
+    n_users, n_items : int
+    rank : int
+    generator : torch.Generator
+        On ``device``; the only source of randomness.
+    device : torch.device
+    implicit_features : bool
+        Give each row a prior mean from its normalised rated set (flipped SVD++).
+    init_std : float
+        Standard deviation of the initial factors (myFM's default 0.1).
+    """
+
+    def __init__(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        values: np.ndarray,
+        n_users: int,
+        n_items: int,
+        rank: int,
+        generator: torch.Generator,
+        device: torch.device,
+        implicit_features: bool = False,
+        init_std: float = 0.1,
+    ) -> None:
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float64)
+        if len(values) == 0:
+            raise ValueError("Gibbs sampling needs at least one rating")
+        self.rank, self.gen, self.device = rank, generator, device
+        self.dtype = torch.float32
+        self.n_ratings = len(values)
+        self.mean = float(values.mean())
+        centred = values - self.mean
+        self.alpha = torch.ones((), device=device)
+        self.w0 = torch.zeros((), device=device)
+        self.w0_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.n_kept = 0
+        m = rank + 1
+        self._tri = torch.triu_indices(m, m, device=device)
+        tri_pos = torch.zeros(m, m, dtype=torch.long)
+        tri_pos[self._tri[0].cpu(), self._tri[1].cpu()] = torch.arange(self._tri.shape[1])
+        self._tri_to_full = torch.maximum(tri_pos, tri_pos.T).reshape(-1).to(device)
+        per_chunk = max(1, _CHUNK_ELEMENTS // (m * m))
+        self.sides = []
+        for rows, cols, n, n_other in ((users, items, n_users, n_items), (items, users, n_items, n_users)):
+            init = torch.randn((n, m), generator=generator, device=device) * init_std
+            init[:, rank] = 0.0
+            side = _Side(chunks=_row_chunks(rows, cols, centred, n, n_other, per_chunk, device), rows=init,
+                         mu=torch.zeros(m, device=device), lam=torch.ones(m, device=device))
+            if implicit_features:
+                side.block = implicit_block(rows, cols, n, n_other, device, self.dtype)
+                side.w = torch.zeros((n_other, m), device=device)
+                side.mu_w = torch.zeros(m, device=device)
+                side.lam_w = torch.ones(m, device=device)
+            self.sides.append(side)
+
+    def _randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=self.gen, device=self.device, dtype=self.dtype)
+
+    def _half_sweep(self, side: _Side, other: _Side, with_resid: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw every row of ``side`` given ``other``; returns sum and sum of squares of the residuals.
+
+        Row ``u``'s conditional is Gaussian with precision ``alpha G_u + diag(lam)``,
+        ``G_u = sum_i f_i f_i^T`` over its rated ``i`` with ``f_i = [q_i, 1]``, and
+        mean that matrix's inverse times ``alpha h_u + lam * prior_u``,
+        ``h_u = sum_i (r_ui - w0 - c_i) f_i``. Both come from sparse products of
+        the rating pattern with per-column tables (the upper triangle of
+        ``f_i f_i^T``), so no per-rating tensor is ever built.
+        """
+        k, m = self.rank, self.rank + 1
+        i0, i1 = self._tri
+        feats = other.rows.clone()
+        feats[:, k] = 1.0
+        offset = other.rows[:, k] + self.w0
+        # per other-side row: upper triangle of f f^T, f * offset, offset^2; and f
+        by_pattern = torch.cat([feats[:, i0] * feats[:, i1], feats * offset[:, None], offset.square()[:, None]], 1)
+        by_value = torch.cat([feats, offset[:, None]], 1)
+        prior = side.prior_mean()
+        lam, alpha = side.lam, self.alpha
+        r_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        r_sq = torch.zeros((), dtype=torch.float64, device=self.device)
+        n_tri = i0.shape[0]
+        for c in side.chunks:
+            sp = c.pattern @ by_pattern
+            sv = c.values @ by_value
+            gram = sp[:, self._tri_to_full].reshape(-1, m, m)
+            h = sv[:, :m] - sp[:, n_tri:n_tri + m]
+            a = draw_rows(gram, h, prior[c.start:c.stop], lam, alpha, self.gen)
+            side.rows[c.start:c.stop] = a
+            if with_resid:
+                # sum over the row's ratings of (t - f.a)^2 and of (t - f.a), t = r - w0 - c
+                tt = c.sq_sum - 2 * sv[:, m] + sp[:, -1]
+                quad = (a.unsqueeze(1) @ gram @ a.unsqueeze(2)).reshape(-1)
+                r_sq += (tt - 2 * (a * h).sum(1) + quad).sum()
+                r_sum += (h[:, k] - (gram[:, k] * a).sum(1)).sum()
+        if side.block is not None:
+            side.block.sample_weights(side.rows - side.mu, lam, side.w, side.mu_w, side.lam_w, self.gen)
+            side.mu, side.lam = _normal_gamma(side.rows - side.block.mean_shift(side.w), self.gen)
+            side.mu_w, side.lam_w = _normal_gamma(side.w, self.gen)
+        else:
+            side.mu, side.lam = _normal_gamma(side.rows, self.gen)
+        return r_sum, r_sq
+
+    def sweep(self) -> float:
+        """One Gibbs sweep: users, items, noise precision, global offset.
+
+        Returns
+        -------
+        float
+            Training RMSE of the sample drawn (before the new ``w0``).
+        """
+        users, items = self.sides
+        self._half_sweep(users, items, with_resid=False)
+        r_sum, r_sq = self._half_sweep(items, users, with_resid=True)
+        n = self.n_ratings
+        shape = torch.full((), A0 + n / 2, device=self.device)
+        self.alpha = (torch._standard_gamma(shape, generator=self.gen) / (B0 + 0.5 * r_sq)).to(self.dtype)
+        prec = W0_PREC + self.alpha * n
+        mean = self.alpha * (r_sum + n * self.w0) / prec
+        self.w0 = (mean + self._randn() / prec.sqrt()).to(self.dtype)
+        return math.sqrt(float(r_sq) / n)
+
+    def keep(self) -> None:
+        """Add the current sample to the posterior average."""
+        k = self.rank
+        for side in self.sides:
+            side.kept.append(side.rows[:, :k].clone())
+            bias = side.rows[:, k].double()
+            side.bias_sum = bias if side.bias_sum is None else side.bias_sum + bias
+        self.w0_sum += self.w0.double()
+        self.n_kept += 1
+
+    def current(self) -> dict[str, torch.Tensor]:
+        """The current sample in the model's tensor layout (rank-wide embeddings)."""
+        users, items = self.sides
+        k = self.rank
+        return {
+            "user_embs.weight": users.rows[:, :k].clone(), "item_embs.weight": items.rows[:, :k].clone(),
+            "user_bias.weight": users.rows[:, k:].clone(), "item_bias.weight": items.rows[:, k:].clone(),
+            "global_bias": (self.w0 + self.mean).reshape(()),
+        }
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """Posterior-mean model over the kept samples, in the model's tensor layout.
+
+        Returns
+        -------
+        dict of torch.Tensor
+            ``"user_embs.weight"`` (n_users, S * rank) and ``"item_embs.weight"``
+            (n_items, S * rank): the kept samples side by side, divided by
+            ``sqrt(S)``; ``"user_bias.weight"`` (n_users, 1), ``"item_bias.weight"``
+            (n_items, 1) and ``"global_bias"`` () averaged; ``"noise_precision"`` ()
+            the last draw of ``alpha``.
+        """
+        if self.n_kept == 0:
+            raise RuntimeError("no samples kept yet")
+        s = self.n_kept
+        users, items = self.sides
+        out = {}
+        for name, side in (("user", users), ("item", items)):
+            out[f"{name}_embs.weight"] = torch.cat(side.kept, 1).div_(math.sqrt(s))
+            out[f"{name}_bias.weight"] = (side.bias_sum / s).to(self.dtype).unsqueeze(1)
+        out["global_bias"] = (self.w0_sum / s + self.mean).to(self.dtype)
+        out["noise_precision"] = self.alpha.clone()
+        return out
+
+
+def gibbs_fit(
+    users: np.ndarray,
+    items: np.ndarray,
+    values: np.ndarray,
+    n_users: int,
+    n_items: int,
+    rank: int,
+    samples: int,
+    burn_in: int,
+    generator: torch.Generator,
+    device: torch.device,
+    implicit_features: bool = False,
+    thin: int = 1,
+) -> dict[str, torch.Tensor]:
+    """Run a chain: ``burn_in`` sweeps, then ``samples * thin`` sweeps keeping every ``thin``-th.
+
+    Parameters
+    ----------
+    users, items, values, n_users, n_items, rank, generator, device, implicit_features
+        See :class:`GibbsSampler`.
+    samples : int
+        Number of kept samples ``S`` (>= 1).
+    burn_in : int
+        Sweeps discarded first (>= 0).
+    thin : int
+        Sweeps per kept sample (>= 1).
+
+    Returns
+    -------
+    dict of torch.Tensor
+        :meth:`GibbsSampler.result`.
+    """
+    if samples < 1 or burn_in < 0 or thin < 1:
+        raise ValueError(f"need samples >= 1, burn_in >= 0, thin >= 1 (got {samples}, {burn_in}, {thin})")
+    chain = GibbsSampler(users, items, values, n_users, n_items, rank, generator, device, implicit_features)
+    for _ in range(burn_in):
+        chain.sweep()
+    for t in range(samples * thin):
+        chain.sweep()
+        if (t + 1) % thin == 0:
+            chain.keep()
+    return chain.result()
+
+
+def posterior_std(
+    user_vecs: torch.Tensor, item_vecs: torch.Tensor, samples: int, noise_var: float = 0.0
+) -> torch.Tensor:
+    """Posterior standard deviation of each pair's score over the kept samples.
+
+    Parameters
+    ----------
+    user_vecs, item_vecs : torch.Tensor, shape (B, S * rank)
+        Rows of the concatenated embeddings (:meth:`GibbsSampler.result`) of the pairs.
+    samples : int
+        ``S``.
+    noise_var : float
+        Added to the variance (``1 / noise_precision``) for the predictive spread of
+        a new rating rather than of its expected value.
+
+    Returns
+    -------
+    torch.Tensor, shape (B,)
+        Standard deviation over samples of ``p_u^s . q_i^s`` (the biases enter as
+        their posterior means, so their own spread is not included).
+    """
+    b, d = user_vecs.shape
+    if d % samples:
+        raise ValueError(f"embedding width {d} is not a multiple of samples={samples}")
+    per_sample = (user_vecs.reshape(b, samples, -1) * item_vecs.reshape(b, samples, -1)).sum(2) * samples
+    return (per_sample.var(1, unbiased=False) + noise_var).sqrt()

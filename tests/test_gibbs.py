@@ -1,0 +1,148 @@
+"""Gibbs sampler for Bayesian MF: conditionals, the concatenated-sample layout, determinism, recovery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from torchmf.solvers.gibbs import GibbsSampler, _normal_gamma, draw_rows, gibbs_fit, posterior_std
+from torchmf.solvers.gibbs_features import implicit_block
+
+CPU = torch.device("cpu")
+
+
+def _low_rank(n_users: int = 60, n_items: int = 50, rank: int = 3, density: float = 0.4, noise: float = 0.3,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Ratings ``3 + p.q + noise`` on a random subset; returns users, items, values, noiseless truth."""
+    rng = np.random.default_rng(seed)
+    p = rng.normal(0, 0.7, (n_users, rank))
+    q = rng.normal(0, 0.7, (n_items, rank))
+    truth = 3.0 + p @ q.T
+    mask = rng.random((n_users, n_items)) < density
+    u, i = np.nonzero(mask)
+    vals = truth[u, i] + rng.normal(0, noise, len(u))
+    return u.astype(np.int64), i.astype(np.int64), vals.astype(np.float32), truth
+
+
+def _predict(res: dict[str, torch.Tensor], u: np.ndarray, i: np.ndarray) -> np.ndarray:
+    ue, ie = res["user_embs.weight"][u], res["item_embs.weight"][i]
+    out = (ue * ie).sum(1) + res["user_bias.weight"][u, 0] + res["item_bias.weight"][i, 0] + res["global_bias"]
+    return out.numpy()
+
+
+def test_draw_rows_matches_the_gaussian_conditional() -> None:
+    # expected moments computed densely: P = alpha G + diag(lam), mean = P^-1 (alpha h + lam prior), cov = P^-1
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(3, 5, 3, generator=gen, dtype=torch.float64)
+    gram = a.transpose(1, 2) @ a
+    h = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    prior = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    lam = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+    alpha = 1.5
+    n = 20000
+    draws = draw_rows(gram.repeat(n, 1, 1), h.repeat(n, 1), prior.repeat(n, 1), lam, alpha, gen).reshape(n, 3, 3)
+    prec = alpha * gram + torch.diag(lam)
+    cov = torch.linalg.inv(prec)
+    mean = (cov @ (alpha * h + lam * prior).unsqueeze(2)).squeeze(2)
+    centred = draws - draws.mean(0)
+    emp_cov = torch.einsum("nbi,nbj->bij", centred, centred) / n
+    # Monte-Carlo error of a mean is sd / sqrt(n) <= ~0.01 here; tolerances are several of those
+    assert torch.allclose(draws.mean(0), mean, atol=0.03)
+    assert torch.allclose(emp_cov, cov, atol=0.03)
+
+
+def test_normal_gamma_recovers_mean_and_precision() -> None:
+    # 20000 rows from N(2, 1/16): the posterior concentrates at mu = 2, lam = 16 (sd of lam ~ 16 * sqrt(2/n))
+    gen = torch.Generator().manual_seed(0)
+    x = 2.0 + torch.randn(20000, 2, generator=gen) / 4.0
+    mu, lam = _normal_gamma(x, gen)
+    assert torch.allclose(mu, torch.full((2,), 2.0), atol=0.01)
+    assert torch.allclose(lam, torch.full((2,), 16.0), rtol=0.05)
+
+
+def test_implicit_weights_draw_matches_dense_posterior() -> None:
+    # W | rows: precision lam X^T X + lam_w I, mean P^-1 (lam X^T dev + lam_w mu_w), computed densely here
+    rows = np.array([0, 0, 1, 2, 2, 2, 3])
+    cols = np.array([0, 1, 1, 0, 2, 3, 3])
+    block = implicit_block(rows, cols, 4, 4, CPU, torch.float64)
+    x = block.x.to_dense()
+    assert torch.allclose(x.square().sum(1), torch.ones(4, dtype=torch.float64))  # rows normalised by 1/sqrt(deg)
+    gen = torch.Generator().manual_seed(3)
+    dev = torch.randn(4, 2, generator=gen, dtype=torch.float64)
+    lam = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    mu_w = torch.tensor([0.1, -0.2], dtype=torch.float64)
+    lam_w = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    n = 6000
+    draws = torch.stack([block.sample_weights(dev, lam, torch.zeros(4, 2, dtype=torch.float64), mu_w, lam_w, gen)
+                         for _ in range(n)])
+    for f in range(2):
+        prec = lam[f] * x.T @ x + lam_w[f] * torch.eye(4, dtype=torch.float64)
+        cov = torch.linalg.inv(prec)
+        mean = cov @ (lam[f] * x.T @ dev[:, f] + lam_w[f] * mu_w[f])
+        c = draws[:, :, f] - draws[:, :, f].mean(0)
+        # Monte-Carlo error ~ sd / sqrt(6000) ~ 0.013 for sd <= 1
+        assert torch.allclose(draws[:, :, f].mean(0), mean, atol=0.05)
+        assert torch.allclose(c.T @ c / n, cov, atol=0.05)
+
+
+def test_posterior_std_reshapes_the_concatenated_samples() -> None:
+    gen = torch.Generator().manual_seed(0)
+    s, k, b = 7, 4, 5
+    pu = torch.randn(s, b, k, generator=gen, dtype=torch.float64)
+    qi = torch.randn(s, b, k, generator=gen, dtype=torch.float64)
+    per_sample = (pu * qi).sum(2)  # (S, B)
+    u = pu.permute(1, 0, 2).reshape(b, s * k) / s**0.5
+    i = qi.permute(1, 0, 2).reshape(b, s * k) / s**0.5
+    assert torch.allclose((u * i).sum(1), per_sample.mean(0))  # the concatenation trick
+    assert torch.allclose(posterior_std(u, i, s), per_sample.std(0, unbiased=False))
+    assert torch.allclose(posterior_std(u, i, s, noise_var=0.5), (per_sample.var(0, unbiased=False) + 0.5).sqrt())
+    with pytest.raises(ValueError, match="samples=3"):
+        posterior_std(u[:, :-2], i[:, :-2], 3)
+
+
+def test_result_averages_the_kept_samples_exactly() -> None:
+    u, i, v, _ = _low_rank(n_users=20, n_items=15)
+    chain = GibbsSampler(u, i, v, 20, 15, 3, torch.Generator().manual_seed(0), CPU)
+    preds = []
+    for _ in range(4):
+        chain.sweep()
+        chain.keep()
+        cur = chain.current()
+        preds.append(_predict(cur, u, i))
+    res = chain.result()
+    assert res["user_embs.weight"].shape == (20, 4 * 3) and res["item_embs.weight"].shape == (15, 4 * 3)
+    np.testing.assert_allclose(_predict(res, u, i), np.mean(preds, 0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_fit_is_reproducible_and_recovers_low_rank_ratings(implicit: bool) -> None:
+    u, i, v, truth = _low_rank()
+    fit = lambda seed: gibbs_fit(u, i, v, 60, 50, 3, samples=30, burn_in=20,  # noqa: E731
+                                 generator=torch.Generator().manual_seed(seed), device=CPU, implicit_features=implicit)
+    a, b, c = fit(0), fit(0), fit(1)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert not torch.equal(a["user_embs.weight"], c["user_embs.weight"])
+    # held-out cells: error against the noiseless truth well under the spread of the truth itself
+    mask = np.ones_like(truth, dtype=bool)
+    mask[u, i] = False
+    hu, hi = np.nonzero(mask)
+    rmse = np.sqrt(np.mean((_predict(a, hu, hi) - truth[hu, hi]) ** 2))
+    assert rmse < 0.5 * truth[hu, hi].std()
+    assert float(a["noise_precision"]) == pytest.approx(1 / 0.3**2, rel=0.35)  # data noise sd 0.3
+
+
+def test_rows_without_ratings_are_drawn_from_the_prior() -> None:
+    u, i, v, _ = _low_rank(n_users=10, n_items=8)
+    keep = u != 4  # user 4 rates nothing
+    res = gibbs_fit(u[keep], i[keep], v[keep], 10, 9, 2, samples=5, burn_in=2,  # item 8 is never rated
+                    generator=torch.Generator().manual_seed(0), device=CPU, implicit_features=True)
+    for t in res.values():
+        assert torch.isfinite(t).all()
+
+
+def test_bad_chain_lengths_are_rejected() -> None:
+    u, i, v, _ = _low_rank(n_users=5, n_items=5)
+    with pytest.raises(ValueError, match="samples >= 1"):
+        gibbs_fit(u, i, v, 5, 5, 2, samples=0, burn_in=0, generator=torch.Generator(), device=CPU)
