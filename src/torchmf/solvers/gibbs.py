@@ -40,6 +40,8 @@ __all__ = ["GibbsSampler", "draw_rows", "gibbs_fit", "posterior_std"]
 A0, B0, G0 = 1.0, 1.0, 1.0
 # prior precision of the global offset w0 (on ratings centred by their mean)
 W0_PREC = 1.0
+# robust likelihood: per-row noise scales s_u, s_i ~ Gamma(NU/2, NU/2) (mean 1), precision alpha s_u s_i
+NU = 4.0
 # rows per block bound its (rows, m, m) precision matrices to this many elements
 _CHUNK_ELEMENTS = 1 << 24
 
@@ -84,14 +86,17 @@ def draw_rows(
     lam : torch.Tensor, shape (m,)
         Prior precision per dimension (positive).
     alpha : torch.Tensor or float
-        Noise precision.
+        Noise precision: a scalar, or one per row, shape (B,).
     generator : torch.Generator
 
     Returns
     -------
     torch.Tensor, shape (B, m)
     """
-    prec = gram * alpha
+    alpha = torch.as_tensor(alpha, dtype=gram.dtype, device=gram.device)
+    if alpha.dim():  # one precision per row
+        alpha = alpha.reshape(-1, 1)
+    prec = gram * alpha.unsqueeze(-1)
     prec.diagonal(dim1=1, dim2=2).add_(lam)
     rhs = (h * alpha + lam * prior).unsqueeze(2)
     chol, info = torch.linalg.cholesky_ex(prec)
@@ -112,7 +117,8 @@ class _RowChunk:
     stop: int
     pattern: torch.Tensor  # sparse CSR (rows, n_other), ones
     values: torch.Tensor  # sparse CSR (rows, n_other), centred ratings
-    sq_sum: torch.Tensor  # (rows,) sum of squared centred ratings per row
+    squares: torch.Tensor  # sparse CSR (rows, n_other), squared centred ratings
+    counts: torch.Tensor  # (rows,) ratings per row (float)
 
 
 @dataclass
@@ -127,6 +133,7 @@ class _Side:
     w: torch.Tensor | None = None  # (n_other, m) weights of the rated-set features
     mu_w: torch.Tensor | None = None
     lam_w: torch.Tensor | None = None
+    noise: torch.Tensor | None = None  # (n,) per-row noise precision scales (robust likelihood)
     kept: list[torch.Tensor] = field(default_factory=list)
     bias_sum: torch.Tensor | None = None
 
@@ -143,7 +150,7 @@ def _row_chunks(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int, n_
     indptr, order = csr_order(rows, cols, n, n_other)
     cols_s = torch.as_tensor(cols[order], device=device)
     vals_s = torch.as_tensor(vals[order], dtype=torch.float32, device=device)
-    sq = np.bincount(rows, weights=vals.astype(np.float64) ** 2, minlength=n)
+    counts = np.diff(indptr).astype(np.float32)
     out = []
     for start in range(0, n, per_chunk):
         stop = min(n, start + per_chunk)
@@ -154,7 +161,8 @@ def _row_chunks(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int, n_
             start, stop,
             torch.sparse_csr_tensor(ptr, c, torch.ones_like(v), size=(stop - start, n_other)),
             torch.sparse_csr_tensor(ptr, c, v, size=(stop - start, n_other)),
-            torch.as_tensor(sq[start:stop], dtype=torch.float32, device=device),
+            torch.sparse_csr_tensor(ptr, c, v.square(), size=(stop - start, n_other)),
+            torch.as_tensor(counts[start:stop], device=device),
         ))
     return out
 
@@ -191,6 +199,7 @@ class GibbsSampler:
         device: torch.device,
         implicit_features: bool = False,
         init_std: float = 0.1,
+        robust: bool = False,
     ) -> None:
         users = np.asarray(users, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)
@@ -218,6 +227,8 @@ class GibbsSampler:
             init[:, rank] = 0.0
             side = _Side(chunks=_row_chunks(rows, cols, centred, n, n_other, per_chunk, device), rows=init,
                          mu=torch.zeros(m, device=device), lam=torch.ones(m, device=device))
+            if robust:
+                side.noise = torch.ones(n, device=device)
             if implicit_features:
                 side.block = implicit_block(rows, cols, n, n_other, device, self.dtype)
                 side.w = torch.zeros((n_other, m), device=device)
@@ -228,49 +239,67 @@ class GibbsSampler:
     def _randn(self, *shape: int) -> torch.Tensor:
         return torch.randn(shape, generator=self.gen, device=self.device, dtype=self.dtype)
 
-    def _half_sweep(self, side: _Side, other: _Side, with_resid: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw every row of ``side`` given ``other``; returns sum and sum of squares of the residuals.
+    def _half_sweep(self, side: _Side, other: _Side, with_resid: bool) -> tuple[torch.Tensor, ...]:
+        """Draw every row of ``side`` given ``other`` (and, if robust, the rows' noise scales).
 
-        Row ``u``'s conditional is Gaussian with precision ``alpha G_u + diag(lam)``,
-        ``G_u = sum_i f_i f_i^T`` over its rated ``i`` with ``f_i = [q_i, 1]``, and
-        mean that matrix's inverse times ``alpha h_u + lam * prior_u``,
-        ``h_u = sum_i (r_ui - w0 - c_i) f_i``. Both come from sparse products of
-        the rating pattern with per-column tables (the upper triangle of
-        ``f_i f_i^T``), so no per-rating tensor is ever built.
+        Row ``u``'s conditional is Gaussian with precision ``alpha s_u G_u + diag(lam)``,
+        ``G_u = sum_i s_i f_i f_i^T`` over its rated ``i`` with ``f_i = [q_i, 1]``
+        (``s`` the per-row noise scales, 1 unless robust), and mean that matrix's
+        inverse times ``alpha s_u h_u + lam * prior_u``, ``h_u = sum_i s_i (r_ui - w0 - c_i) f_i``.
+        Both come from sparse products of the rating pattern with per-column
+        tables (the upper triangle of ``s_i f_i f_i^T``), so no per-rating tensor
+        is ever built.
+
+        Returns
+        -------
+        With ``with_resid``: the sums over all ratings of ``s_u s_i e``, ``s_u s_i e^2``
+        and ``s_u s_i`` for the residuals ``e`` of the new sample (before ``w0``'s
+        next draw is subtracted: ``e = r - mean - w0 - b_u - c_i - p_u . q_i``).
         """
         k, m = self.rank, self.rank + 1
         i0, i1 = self._tri
         feats = other.rows.clone()
         feats[:, k] = 1.0
         offset = other.rows[:, k] + self.w0
-        # per other-side row: upper triangle of f f^T, f * offset, offset^2; and f
-        by_pattern = torch.cat([feats[:, i0] * feats[:, i1], feats * offset[:, None], offset.square()[:, None]], 1)
-        by_value = torch.cat([feats, offset[:, None]], 1)
+        weight = other.noise if other.noise is not None else torch.ones_like(offset)
+        # per other-side row s * (upper triangle of f f^T, f * offset, offset^2); s * (f, offset); s
+        wf = feats * weight[:, None]
+        by_pattern = torch.cat([wf[:, i0] * feats[:, i1], wf * offset[:, None], (weight * offset.square())[:, None]], 1)
+        by_value = torch.cat([wf, (weight * offset)[:, None]], 1)
         prior = side.prior_mean()
         lam, alpha = side.lam, self.alpha
-        r_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        r_sq = torch.zeros((), dtype=torch.float64, device=self.device)
+        sums = [torch.zeros((), dtype=torch.float64, device=self.device) for _ in range(3)]
         n_tri = i0.shape[0]
         for c in side.chunks:
             sp = c.pattern @ by_pattern
             sv = c.values @ by_value
             gram = sp[:, self._tri_to_full].reshape(-1, m, m)
             h = sv[:, :m] - sp[:, n_tri:n_tri + m]
-            a = draw_rows(gram, h, prior[c.start:c.stop], lam, alpha, self.gen)
+            scale = alpha if side.noise is None else alpha * side.noise[c.start:c.stop]
+            a = draw_rows(gram, h, prior[c.start:c.stop], lam, scale, self.gen)
             side.rows[c.start:c.stop] = a
+            if not (with_resid or side.noise is not None):
+                continue
+            # per row, over its ratings: sum of s_i (t - f.a)^2, t = r - w0 - c
+            tt = (c.squares @ weight[:, None]).squeeze(1) - 2 * sv[:, m] + sp[:, -1]
+            quad = (a.unsqueeze(1) @ gram @ a.unsqueeze(2)).reshape(-1)
+            sse = (tt - 2 * (a * h).sum(1) + quad).clamp_min(0.0)
+            if side.noise is not None:  # s_u | rest ~ Gamma(nu/2 + n_u/2, nu/2 + alpha sse_u / 2)
+                shape = NU / 2 + c.counts / 2
+                side.noise[c.start:c.stop] = torch._standard_gamma(shape, generator=self.gen) / (
+                    NU / 2 + alpha * sse / 2)
             if with_resid:
-                # sum over the row's ratings of (t - f.a)^2 and of (t - f.a), t = r - w0 - c
-                tt = c.sq_sum - 2 * sv[:, m] + sp[:, -1]
-                quad = (a.unsqueeze(1) @ gram @ a.unsqueeze(2)).reshape(-1)
-                r_sq += (tt - 2 * (a * h).sum(1) + quad).sum()
-                r_sum += (h[:, k] - (gram[:, k] * a).sum(1)).sum()
+                s_row = side.noise[c.start:c.stop] if side.noise is not None else 1.0
+                sums[0] += (s_row * (h[:, k] - (gram[:, k] * a).sum(1))).sum()
+                sums[1] += (s_row * sse).sum()
+                sums[2] += (s_row * gram[:, k, k]).sum()
         if side.block is not None:
             side.block.sample_weights(side.rows - side.mu, lam, side.w, side.mu_w, side.lam_w, self.gen)
             side.mu, side.lam = _normal_gamma(side.rows - side.block.mean_shift(side.w), self.gen)
             side.mu_w, side.lam_w = _normal_gamma(side.w, self.gen)
         else:
             side.mu, side.lam = _normal_gamma(side.rows, self.gen)
-        return r_sum, r_sq
+        return tuple(sums)
 
     def sweep(self) -> float:
         """One Gibbs sweep: users, items, noise precision, global offset.
@@ -278,18 +307,18 @@ class GibbsSampler:
         Returns
         -------
         float
-            Training RMSE of the sample drawn (before the new ``w0``).
+            Training RMSE of the sample drawn (noise-scale weighted if robust).
         """
         users, items = self.sides
         self._half_sweep(users, items, with_resid=False)
-        r_sum, r_sq = self._half_sweep(items, users, with_resid=True)
+        r_sum, r_sq, w_sum = self._half_sweep(items, users, with_resid=True)
         n = self.n_ratings
         shape = torch.full((), A0 + n / 2, device=self.device)
         self.alpha = (torch._standard_gamma(shape, generator=self.gen) / (B0 + 0.5 * r_sq)).to(self.dtype)
-        prec = W0_PREC + self.alpha * n
-        mean = self.alpha * (r_sum + n * self.w0) / prec
+        prec = W0_PREC + self.alpha * w_sum
+        mean = self.alpha * (r_sum + w_sum * self.w0) / prec
         self.w0 = (mean + self._randn() / prec.sqrt()).to(self.dtype)
-        return math.sqrt(float(r_sq) / n)
+        return math.sqrt(float(r_sq) / float(w_sum))
 
     def keep(self) -> None:
         """Add the current sample to the posterior average."""
@@ -349,6 +378,7 @@ def gibbs_fit(
     device: torch.device,
     implicit_features: bool = False,
     thin: int = 1,
+    robust: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Run a chain: ``burn_in`` sweeps, then ``samples * thin`` sweeps keeping every ``thin``-th.
 
@@ -370,7 +400,8 @@ def gibbs_fit(
     """
     if samples < 1 or burn_in < 0 or thin < 1:
         raise ValueError(f"need samples >= 1, burn_in >= 0, thin >= 1 (got {samples}, {burn_in}, {thin})")
-    chain = GibbsSampler(users, items, values, n_users, n_items, rank, generator, device, implicit_features)
+    chain = GibbsSampler(users, items, values, n_users, n_items, rank, generator, device, implicit_features,
+                         robust=robust)
     for _ in range(burn_in):
         chain.sweep()
     for t in range(samples * thin):
