@@ -27,9 +27,8 @@ import scipy.sparse as sps
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA_HOME, machine  # noqa: E402
-
-from torchmf.solvers import gibbs as gibbs_mod  # noqa: E402
+from common import DATA_HOME, machine
+from torchmf.solvers import gibbs as gibbs_mod
 
 N_USERS, N_ITEMS = 943, 1682
 

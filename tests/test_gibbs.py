@@ -146,3 +146,82 @@ def test_bad_chain_lengths_are_rejected() -> None:
     u, i, v, _ = _low_rank(n_users=5, n_items=5)
     with pytest.raises(ValueError, match="samples >= 1"):
         gibbs_fit(u, i, v, 5, 5, 2, samples=0, burn_in=0, generator=torch.Generator(), device=CPU)
+
+
+# ---------------------------------------------------------------- through the estimator (solver registry)
+@pytest.fixture(scope="module")
+def gibbs_data():
+    from torchmf.data import Interactions
+
+    u, i, v, _ = _low_rank(n_users=40, n_items=30, density=0.5)
+    return Interactions.from_arrays([f"u{x}" for x in u], [f"i{x}" for x in i], np.round(v).clip(1, 5))
+
+
+@pytest.fixture(scope="module")
+def gibbs_model(gibbs_data):
+    from torchmf import MatrixFactorization
+
+    return MatrixFactorization(solver="gibbs", factors=3, samples=6, burn_in=4, implicit_features=True,
+                               verbose=False).fit(gibbs_data)
+
+
+def test_estimator_fits_the_posterior_mean_layout(gibbs_model, gibbs_data) -> None:
+    hp = gibbs_model.effective_params
+    assert (hp["solver"], hp["factors"], hp["samples"], hp["burn_in"], hp["epochs"]) == ("gibbs", 3, 6, 4, 10)
+    assert gibbs_model.user_factors.shape == (40, 18) and gibbs_model.item_factors.shape == (30, 18)
+    assert gibbs_model.extras_ == {"embedding_dim": 18, "samples": 6, "rank": 3}
+    assert len(gibbs_model.history_) == 10
+    users, items = gibbs_data.user_map.raw(gibbs_data.users), gibbs_data.item_map.raw(gibbs_data.items)
+    pred = gibbs_model.predict(users, items)
+    # fits the training ratings far better than their spread (rank-3 data, 50% observed)
+    assert np.sqrt(np.mean((pred - gibbs_data.values) ** 2)) < 0.6 * gibbs_data.values.std()
+    recs = gibbs_model.recommend("u0", k=5)
+    assert len(recs) == 5
+
+
+def test_estimator_defaults_and_validation() -> None:
+    from torchmf import MatrixFactorization
+
+    hp = MatrixFactorization(solver="gibbs").effective_params
+    assert (hp["factors"], hp["samples"], hp["burn_in"], hp["implicit_features"]) == (10, 200, 50, False)
+    assert MatrixFactorization().effective_params["factors"] == 48  # other solvers keep the shared default
+    with pytest.raises(ValueError, match="implicit_features=True needs solver='gibbs'"):
+        MatrixFactorization(implicit_features=True)
+    with pytest.raises(ValueError, match="samples"):
+        MatrixFactorization(solver="gibbs", samples=0)
+    with pytest.raises(ValueError, match="burn_in"):
+        MatrixFactorization(solver="gibbs", burn_in=-1)
+
+
+def test_estimator_rejects_gibbs_without_biases(gibbs_data) -> None:
+    from torchmf import MatrixFactorization
+
+    with pytest.raises(ValueError, match="always samples biases"):
+        MatrixFactorization(solver="gibbs", biases=False, samples=2, burn_in=0, verbose=False).fit(gibbs_data)
+
+
+def test_save_load_and_posterior_std_through_the_state(gibbs_model, gibbs_data, tmp_path) -> None:
+    from torchmf import MatrixFactorization
+
+    gibbs_model.save(tmp_path / "m")
+    back = MatrixFactorization.load(tmp_path / "m", device="cpu")
+    users, items = ["u0", "u1", "u2"], ["i0", "i5", "i7"]
+    np.testing.assert_allclose(back.predict(users, items), gibbs_model.predict(users, items), rtol=1e-6)
+    assert back.extras_["samples"] == 6
+    m = back.model
+    u = m.user_embs.weight[back.user_map.indices(np.array(users))]
+    i = m.item_embs.weight[back.item_map.indices(np.array(items))]
+    std = posterior_std(u, i, back.extras_["samples"])
+    assert std.shape == (3,) and bool((std > 0).all())
+
+
+def test_fold_in_matches_a_trained_user_roughly(gibbs_model, gibbs_data) -> None:
+    # a user folded in from u0's own ratings should score u0's items close to u0's fitted scores
+    rated = gibbs_data.items[gibbs_data.users == gibbs_data.user_map.indices(np.array(["u0"]))[0]]
+    vals = gibbs_data.values[gibbs_data.users == gibbs_data.user_map.indices(np.array(["u0"]))[0]]
+    raw = gibbs_data.item_map.raw(rated)
+    recs = gibbs_model.recommend_for(dict(zip(raw, vals)), k=3, exclude_seen=False)
+    assert len(recs) == 3
+    gibbs_model.fold_in("visitor", dict(zip(raw, vals)))
+    diff = gibbs_model.predict(["visitor"] * len(raw), raw) - gibbs_model.predict(["u0"] * len(raw), raw)
+    assert np.abs(diff).mean() < 0.5

@@ -40,13 +40,14 @@ class MatrixFactorization(RankingMixin):
 
     Parameters
     ----------
-    factors : int, default 48
-        Latent dimension ``d``.
+    factors : int, optional
+        Latent dimension ``d``: 48, or 10 for ``solver="gibbs"``.
     epochs : int, optional
         Epochs (SGD) or full sweeps, users then items (ALS).
-    solver : {"als", "sgd"}, optional
-        Closed-form alternating least squares or minibatch SGD. Default: "als"
-        for ``mse`` and ``ials``, "sgd" for the sampled-negative losses.
+    solver : {"als", "sgd", "gibbs"}, optional
+        Closed-form alternating least squares, minibatch SGD, or (``mse``
+        only) Bayesian MF by Gibbs sampling. Default: "als" for ``mse`` and
+        ``ials``, "sgd" for the sampled-negative losses.
     loss : {"mse", "ials", "bpr", "logistic", "warp"}, default "mse"
         ``mse``: squared error on explicit ratings. ``ials``: weighted squared
         loss over all pairs with confidence from the values (Hu et al. 2008),
@@ -89,6 +90,17 @@ class MatrixFactorization(RankingMixin):
         With a validation set: stop after this many epochs without
         improvement of validation RMSE (mse) or NDCG@10 (implicit losses).
         The best epoch's weights are always restored.
+    samples : int, optional
+        Gibbs: posterior samples kept and averaged (default 200). The fitted
+        embeddings are ``samples * factors`` wide (every kept sample side by
+        side), so memory is ``(n_users + n_items) * samples * factors`` floats.
+    burn_in : int, optional
+        Gibbs: sweeps discarded before the kept ones (default 50);
+        ``epochs`` becomes ``burn_in + samples``.
+    implicit_features : bool, optional
+        Gibbs: add each user's normalised set of rated items and each item's
+        normalised set of raters as features (the "flipped SVD++" of Rendle et
+        al. 2019); default False.
     device : str, default "auto"
         "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
     seed : int, default 0
@@ -112,7 +124,7 @@ class MatrixFactorization(RankingMixin):
 
     def __init__(
         self,
-        factors: int = 48,
+        factors: int | None = None,
         epochs: int | None = None,
         solver: str | None = None,
         loss: str = "mse",
@@ -132,6 +144,9 @@ class MatrixFactorization(RankingMixin):
         negatives: int | None = None,
         negative_sampling: str = "uniform",
         early_stopping: int | None = None,
+        samples: int | None = None,
+        burn_in: int | None = None,
+        implicit_features: bool | None = None,
         device: str = "auto",
         seed: int = 0,
         verbose: bool = True,
@@ -202,8 +217,10 @@ class MatrixFactorization(RankingMixin):
                 validation.values, data.rating_range(), device,
             )
         log.info("fitting %s on %s", self, data)
-        model, history, best = fit_model(data, hp, device, val)
-        self._install(model, hp, data.user_map, data.item_map, data.implicit, data.rating_range(), history, best)
+        extras: dict[str, Any] = {}
+        model, history, best = fit_model(data, hp, device, val, extras=extras)
+        self._install(model, hp, data.user_map, data.item_map, data.implicit, data.rating_range(), history, best,
+                      extras)
         self._set_seen(data.users, data.items)
         return self
 
