@@ -2,6 +2,7 @@
 
     python benchmarks/gibbs.py --folds 1            # u1: ours vs myFM, with and without implicit features
     python benchmarks/gibbs.py --folds 1 2 3 4 5    # the five canonical folds
+    python benchmarks/gibbs.py --defaults           # also MatrixFactorization(solver="gibbs") as shipped
     python benchmarks/gibbs.py --tune               # default selection on u1.base only (internal 90/10 split)
 
 Both libraries get the same data, rank (10) and number of sweeps, and keep every
@@ -99,11 +100,29 @@ def run_myfm(train: np.ndarray, test: np.ndarray, rank: int, n_iter: int, implic
     return rmse(pred, test[:, 2]), seconds
 
 
-def folds(numbers: list[int], rank: int, samples: int, with_myfm: bool) -> list[dict]:
+def run_facade(train: np.ndarray, test: np.ndarray, implicit: bool) -> tuple[float, float]:
+    """``MatrixFactorization(solver="gibbs")`` with its defaults, through fit / predict."""
+    import torchmf
+    from torchmf.data import Interactions
+
+    data = Interactions.from_arrays(train[:, 0], train[:, 1], train[:, 2].astype(np.float32))
+    model = torchmf.MatrixFactorization(solver="gibbs", implicit_features=implicit, device="cpu", verbose=False)
+    start = time.perf_counter()
+    model.fit(data)
+    seconds = time.perf_counter() - start
+    pred = model.predict(test[:, 0], test[:, 1], unknown="fallback")
+    return rmse(pred, test[:, 2]), seconds
+
+
+def folds(numbers: list[int], rank: int, samples: int, with_myfm: bool, defaults: bool) -> list[dict]:
     rows = []
     for f in numbers:
         train, test = load(f"u{f}.base"), load(f"u{f}.test")
         for implicit in (False, True):
+            if defaults:
+                r, s = run_facade(train, test, implicit)
+                rows.append({"fold": f, "lib": "torchmf-defaults", "implicit": implicit, "rmse": r, "seconds": s})
+                print(json.dumps(rows[-1]), flush=True)
             r, s = run_ours(train, test, rank, samples, 0, implicit)
             rows.append({"fold": f, "lib": "torchmf", "implicit": implicit, "rmse": r, "seconds": s})
             print(json.dumps(rows[-1]), flush=True)
@@ -132,7 +151,7 @@ def tune() -> list[dict]:
         print(json.dumps(rows[-1]), flush=True)
 
     for implicit in (False, True):
-        for nu in (None, 2.0, 4.0, 8.0):
+        for nu in (None, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0):
             one(rank=10, samples=200, burn_in=0, implicit=implicit, nu=nu)
     for implicit in (False, True):
         for rank in (5, 16):
@@ -148,15 +167,17 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=10)
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--no-myfm", action="store_true")
+    ap.add_argument("--defaults", action="store_true",
+                    help="also fit MatrixFactorization(solver='gibbs') with its defaults (burn-in 50)")
     ap.add_argument("--tune", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(machine(), flush=True)
-    rows = tune() if args.tune else folds(args.folds, args.rank, args.samples, not args.no_myfm)
+    rows = tune() if args.tune else folds(args.folds, args.rank, args.samples, not args.no_myfm, args.defaults)
     if not args.tune:
-        for lib in ("torchmf", "myfm"):
+        for lib in ("torchmf", "myfm", "torchmf-defaults"):
             for implicit in (False, True):
                 sel = [r for r in rows if r["lib"] == lib and r["implicit"] == implicit]
                 if sel:

@@ -1,17 +1,20 @@
 """Bayesian matrix factorization by Gibbs sampling (Salakhutdinov & Mnih 2008; Rendle's myFM).
 
 Model: ``r_ui = mean + w0 + b_u + c_i + p_u . q_i + noise``, noise precision
-``alpha ~ Gamma(a0, b0)``; each side's rows ``a_u = [p_u, b_u]`` are
-``N(mu, diag(lam)^-1)`` with a Normal-Gamma hyperprior per dimension
-(``lam_f ~ Gamma(a0, b0)``, ``mu_f | lam_f ~ N(0, 1 / (g0 lam_f))``, myFM's
-defaults ``a0 = b0 = g0 = 1``); ``w0 ~ N(0, 1)`` on the centred ratings.
+``alpha ~ Gamma(a0, b0)`` (times per-user and per-item scales when ``robust``);
+each side's rows ``a_u = [p_u, b_u]`` are ``N(mu, diag(lam)^-1)`` with a
+Normal-Gamma hyperprior per dimension (``lam_f ~ Gamma(a0, b0)``,
+``mu_f | lam_f ~ N(0, 1 / (g0 lam_f))``, myFM's defaults ``a0 = b0 = g0 = 1``);
+``w0 ~ N(0, 1)`` on the centred ratings.
 
 One sweep draws every user row given the items (an ALS-shaped solve per row:
-batched Cholesky of ``diag(lam) + alpha F_u^T F_u`` over the degree buckets of
-:func:`~torchmf.solvers.ragged.bucketize`, plus ``L^-T z``), the users'
-hyperparameters, then the same for the items, then ``alpha`` and ``w0``. With
-``implicit_features`` the rows' prior means also depend on their rated sets (see
-:mod:`torchmf.solvers.gibbs_features`).
+batched Cholesky of ``diag(lam) + alpha F_u^T F_u`` plus ``L^-T z``; the
+``F_u^T F_u`` come from one sparse product of the rating pattern with a table
+of the items' ``f f^T`` upper triangles, measured several times faster at small
+ranks than gathering padded blocks as ALS's degree buckets do), the users'
+hyperparameters (and noise scales), then the same for the items, then
+``alpha`` and ``w0``. With ``implicit_features`` the rows' prior means also
+depend on their rated sets (see :mod:`torchmf.solvers.gibbs_features`).
 
 Predictions average over the kept samples. Because
 ``sum_s p_u^s . q_i^s / S = [p_u^1 .. p_u^S] / sqrt(S) . [q_i^1 .. q_i^S] / sqrt(S)``,
@@ -40,8 +43,9 @@ __all__ = ["GibbsSampler", "draw_rows", "gibbs_fit", "posterior_std"]
 A0, B0, G0 = 1.0, 1.0, 1.0
 # prior precision of the global offset w0 (on ratings centred by their mean)
 W0_PREC = 1.0
-# robust likelihood: per-row noise scales s_u, s_i ~ Gamma(NU/2, NU/2) (mean 1), precision alpha s_u s_i
-NU = 4.0
+# robust likelihood: per-row noise scales s_u, s_i ~ Gamma(NU/2, NU/2) (mean 1), precision alpha s_u s_i;
+# NU chosen on a 90/10 split of ML-100k u1.base (benchmarks/gibbs.py --tune): 16 against 2-64 and none
+NU = 16.0
 # rows per block bound its (rows, m, m) precision matrices to this many elements
 _CHUNK_ELEMENTS = 1 << 24
 
@@ -185,6 +189,11 @@ class GibbsSampler:
         Give each row a prior mean from its normalised rated set (flipped SVD++).
     init_std : float
         Standard deviation of the initial factors (myFM's default 0.1).
+    robust : bool
+        Give every rating the noise precision ``alpha * s_u * s_i`` with per-user and
+        per-item scales ``s ~ Gamma(NU/2, NU/2)`` (sampled too): a Student-t-like
+        likelihood that lets consistent users and items weigh more (Lakshminarayanan
+        et al. 2011). False: one ``alpha`` for every rating, as myFM.
     """
 
     def __init__(
@@ -199,7 +208,7 @@ class GibbsSampler:
         device: torch.device,
         implicit_features: bool = False,
         init_std: float = 0.1,
-        robust: bool = False,
+        robust: bool = True,
     ) -> None:
         users = np.asarray(users, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)
@@ -378,7 +387,7 @@ def gibbs_fit(
     device: torch.device,
     implicit_features: bool = False,
     thin: int = 1,
-    robust: bool = False,
+    robust: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Run a chain: ``burn_in`` sweeps, then ``samples * thin`` sweeps keeping every ``thin``-th.
 
@@ -392,6 +401,8 @@ def gibbs_fit(
         Sweeps discarded first (>= 0).
     thin : int
         Sweeps per kept sample (>= 1).
+    robust : bool
+        See :class:`GibbsSampler`.
 
     Returns
     -------
