@@ -227,3 +227,29 @@ def test_fold_in_matches_a_trained_user_roughly(gibbs_model, gibbs_data) -> None
     gibbs_model.fold_in("visitor", dict(zip(raw, vals, strict=True)))
     diff = gibbs_model.predict(["visitor"] * len(raw), raw) - gibbs_model.predict(["u0"] * len(raw), raw)
     assert np.abs(diff).mean() < 0.5
+
+
+def test_validation_history_and_early_stop_during_burn_in(gibbs_data) -> None:
+    from torchmf import MatrixFactorization
+
+    # early_stopping=1 on a 1-sweep-patience chain may stop in burn-in: the current sample is kept then
+    m = MatrixFactorization(solver="gibbs", factors=2, samples=3, burn_in=3, early_stopping=1, verbose=False)
+    m.fit(gibbs_data, validation=gibbs_data)
+    assert "val_rmse" in m.history_[0]
+    s = m.extras_["samples"]
+    assert 1 <= s <= 3 and m.user_factors.shape[1] == 2 * s == m.extras_["embedding_dim"]
+
+
+def test_cli_trains_a_gibbs_model(tmp_path) -> None:
+    import torchmf
+    from torchmf.cli.main import main
+
+    u, i, v, _ = _low_rank(n_users=15, n_items=12, density=0.6)
+    src = tmp_path / "r.csv"
+    src.write_text("".join(f"{a},{b},{int(np.clip(np.rint(c), 1, 5))}\n" for a, b, c in zip(u, i, v, strict=True)))
+    out = tmp_path / "model"
+    rc = main(["train", str(src), "-o", str(out), "--solver", "gibbs", "--factors", "2", "--samples", "3",
+               "--burn-in", "1", "--implicit-features"])
+    assert rc == 0
+    back = torchmf.load(out, device="cpu")
+    assert back.effective_params["implicit_features"] is True and back.extras_["samples"] == 3
