@@ -163,7 +163,7 @@ def gibbs_data():
 def gibbs_model(gibbs_data):
     from torchmf import MatrixFactorization
 
-    return MatrixFactorization(solver="gibbs", factors=3, samples=6, burn_in=4, implicit_features=True,
+    return MatrixFactorization(solver="gibbs", factors=3, samples=6, burn_in=4, thin=1, implicit_features=True,
                                verbose=False).fit(gibbs_data)
 
 
@@ -185,7 +185,8 @@ def test_estimator_defaults_and_validation() -> None:
     from torchmf import MatrixFactorization
 
     hp = MatrixFactorization(solver="gibbs").effective_params
-    assert (hp["factors"], hp["samples"], hp["burn_in"], hp["implicit_features"]) == (10, 200, 50, False)
+    got = (hp["factors"], hp["samples"], hp["burn_in"], hp["thin"], hp["implicit_features"])
+    assert got == (10, 200, 100, 2, False)
     assert MatrixFactorization().effective_params["factors"] == 48  # other solvers keep the shared default
     with pytest.raises(ValueError, match="implicit_features=True needs solver='gibbs'"):
         MatrixFactorization(implicit_features=True)
@@ -193,6 +194,8 @@ def test_estimator_defaults_and_validation() -> None:
         MatrixFactorization(solver="gibbs", samples=0)
     with pytest.raises(ValueError, match="burn_in"):
         MatrixFactorization(solver="gibbs", burn_in=-1)
+    with pytest.raises(ValueError, match="thin"):
+        MatrixFactorization(solver="gibbs", thin=0)
 
 
 def test_estimator_rejects_gibbs_without_biases(gibbs_data) -> None:
@@ -235,7 +238,7 @@ def test_validation_history_and_early_stop_during_burn_in(gibbs_data) -> None:
     # early_stopping=1 on a 1-sweep-patience chain may stop in burn-in: the current sample is kept then
     m = MatrixFactorization(solver="gibbs", factors=2, samples=3, burn_in=3, early_stopping=1, verbose=False)
     m.fit(gibbs_data, validation=gibbs_data)
-    assert "val_rmse" in m.history_[0]
+    assert "val_rmse" in m.history_[0] and m.effective_params["epochs"] == 3 + 3 * 2  # thin 2 by default
     s = m.extras_["samples"]
     assert 1 <= s <= 3 and m.user_factors.shape[1] == 2 * s == m.extras_["embedding_dim"]
 

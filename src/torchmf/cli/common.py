@@ -185,6 +185,7 @@ _HELP = {
     "early_stopping": "with validation: stop after N epochs without improvement",
     "samples": "Gibbs: posterior samples kept and averaged",
     "burn_in": "Gibbs: sweeps discarded before the kept samples",
+    "thin": "Gibbs: sweeps per kept sample",
     "implicit_features": "Gibbs: add each user's rated items and each item's raters as features",
     "device": "auto (CUDA when available), cpu, cuda or cuda:N",
     "seed": "random seed",

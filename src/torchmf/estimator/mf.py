@@ -95,8 +95,10 @@ class MatrixFactorization(RankingMixin):
         embeddings are ``samples * factors`` wide (every kept sample side by
         side), so memory is ``(n_users + n_items) * samples * factors`` floats.
     burn_in : int, optional
-        Gibbs: sweeps discarded before the kept ones (default 50);
-        ``epochs`` becomes ``burn_in + samples``.
+        Gibbs: sweeps discarded before the kept ones (default 100).
+    thin : int, optional
+        Gibbs: sweeps per kept sample (default 2), so ``epochs`` becomes
+        ``burn_in + samples * thin``.
     implicit_features : bool, optional
         Gibbs: add each user's normalised set of rated items and each item's
         normalised set of raters as features (the "flipped SVD++" of Rendle et
@@ -146,6 +148,7 @@ class MatrixFactorization(RankingMixin):
         early_stopping: int | None = None,
         samples: int | None = None,
         burn_in: int | None = None,
+        thin: int | None = None,
         implicit_features: bool | None = None,
         device: str = "auto",
         seed: int = 0,

@@ -29,7 +29,7 @@ _MAX_INIT_STD = 10.0
 # effective parameters are always complete, JSON-serialisable numbers/strings.
 _NEUTRAL: dict[str, Any] = {
     "lr": 0.0, "reg_bias": 0.0, "optimizer": "sgd", "alpha": 0.0, "unobserved_weight": 0.0, "negatives": 0,
-    "samples": 0, "burn_in": 0, "implicit_features": False,
+    "samples": 0, "burn_in": 0, "thin": 0, "implicit_features": False,
 }
 # Defaults every solver shares unless its own ``defaults`` say otherwise.
 _SHARED: dict[str, Any] = {"factors": 48}
@@ -64,6 +64,7 @@ class Params:
     early_stopping: int | None = None
     samples: int | None = None
     burn_in: int | None = None
+    thin: int | None = None
     implicit_features: bool | None = None
     device: str = "auto"
     seed: int = 0
@@ -124,6 +125,7 @@ def validate(p: Params) -> None:
     _check(p.samples is None or (_is_int(p.samples) and p.samples > 0), "samples", p.samples, "a positive integer")
     _check(p.burn_in is None or (_is_int(p.burn_in) and p.burn_in >= 0), "burn_in", p.burn_in,
            "a non-negative integer")
+    _check(p.thin is None or (_is_int(p.thin) and p.thin > 0), "thin", p.thin, "a positive integer")
     _check(p.implicit_features is None or isinstance(p.implicit_features, bool), "implicit_features",
            p.implicit_features, "True, False or None")
     if p.implicit_features and solvers.get_solver(p.loss, p.solver).name != "gibbs":

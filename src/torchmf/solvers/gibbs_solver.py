@@ -1,7 +1,7 @@
 """Bayesian MF by Gibbs sampling as a :class:`~torchmf.solvers.base.Solver` (sampler in :mod:`torchmf.solvers.gibbs`).
 
-One epoch is one Gibbs sweep; the first ``burn_in`` are discarded and the next
-``samples`` kept. While the chain runs the model holds the current sample
+One epoch is one Gibbs sweep; the first ``burn_in`` are discarded, then every
+``thin``-th of the next ``samples * thin`` is kept. While the chain runs the model holds the current sample
 (``factors`` wide), so a validation history shows single-sample errors; after
 the last sweep :meth:`GibbsSolver.finish` rewrites the model as the posterior
 mean over the kept samples: ``samples * factors``-wide embeddings whose dot
@@ -42,7 +42,7 @@ class GibbsSolver:
     # samples are myFM's comparison setting. The penalties are sampled, not set:
     # reg / reg_bias / reg_exponent do not apply.
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "mse": {"factors": 10, "epochs": 250, "samples": 200, "burn_in": 50, "implicit_features": False,
+        "mse": {"factors": 10, "epochs": 500, "samples": 200, "burn_in": 100, "thin": 2, "implicit_features": False,
                 "biases": True, "reg": 0.0, "reg_exponent": 0.0},
     }
 
@@ -50,8 +50,8 @@ class GibbsSolver:
         if not hp["biases"]:
             raise ValueError("solver='gibbs' always samples biases; leave biases=None (or True)")
         self.model, self.hp = model, hp
-        self.burn_in, self.samples = int(hp["burn_in"]), int(hp["samples"])
-        hp["epochs"] = self.burn_in + self.samples  # a sweep per epoch: burn-in, then the kept samples
+        self.burn_in, self.samples, self.thin = int(hp["burn_in"]), int(hp["samples"]), int(hp["thin"])
+        hp["epochs"] = self.burn_in + self.samples * self.thin  # a sweep per epoch: burn-in, then kept samples
         gen = torch.Generator(device=device).manual_seed(hp["seed"])
         self.chain = GibbsSampler(
             data.users, data.items, data.values, data.n_users, data.n_items, hp["factors"], gen, device,
@@ -63,7 +63,7 @@ class GibbsSolver:
     def epoch(self) -> float:
         rmse = self.chain.sweep()
         self.sweeps += 1
-        if self.sweeps > self.burn_in:
+        if self.sweeps > self.burn_in and (self.sweeps - self.burn_in) % self.thin == 0:
             self.chain.keep()
         m = self.model
         for name, t in self.chain.current().items():
