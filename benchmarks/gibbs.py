@@ -46,11 +46,11 @@ def rmse(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def run_ours(train: np.ndarray, test: np.ndarray, rank: int, samples: int, burn_in: int, implicit: bool,
-             seed: int = 0, robust: bool = True) -> tuple[float, float]:
+             seed: int = 0, robust: bool = True, thin: int = 1) -> tuple[float, float]:
     start = time.perf_counter()
     res = gibbs_mod.gibbs_fit(train[:, 0], train[:, 1], train[:, 2].astype(np.float32), N_USERS, N_ITEMS, rank,
                               samples, burn_in, torch.Generator().manual_seed(seed), torch.device("cpu"),
-                              implicit_features=implicit, robust=robust)
+                              implicit_features=implicit, robust=robust, thin=thin)
     seconds = time.perf_counter() - start
     u, i = torch.as_tensor(test[:, 0]), torch.as_tensor(test[:, 1])
     pred = ((res["user_embs.weight"][u] * res["item_embs.weight"][i]).sum(1) + res["user_bias.weight"][u, 0]
@@ -142,7 +142,7 @@ def tune() -> list[dict]:
     rows = []
 
     def one(**kw) -> None:
-        nu = kw.pop("nu")
+        nu = kw.pop("nu", final_nu)
         robust = nu is not None
         if robust:
             gibbs_mod.NU = nu
@@ -150,14 +150,16 @@ def tune() -> list[dict]:
         rows.append({"nu": nu, **kw, "val_rmse": r, "seconds": s})
         print(json.dumps(rows[-1]), flush=True)
 
+    final_nu = gibbs_mod.NU
     for implicit in (False, True):
         for nu in (None, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0):
             one(rank=10, samples=200, burn_in=0, implicit=implicit, nu=nu)
     for implicit in (False, True):
         for rank in (5, 16):
-            one(rank=rank, samples=200, burn_in=0, implicit=implicit, nu=4.0)
-        for samples, burn_in in ((200, 50), (400, 100)):
-            one(rank=10, samples=samples, burn_in=burn_in, implicit=implicit, nu=4.0)
+            one(rank=rank, samples=200, burn_in=0, implicit=implicit)
+        for samples, burn_in, thin in ((200, 50, 1), (400, 100, 1), (200, 100, 2)):
+            one(rank=10, samples=samples, burn_in=burn_in, thin=thin, implicit=implicit)
+    gibbs_mod.NU = final_nu
     return rows
 
 
