@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from torchmf.solvers.gibbs import GibbsSampler, _normal_gamma, draw_rows, gibbs_fit, posterior_std
+from torchmf.solvers.gibbs import GibbsSampler, draw_rows, gibbs_fit, posterior_std
+from torchmf.solvers.gibbs_draws import normal_gamma
 from torchmf.solvers.gibbs_features import implicit_block
 
 CPU = torch.device("cpu")
@@ -56,7 +57,7 @@ def test_normal_gamma_recovers_mean_and_precision() -> None:
     # 20000 rows from N(2, 1/16): the posterior concentrates at mu = 2, lam = 16 (sd of lam ~ 16 * sqrt(2/n))
     gen = torch.Generator().manual_seed(0)
     x = 2.0 + torch.randn(20000, 2, generator=gen) / 4.0
-    mu, lam = _normal_gamma(x, gen)
+    mu, lam = normal_gamma(x, gen)
     assert torch.allclose(mu, torch.full((2,), 2.0), atol=0.01)
     assert torch.allclose(lam, torch.full((2,), 16.0), rtol=0.05)
 

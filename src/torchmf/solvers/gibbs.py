@@ -35,12 +35,11 @@ import numpy as np
 import torch
 
 from torchmf.data.csr import csr_order
+from torchmf.solvers.gibbs_draws import A0, B0, draw_rows, normal_gamma, posterior_std
 from torchmf.solvers.gibbs_features import ImplicitBlock, implicit_block
 
 __all__ = ["GibbsSampler", "draw_rows", "gibbs_fit", "posterior_std"]
 
-# hyperprior of every precision (Gamma(A0, B0)) and of every group mean (N(0, 1/(G0 lam)))
-A0, B0, G0 = 1.0, 1.0, 1.0
 # prior precision of the global offset w0 (on ratings centred by their mean)
 W0_PREC = 1.0
 # robust likelihood: per-row noise scales s_u, s_i ~ Gamma(NU/2, NU/2) (mean 1), precision alpha s_u s_i;
@@ -48,69 +47,6 @@ W0_PREC = 1.0
 NU = 16.0
 # rows per block bound its (rows, m, m) precision matrices to this many elements
 _CHUNK_ELEMENTS = 1 << 24
-
-
-def _normal_gamma(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Joint draw of ``(mu, lam)`` per column from the Normal-Gamma posterior given rows ``x`` (n, m)."""
-    n = x.shape[0]
-    xbar = x.mean(0)
-    ss = (x - xbar).square().sum(0)
-    gn = G0 + n
-    shape = torch.full_like(xbar, A0 + n / 2)
-    rate = B0 + 0.5 * (ss + G0 * n * xbar.square() / gn)
-    lam = torch._standard_gamma(shape, generator=generator) / rate
-    z = torch.randn(xbar.shape, generator=generator, device=x.device, dtype=x.dtype)
-    mu = n * xbar / gn + z / (gn * lam).sqrt()
-    return mu, lam
-
-
-def draw_rows(
-    gram: torch.Tensor,
-    h: torch.Tensor,
-    prior: torch.Tensor,
-    lam: torch.Tensor,
-    alpha: torch.Tensor | float,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """One draw per row from ``N(P^-1 (alpha h + lam * prior), P^-1)``, ``P = alpha gram + diag(lam)``.
-
-    The Gaussian conditional of a row's ``[factors, bias]`` in Bayesian MF
-    (a ridge regression with a random draw added): one batched Cholesky
-    ``P = L L^T``, the mean by two triangular solves, and ``L^-T z`` for
-    standard normal ``z``.
-
-    Parameters
-    ----------
-    gram : torch.Tensor, shape (B, m, m)
-        ``sum_i f_i f_i^T`` over each row's observations.
-    h : torch.Tensor, shape (B, m)
-        ``sum_i t_i f_i``.
-    prior : torch.Tensor, shape (B, m)
-        Prior mean of each row.
-    lam : torch.Tensor, shape (m,)
-        Prior precision per dimension (positive).
-    alpha : torch.Tensor or float
-        Noise precision: a scalar, or one per row, shape (B,).
-    generator : torch.Generator
-
-    Returns
-    -------
-    torch.Tensor, shape (B, m)
-    """
-    alpha = torch.as_tensor(alpha, dtype=gram.dtype, device=gram.device)
-    if alpha.dim():  # one precision per row
-        alpha = alpha.reshape(-1, 1)
-    prec = gram * alpha.unsqueeze(-1)
-    prec.diagonal(dim1=1, dim2=2).add_(lam)
-    rhs = (h * alpha + lam * prior).unsqueeze(2)
-    chol, info = torch.linalg.cholesky_ex(prec)
-    if bool((info != 0).any()):  # only in float32 with extreme scales: retry with jitter
-        prec.diagonal(dim1=1, dim2=2).add_(1e-4 * prec.diagonal(dim1=1, dim2=2).mean(1, keepdim=True))
-        chol = torch.linalg.cholesky(prec)
-    draw = torch.cholesky_solve(rhs, chol)
-    z = torch.randn(draw.shape, generator=generator, device=draw.device, dtype=draw.dtype)
-    draw.add_(torch.linalg.solve_triangular(chol.transpose(1, 2), z, upper=True))
-    return draw.squeeze(2)
 
 
 @dataclass(frozen=True)
@@ -304,10 +240,10 @@ class GibbsSampler:
                 sums[2] += (s_row * gram[:, k, k]).sum()
         if side.block is not None:
             side.block.sample_weights(side.rows - side.mu, lam, side.w, side.mu_w, side.lam_w, self.gen)
-            side.mu, side.lam = _normal_gamma(side.rows - side.block.mean_shift(side.w), self.gen)
-            side.mu_w, side.lam_w = _normal_gamma(side.w, self.gen)
+            side.mu, side.lam = normal_gamma(side.rows - side.block.mean_shift(side.w), self.gen)
+            side.mu_w, side.lam_w = normal_gamma(side.w, self.gen)
         else:
-            side.mu, side.lam = _normal_gamma(side.rows, self.gen)
+            side.mu, side.lam = normal_gamma(side.rows, self.gen)
         return tuple(sums)
 
     def sweep(self) -> float:
@@ -420,31 +356,3 @@ def gibbs_fit(
         if (t + 1) % thin == 0:
             chain.keep()
     return chain.result()
-
-
-def posterior_std(
-    user_vecs: torch.Tensor, item_vecs: torch.Tensor, samples: int, noise_var: float = 0.0
-) -> torch.Tensor:
-    """Posterior standard deviation of each pair's score over the kept samples.
-
-    Parameters
-    ----------
-    user_vecs, item_vecs : torch.Tensor, shape (B, S * rank)
-        Rows of the concatenated embeddings (:meth:`GibbsSampler.result`) of the pairs.
-    samples : int
-        ``S``.
-    noise_var : float
-        Added to the variance (``1 / noise_precision``) for the predictive spread of
-        a new rating rather than of its expected value.
-
-    Returns
-    -------
-    torch.Tensor, shape (B,)
-        Standard deviation over samples of ``p_u^s . q_i^s`` (the biases enter as
-        their posterior means, so their own spread is not included).
-    """
-    b, d = user_vecs.shape
-    if d % samples:
-        raise ValueError(f"embedding width {d} is not a multiple of samples={samples}")
-    per_sample = (user_vecs.reshape(b, samples, -1) * item_vecs.reshape(b, samples, -1)).sum(2) * samples
-    return (per_sample.var(1, unbiased=False) + noise_var).sqrt()
