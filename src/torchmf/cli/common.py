@@ -212,11 +212,17 @@ def _hp_specs() -> list[tuple[str, type, Any]]:
     return out
 
 
+# False while building the parser for the top-level --help (see main.build_parser)
+HYPERPARAMETER_OPTIONS = True
+
+
 def add_hyperparameters(parser: argparse.ArgumentParser) -> None:
     """Options mirroring MatrixFactorization's hyperparameters (unset = library default).
 
     Values are checked by the library, so a bad one is reported as a one-line error.
     """
+    if not HYPERPARAMETER_OPTIONS:
+        return
     from torchmf.estimator import params as params_module
 
     g = parser.add_argument_group("model hyperparameters (unset: the library's default)")
@@ -231,8 +237,12 @@ def add_hyperparameters(parser: argparse.ArgumentParser) -> None:
             text += ": " + ", ".join(sorted(choices) if isinstance(choices, dict) else choices)
         if default is not None:
             text += f" (default {default})"
+        elif name == "early_stopping":
+            text += " (default off)"
+        elif name == "batch_size":
+            text += " (default: automatic, from the data size)"
         else:
-            text += " (default off)" if name == "early_stopping" else " (default depends on loss and solver)"
+            text += f" (default: {per_loss_defaults(name)})"
         if typ is bool:
             g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
@@ -243,6 +253,27 @@ def add_hyperparameters(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="show a progress bar (default: when stderr is a terminal)",
     )
+
+
+def per_loss_defaults(name: str) -> str:
+    """The default of hyperparameter ``name`` for each loss/solver, e.g. ``0.35 (mse/als), 0.03 (ials)``."""
+    from torchmf import solvers
+
+    if name == "solver":
+        by_solver: dict[str, list[str]] = {}
+        for loss in solvers.losses():
+            by_solver.setdefault(solvers.default_solver(loss), []).append(loss)
+        return ", ".join(f"{s} ({', '.join(losses)})" for s, losses in by_solver.items())
+    groups: dict[str, list[str]] = {}
+    for loss in solvers.losses():
+        names = solvers.solvers_for(loss)
+        for solver in names:
+            value = solvers.get_solver(loss, solver).defaults[loss].get(name)
+            if value is not None:
+                groups.setdefault(repr(value) if isinstance(value, str) else str(value), []).append(
+                    loss if len(names) == 1 else f"{loss}/{solver}"
+                )
+    return ", ".join(f"{v} ({', '.join(where)})" for v, where in groups.items()) or "not used"
 
 
 def hyperparameters(args: argparse.Namespace) -> dict[str, Any]:

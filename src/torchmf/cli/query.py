@@ -180,11 +180,9 @@ def info(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from torchmf.evaluation import evaluate as _evaluate
+
     common.check_k(args.k)
-    try:
-        from torchmf.evaluation import evaluate as _evaluate
-    except ImportError:
-        raise common.CLIError("this torchmf has no torchmf.evaluation.evaluate yet") from None
     model = common.load_model(args.model)
     test = common.read_data(args.test, args)
     train = None if args.train is None else common.read_data(args.train, args)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from torchmf.data.interactions import Interactions
 from torchmf.errors import DataError
+from torchmf.estimator.protocol import Recommender
 from torchmf.metrics import mae, ranking_metrics, rmse
 
 __all__ = ["evaluate"]
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(
-    model: Any,
+    model: Recommender,
     test: Interactions,
     train: Interactions | None = None,
     k: int = 10,

@@ -6,8 +6,6 @@ import argparse
 import time
 from typing import Any
 
-import numpy as np
-
 from torchmf.cli import common
 from torchmf.cli.plot import plot_histories, prepare_plot
 
@@ -61,17 +59,10 @@ def check_fraction(fraction: float) -> None:
 
 def holdout(data: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     """Per-user holdout (torchmf.data.split.user_split), else a seeded random split."""
+    from torchmf.data.split import user_split
     from torchmf.errors import DataError
 
     check_fraction(fraction)
-    try:
-        from torchmf.data.split import user_split
-    except ImportError:  # pragma: no cover - split module missing
-        rng = np.random.default_rng(seed)
-        test = rng.random(len(data)) < fraction
-        if test.all() or not test.any():
-            raise common.CLIError(f"--validation {fraction:g} leaves no training or no validation data") from None
-        return data.subset(~test), data.subset(test)
     try:
         return user_split(data, fraction, seed=seed)
     except DataError as exc:
@@ -79,19 +70,10 @@ def holdout(data: Any, fraction: float, seed: int) -> tuple[Any, Any]:
 
 
 def validation_metrics(model: Any, train: Any, test: Any, k: int) -> dict[str, float]:
-    """RMSE/MAE of the kept epoch, plus ranking metrics when torchmf.evaluation has ``evaluate``."""
-    out: dict[str, float] = {}
-    try:
-        from torchmf.evaluation import evaluate
-    except ImportError:
-        evaluate = None
-    if evaluate is not None:
-        out.update(evaluate(model, test, train=train, k=k))
-    elif model.history_:
-        best = model.best_epoch_ or len(model.history_)
-        row = model.history_[best - 1]
-        out.update({k_[4:]: v for k_, v in row.items() if k_.startswith("val_")})
-    return out
+    """Rating (rating models only) and ranking metrics of the kept model on the validation data."""
+    from torchmf.evaluation import evaluate
+
+    return dict(evaluate(model, test, train=train, k=k))
 
 
 def run(args: argparse.Namespace) -> int:
