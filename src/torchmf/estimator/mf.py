@@ -90,19 +90,13 @@ class MatrixFactorization(RankingMixin):
         With a validation set: stop after this many epochs without
         improvement of validation RMSE (mse) or NDCG@10 (implicit losses).
         The best epoch's weights are always restored.
-    samples : int, optional
-        Gibbs: posterior samples kept and averaged (default 200). The fitted
-        embeddings are ``samples * factors`` wide (every kept sample side by
-        side), so memory is ``(n_users + n_items) * samples * factors`` floats.
-    burn_in : int, optional
-        Gibbs: sweeps discarded before the kept ones (default 100).
-    thin : int, optional
-        Gibbs: sweeps per kept sample (default 2), so ``epochs`` becomes
-        ``burn_in + samples * thin``.
+    samples, burn_in, thin : int, optional
+        Gibbs: keep ``samples`` posterior draws (default 200), one every ``thin``
+        sweeps (2) after ``burn_in`` (100); ``epochs`` defaults to that chain
+        length. Embeddings are ``samples * factors`` wide (the draws side by side).
     implicit_features : bool, optional
-        Gibbs: add each user's normalised set of rated items and each item's
-        normalised set of raters as features (the "flipped SVD++" of Rendle et
-        al. 2019); default False.
+        Gibbs: add each user's rated items and each item's raters as features
+        (Rendle et al. 2019's flipped SVD++); default False.
     device : str, default "auto"
         "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
     seed : int, default 0

@@ -1,7 +1,9 @@
 """Bayesian MF by Gibbs sampling as a :class:`~torchmf.solvers.base.Solver` (sampler in :mod:`torchmf.solvers.gibbs`).
 
 One epoch is one Gibbs sweep; the first ``burn_in`` are discarded, then every
-``thin``-th of the next ``samples * thin`` is kept. While the chain runs the model holds the current sample
+``thin``-th of the next ``samples * thin`` is kept. ``epochs`` defaults to that
+chain length; a smaller ``epochs`` (or early stopping) cuts the chain short, and
+a chain that ends within its burn-in keeps its last sample. While the chain runs the model holds the current sample
 (``factors`` wide), so a validation history shows single-sample errors; after
 the last sweep :meth:`GibbsSolver.finish` rewrites the model as the posterior
 mean over the kept samples: ``samples * factors``-wide embeddings whose dot
@@ -44,7 +46,8 @@ class GibbsSolver:
     # implicit features (and MCMC error only shrinks with a longer chain). The
     # penalties are sampled, not set: reg / reg_bias / reg_exponent do not apply.
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "mse": {"factors": 10, "epochs": 500, "samples": 200, "burn_in": 100, "thin": 2, "implicit_features": False,
+        # epochs is left None: the chain length burn_in + samples * thin is filled in at fit
+        "mse": {"factors": 10, "samples": 200, "burn_in": 100, "thin": 2, "implicit_features": False,
                 "biases": True, "reg": 0.0, "reg_exponent": 0.0},
     }
 
@@ -53,7 +56,8 @@ class GibbsSolver:
             raise ValueError("solver='gibbs' always samples biases; leave biases=None (or True)")
         self.model, self.hp = model, hp
         self.burn_in, self.samples, self.thin = int(hp["burn_in"]), int(hp["samples"]), int(hp["thin"])
-        hp["epochs"] = self.burn_in + self.samples * self.thin  # a sweep per epoch: burn-in, then kept samples
+        if hp["epochs"] is None:  # a sweep per epoch: burn-in, then the kept samples
+            hp["epochs"] = self.burn_in + self.samples * self.thin
         gen = torch.Generator(device=device).manual_seed(hp["seed"])
         self.chain = GibbsSampler(
             data.users, data.items, data.values, data.n_users, data.n_items, hp["factors"], gen, device,
@@ -65,7 +69,8 @@ class GibbsSolver:
     def epoch(self) -> float:
         rmse = self.chain.sweep()
         self.sweeps += 1
-        if self.sweeps > self.burn_in and (self.sweeps - self.burn_in) % self.thin == 0:
+        after = self.sweeps - self.burn_in
+        if after > 0 and after % self.thin == 0 and self.chain.n_kept < self.samples:
             self.chain.keep()
         m = self.model
         for name, t in self.chain.current().items():
