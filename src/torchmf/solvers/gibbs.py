@@ -23,6 +23,8 @@ averaged) that an ordinary dot-product model scores exactly; the per-sample
 products are recovered by reshaping to ``(S, rank)`` (:func:`posterior_std`).
 Memory of the result: ``(n_users + n_items) * S * rank`` floats, e.g. 21 MB for
 ML-100k at ``S = 200, rank = 10``; ``thin`` keeps every ``thin``-th sweep only.
+While sampling: a per-row table of ``(rank + 2) (rank + 3) / 2`` floats on each
+side, and precision matrices in blocks of at most ``_CHUNK_ELEMENTS`` floats.
 All randomness comes from one ``torch.Generator`` on the data's device.
 """
 
