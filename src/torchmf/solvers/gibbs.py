@@ -10,8 +10,8 @@ Normal-Gamma hyperprior per dimension (``lam_f ~ Gamma(a0, b0)``,
 One sweep draws every user row given the items (an ALS-shaped solve per row:
 batched Cholesky of ``diag(lam) + alpha F_u^T F_u`` plus ``L^-T z``; the
 ``F_u^T F_u`` come from one sparse product of the rating pattern with a table
-of the items' ``f f^T`` upper triangles, measured several times faster at small
-ranks than gathering padded blocks as ALS's degree buckets do), the users'
+of the items' ``f f^T`` upper triangles, one kernel per half-sweep instead of
+gathering padded blocks bucket by bucket as ALS does), the users'
 hyperparameters (and noise scales), then the same for the items, then
 ``alpha`` and ``w0``. With ``implicit_features`` the rows' prior means also
 depend on their rated sets (see :mod:`torchmf.solvers.gibbs_features`).
