@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-COMMANDS = ["train", "predict", "recommend", "similar", "info", "evaluate", "cv", "tune", "demo"]
+COMMANDS = [
+    "train", "predict", "recommend", "similar", "info", "evaluate", "cv", "tune", "demo", "index", "split", "explain",
+]
 FAST = ["--factors", "4", "--epochs", "2"]
 
 
@@ -239,7 +241,7 @@ def test_similar(model: Path) -> None:
 # ---------------------------------------------------------------------- info / evaluate
 def test_info(model: Path) -> None:
     out = ok(torchmf("info", model))
-    for text in ("users", "30", "items", "rating range", "1.0 .. 5.0", "factors", "best epoch"):
+    for text in ("users", "30", "items", "rating range", "1.0 .. 5.0", "factors", "validation rmse", "then refit"):
         assert text in out
     data = json.loads(ok(torchmf("info", model, "--format", "json")))
     assert data["model"]["users"] == 30 and data["hyperparameters"]["factors"] == 4

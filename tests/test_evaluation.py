@@ -28,7 +28,8 @@ def hand_model() -> MatrixFactorization:
         params=params, effective_params=effective,
         tensors={"user_embs.weight": torch.ones(2, 1), "item_embs.weight": torch.tensor([[4.0], [3.0], [2.0], [1.0]])},
         user_map=IdMap(["u0", "u1"], "user"), item_map=IdMap(["i0", "i1", "i2", "i3"], "item"),
-        seen_indptr=np.array([0, 1, 1]), seen_indices=np.array([0]), rating_range=(1.0, 1.0), implicit=True,
+        seen_indptr=np.array([0, 1, 1]), seen_indices=np.array([0]), seen_values=np.ones(1, np.float32),
+        rating_range=(1.0, 1.0), implicit=True,
     )
     return MatrixFactorization.from_state(state)
 

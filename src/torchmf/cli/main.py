@@ -41,7 +41,7 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
 def build_parser(options: bool = True) -> argparse.ArgumentParser:
     """The ``torchmf`` parser; ``options=False`` leaves out the hyperparameter options (they need torch),
     enough for the top-level ``--help`` and ``--version``."""
-    from torchmf.cli import common, demo, query, train, tune
+    from torchmf.cli import common, demo, explore, index, query, train, tune
     from torchmf.version import __version__
 
     common.HYPERPARAMETER_OPTIONS = options
@@ -59,6 +59,8 @@ def build_parser(options: bool = True) -> argparse.ArgumentParser:
     query.add_parsers(sub, parents)
     tune.add_parsers(sub, parents)
     demo.add_parser(sub, parents)
+    index.add_parser(sub, parents)
+    explore.add_parsers(sub, parents)
     return parser
 
 
@@ -70,6 +72,8 @@ def _configure_logging(verbosity: int) -> None:
     root.handlers = [h for h in root.handlers if not isinstance(h, logging.StreamHandler)] + [handler]
     root.setLevel(level)
     root.propagate = False
+    # per-epoch progress lines (written when stderr is not a terminal; --no-progress turns them off)
+    logging.getLogger("torchmf.training.monitor").setLevel(min(level, logging.INFO))
 
 
 def _message(exc: BaseException) -> str:
