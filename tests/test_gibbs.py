@@ -257,3 +257,9 @@ def test_cli_trains_a_gibbs_model(tmp_path) -> None:
     assert rc == 0
     back = torchmf.load(out, device="cpu")
     assert back.effective_params["implicit_features"] is True and back.extras_["samples"] == 3
+
+
+def test_explain_falls_back_to_item_similarity(gibbs_model) -> None:
+    # Gibbs rows are averages of posterior draws, not one ridge solve: explain uses the q_i . q_j fallback
+    out = gibbs_model.explain("u0", "i1", k=3)
+    assert len(out) == 3 and np.isfinite(out["contribution"]).all()
