@@ -40,11 +40,11 @@ class GibbsSolver:
     losses: ClassVar[tuple[str, ...]] = ("mse",)
     ranking: ClassVar[bool] = False
     # Chosen on a 90/10 split of ML-100k's u1.base only (benchmarks/gibbs.py --tune;
-    # benchmarks/RESULTS.md), never on u1.test: rank 10 against 5 and 16 (within
-    # +-0.002 of each other); 200 kept samples of every 2nd sweep after 100 of
-    # burn-in beat 200 consecutive after 50 by 0.0004-0.0008 RMSE with and without
-    # implicit features (and MCMC error only shrinks with a longer chain). The
-    # penalties are sampled, not set: reg / reg_bias / reg_exponent do not apply.
+    # benchmarks/RESULTS.md), never on u1.test: rank 10 (best with implicit features,
+    # a tie without); 200 kept samples of every 2nd sweep after 100 of burn-in
+    # matched 400 consecutive ones at half the memory and beat 200 after 50 by
+    # 0.0003-0.0008 RMSE. The penalties are sampled, not set: reg / reg_bias /
+    # reg_exponent do not apply.
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         # epochs is left None: the chain length burn_in + samples * thin is filled in at fit
         "mse": {"factors": 10, "samples": 200, "burn_in": 100, "thin": 2, "implicit_features": False,
