@@ -63,6 +63,7 @@ def fit_model(
     device: torch.device,
     validation: Validation | None = None,
     model: MFModel | None = None,
+    extras: dict[str, Any] | None = None,
 ) -> tuple[MFModel, list[dict[str, float]], int | None]:
     """Train on ``data`` (compacted) with the solver that ``hp`` names.
 
@@ -78,6 +79,9 @@ def fit_model(
         Held-out pairs: RMSE for rating losses, NDCG@10 for ranking losses.
     model : MFModel, optional
         Warm start: train this model (in place, on ``device``) instead of a fresh one.
+    extras : dict, optional
+        Filled with the solver's ``extras`` (JSON-able metadata, e.g. the width of
+        embeddings a solver rewrote in ``finish``) when it has any.
 
     Returns
     -------
@@ -124,4 +128,6 @@ def fit_model(
                 break
         monitor.finish()
         solver.finish()
+    if extras is not None:
+        extras.update(getattr(solver, "extras", {}))
     return model, monitor.history, monitor.best_epoch
