@@ -8,7 +8,6 @@ values at the edges and holds the fitted state.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Hashable, Mapping
@@ -342,7 +341,7 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         return cls.from_state(load_state(path, device=device, mmap=mmap))
 
     # ------------------------------------------------------------------ predict
-    def predict(self, users: Any, items: Any, unknown: str = "error") -> float | np.ndarray:
+    def predict(self, users: Any, items: Any, unknown: str = "error", return_std: bool = False) -> Any:
         """Predicted ratings for (user, item) pairs of raw ids.
 
         Parameters
@@ -351,11 +350,15 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         unknown : {"error", "fallback"}
             For an id not seen in fit: raise :class:`UnknownIdError`, or
             predict the global mean plus whichever bias is known.
+        return_std : bool
+            ``solver="gibbs"`` only: also return the posterior standard deviation of
+            each pair's score over the kept samples (NaN for a pair with an unknown id).
 
         Returns
         -------
         float for a single pair, else numpy.ndarray of float32, shape (n,);
-        clipped to the training rating range for rating models.
+        clipped to the training rating range for rating models. With
+        ``return_std``, a (mean, std) pair of those.
         """
         if unknown not in ("error", "fallback"):
             raise ValueError(f"unknown must be 'error' or 'fallback', got {unknown!r}")
@@ -376,12 +379,20 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         if not self.is_ranking:  # ratings live in the training range; ranking scores are raw
             score = score.clamp(*self.rating_range_)
         out = score.float().cpu().numpy()
-        return float(out[0]) if is_scalar(users) and is_scalar(items) else out
+        std = self._posterior_std(uc, ic, known_u & known_i) if return_std else None
+        if is_scalar(users) and is_scalar(items):
+            return (float(out[0]), float(std[0])) if return_std else float(out[0])
+        return (out, std) if return_std else out
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> MatrixFactorization:
-        new = copy.copy(self)
-        for name, value in vars(self).items():
-            setattr(new, name, copy.deepcopy(value, memo))
-        return new
+    def _posterior_std(self, u: torch.Tensor, i: torch.Tensor, known: torch.Tensor) -> np.ndarray:
+        from torchmf.solvers.gibbs_draws import posterior_std
+
+        if "samples" not in self.extras_:
+            raise ValueError(f"return_std=True needs a model sampled by solver='gibbs', not {self._hp['solver']!r}")
+        m = self.model
+        with torch.no_grad():
+            std = posterior_std(m.user_embs.weight[u], m.item_embs.weight[i], int(self.extras_["samples"]))
+        return torch.where(known, std, torch.nan).float().cpu().numpy()
+
 
 
