@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -56,8 +57,8 @@ def grid(median: float) -> dict[str, dict[str, Any]]:
     }
     for a in (0.3, 1.0, 3.0):
         g[f"log eps=1 alpha={a:g}"] = {"confidence": "log", "confidence_eps": 1.0, "alpha": a}
-    for a in (1.0, 3.0, 10.0):
-        g[f"log eps=median alpha={a:g}"] = {"confidence": "log", "confidence_eps": median, "alpha": a}
+    for a in (0.5, 1.0 / math.log(2.0), 3.0):
+        g[f"log eps=median alpha={a:.3g}"] = {"confidence": "log", "confidence_eps": median, "alpha": a}
     return g
 
 
