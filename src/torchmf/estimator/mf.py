@@ -22,10 +22,12 @@ from torchmf import solvers
 from torchmf.checks import is_scalar, to_id_array
 from torchmf.data.interactions import Interactions
 from torchmf.device import resolve_device
-from torchmf.errors import DataError, NotFittedError
+from torchmf.data.profile import value_profile
+from torchmf.errors import DataError, NotFittedError, TrainingError
 from torchmf.estimator import params as hparams
 from torchmf.estimator.foldin import fold_in_row
 from torchmf.estimator.persistence import load_state, save_state
+from torchmf.estimator.ranker import fit_ranker, ranker_from_state, ranker_tensors
 from torchmf.estimator.ranking import RankingMixin
 from torchmf.estimator.state import ModelState
 from torchmf.nn.mf import MFModel
@@ -77,9 +79,17 @@ class MatrixFactorization(RankingMixin):
         ALS: conjugate-gradient steps per solve; 0 solves exactly (Cholesky).
     alpha : float, optional
         iALS: confidence ``1 + alpha * transform(value)`` of observed pairs.
-    confidence : {"linear", "log"}, default "linear"
-        iALS: ``transform(v) = v`` or ``log(1 + v / confidence_eps)``.
-    confidence_eps : float, default 1.0
+    confidence : {"linear", "log"}, optional
+        iALS: ``transform(v) = v`` or ``log(1 + v / confidence_eps)``. By
+        default chosen from the training values
+        (:func:`torchmf.data.profile.confidence_defaults`, logged at INFO):
+        binary data and ratings get ``"linear"`` with ``alpha=1``;
+        heavy-tailed counts (non-negative integers with p99 / median >= 10,
+        e.g. play counts) get ``"log"`` with ``confidence_eps`` = the median
+        count and ``alpha = 1 / log 2``, so the median count gets the
+        confidence 2 that a binary interaction gets.
+    confidence_eps : float, optional
+        See ``confidence``.
     unobserved_weight : float, optional
         iALS: weight of every unobserved pair.
     negatives : int, optional
@@ -89,6 +99,15 @@ class MatrixFactorization(RankingMixin):
         With a validation set: stop after this many epochs without
         improvement of validation RMSE (mse) or NDCG@10 (implicit losses).
         The best epoch's weights are always restored.
+    rank_by : {"interactions", "scores"}, optional
+        What ``recommend``, ``recommend_for``, ``similar_items`` and
+        ``evaluate``'s ranking metrics of a *rating* model rank by.
+        ``"interactions"`` (the default for ``mse``): the fit also trains an
+        iALS ranking component on the same (user, item) pairs and lists rank
+        by its score plus a small share of the predicted rating
+        (:mod:`torchmf.estimator.ranker`), so they are not ruled by items with
+        one or two ratings; ``predict`` is unchanged. ``"scores"``: rank by
+        the predicted rating itself (the only choice for ranking losses).
     device : str, default "auto"
         "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
     seed : int, default 0
@@ -126,12 +145,13 @@ class MatrixFactorization(RankingMixin):
         init_std: float = 0.1,
         cg_steps: int = 3,
         alpha: float | None = None,
-        confidence: str = "linear",
-        confidence_eps: float = 1.0,
+        confidence: str | None = None,
+        confidence_eps: float | None = None,
         unobserved_weight: float | None = None,
         negatives: int | None = None,
         negative_sampling: str = "uniform",
         early_stopping: int | None = None,
+        rank_by: str | None = None,
         device: str = "auto",
         seed: int = 0,
         verbose: bool = True,
@@ -140,6 +160,7 @@ class MatrixFactorization(RankingMixin):
         self._params = hparams.Params(**given)
         hparams.validate(self._params)
         self._model: MFModel | None = None
+        self._ranker: MFModel | None = None
         self.history_: list[dict[str, float]] = []
         self.best_epoch_: int | None = None
 
@@ -192,7 +213,13 @@ class MatrixFactorization(RankingMixin):
         if validation is not None:
             validation = _as_interactions(validation, "validation")
         data = train.compact()
-        hp = hparams.resolve(self._params)
+        profile = value_profile(data.values)
+        hp = hparams.resolve(self._params, profile)
+        counts = profile.kind == "counts" and not solvers.is_ranking_loss(hp["loss"])
+        if counts:
+            log.warning("the training values look like counts, %s: loss=%r fits them as ratings, which diverges or "
+                        "ranks badly on heavy-tailed counts; use MatrixFactorization(loss='ials') for play counts, "
+                        "clicks or purchases", profile.describe(), hp["loss"])
         device = resolve_device(hp["device"])
         val = None
         if validation is not None:
@@ -202,15 +229,25 @@ class MatrixFactorization(RankingMixin):
                 validation.values, data.rating_range(), device,
             )
         log.info("fitting %s on %s", self, data)
-        model, history, best = fit_model(data, hp, device, val)
-        self._install(model, hp, data.user_map, data.item_map, data.implicit, data.rating_range(), history, best)
+        try:
+            model, history, best = fit_model(data, hp, device, val)
+        except TrainingError as exc:
+            if not counts:
+                raise
+            raise TrainingError(f"{exc}. The values look like counts ({profile.describe()}), not ratings: "
+                                "use MatrixFactorization(loss='ials') instead of raising reg") from exc
+        ranker, extras = None, {}
+        if hp["rank_by"] == "interactions":
+            ranker, extras["ranker"] = fit_ranker(data, hp, device)
+        self._install(model, hp, data.user_map, data.item_map, data.implicit, data.rating_range(), history, best,
+                      extras, ranker)
         self._set_seen(data.users, data.items)
         return self
 
     def _install(self, model: MFModel, hp: dict[str, Any], user_map: Any, item_map: Any, implicit: bool,
                  rating_range: tuple[float, float], history: list[dict[str, float]], best: int | None,
-                 extras: dict[str, Any] | None = None) -> None:
-        self._model, self._hp = model, hp
+                 extras: dict[str, Any] | None = None, ranker: MFModel | None = None) -> None:
+        self._model, self._hp, self._ranker = model, hp, ranker
         self.user_map, self.item_map = user_map, item_map
         self.implicit_, self.rating_range_ = bool(implicit), (float(rating_range[0]), float(rating_range[1]))
         self.history_, self.best_epoch_ = history, best
@@ -257,13 +294,15 @@ class MatrixFactorization(RankingMixin):
     def to(self, device: str | torch.device) -> MatrixFactorization:
         """Move the weights to ``device`` ("auto", "cpu", "cuda", "cuda:N"); returns self."""
         self.model.to(resolve_device(device))
+        if self._ranker is not None:
+            self._ranker.to(resolve_device(device))
         return self
 
     def to_state(self) -> ModelState:
         """The fitted model as a :class:`ModelState` (tensors shared, not copied)."""
         return ModelState(
             params=self.get_params(), effective_params=dict(self._hp),
-            tensors=dict(self.model.state_dict()), user_map=self.user_map, item_map=self.item_map,
+            tensors={**self.model.state_dict(), **ranker_tensors(self._ranker)}, user_map=self.user_map, item_map=self.item_map,
             seen_indptr=self.seen_indptr_, seen_indices=self.seen_indices_, rating_range=self.rating_range_,
             implicit=self.implicit_, history=list(self.history_), best_epoch=self.best_epoch_,
             extras=dict(self.extras_),
@@ -273,8 +312,9 @@ class MatrixFactorization(RankingMixin):
     def from_state(cls, state: ModelState) -> MatrixFactorization:
         """An estimator holding ``state`` (tensors shared, not copied)."""
         est = cls(**{k: v for k, v in state.params.items() if k in hparams.Params.names()})
+        ranker = ranker_from_state(state)
         est._install(state.build_model(), dict(state.effective_params), state.user_map, state.item_map,
-                     state.implicit, state.rating_range, list(state.history), state.best_epoch, state.extras)
+                     state.implicit, state.rating_range, list(state.history), state.best_epoch, state.extras, ranker)
         est.seen_indptr_, est.seen_indices_ = state.seen_indptr, state.seen_indices
         return est
 
@@ -348,17 +388,22 @@ class MatrixFactorization(RankingMixin):
         """
         m = self.model
         w, items = fold_in_row(self, user, ratings)
+        rank_row = self._fold_in_ranker(items)
         if user in self.user_map:
             row = self.user_map.index(user)
         else:
             self.user_map = self.user_map.extend([user])
             row = len(self.user_map) - 1
             m.resize(len(self.user_map))
+            if self._ranker is not None:
+                self._ranker.resize(len(self.user_map))
             self.seen_indptr_ = np.append(self.seen_indptr_, self.seen_indptr_[-1])
         with torch.no_grad():
             m.user_embs.weight[row] = w[: m.embedding_dim]
             if m.biases:
                 m.user_bias.weight[row, 0] = w[-1]
+            if rank_row is not None:
+                self._ranker.user_embs.weight[row] = rank_row
         start, end = self.seen_indptr_[row], self.seen_indptr_[row + 1]
         self.seen_indices_ = np.concatenate([self.seen_indices_[:start], items, self.seen_indices_[end:]])
         self.seen_indptr_ = self.seen_indptr_.copy()
