@@ -21,8 +21,8 @@ import torch
 from torchmf import solvers
 from torchmf.checks import is_scalar, to_id_array
 from torchmf.data.interactions import Interactions
-from torchmf.device import resolve_device
 from torchmf.data.profile import value_profile
+from torchmf.device import resolve_device
 from torchmf.errors import DataError, NotFittedError, TrainingError
 from torchmf.estimator import params as hparams
 from torchmf.estimator.foldin import fold_in_row
@@ -302,7 +302,8 @@ class MatrixFactorization(RankingMixin):
         """The fitted model as a :class:`ModelState` (tensors shared, not copied)."""
         return ModelState(
             params=self.get_params(), effective_params=dict(self._hp),
-            tensors={**self.model.state_dict(), **ranker_tensors(self._ranker)}, user_map=self.user_map, item_map=self.item_map,
+            tensors={**self.model.state_dict(), **ranker_tensors(self._ranker)},
+            user_map=self.user_map, item_map=self.item_map,
             seen_indptr=self.seen_indptr_, seen_indices=self.seen_indices_, rating_range=self.rating_range_,
             implicit=self.implicit_, history=list(self.history_), best_epoch=self.best_epoch_,
             extras=dict(self.extras_),
