@@ -1,5 +1,6 @@
 """Data layer: interactions, id maps, readers, splits and datasets."""
 
+from torchmf.data.convert import as_interactions
 from torchmf.data.datasets import (
     SyntheticTruth,
     data_home,
@@ -16,6 +17,7 @@ __all__ = [
     "IdMap",
     "Interactions",
     "SyntheticTruth",
+    "as_interactions",
     "data_home",
     "load_movielens",
     "load_movielens_fold",
