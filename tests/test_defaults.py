@@ -20,7 +20,7 @@ import pytest
 import torchmf
 from torchmf import MatrixFactorization
 from torchmf.data.interactions import Interactions
-from torchmf.data.profile import TAIL_RATIO, confidence_defaults, value_profile
+from torchmf.data.profile import TAIL_RATIO, confidence_defaults, counts_guard, value_profile
 from torchmf.data.split import user_split
 from torchmf.errors import TrainingError
 from torchmf.metrics import ranking_metrics
@@ -137,6 +137,16 @@ def test_rating_model_on_counts_points_to_ials(caplog):
         except TrainingError as exc:  # when it diverges, the error names the fix too
             assert "loss='ials'" in str(exc)
     assert any("look like counts" in r.getMessage() and "loss='ials'" in r.getMessage() for r in caplog.records)
+
+
+def test_divergence_on_counts_names_ials():
+    profile = value_profile(small_counts().values)
+    with pytest.raises(TrainingError, match=r"raise reg.*look like counts.*loss='ials'"):
+        with counts_guard(profile, "mse", ranking=False):
+            raise TrainingError("training diverged at epoch 2 (loss is nan); raise reg (now 0.35)")
+    with pytest.raises(TrainingError, match=r"^training diverged at epoch 2 \(loss is nan\)$"):  # ratings: as is
+        with counts_guard(value_profile([1.0, 2.0, 5.0]), "mse", ranking=False):
+            raise TrainingError("training diverged at epoch 2 (loss is nan)")
 
 
 # ---------------------------------------------------------------------- explicit ranking

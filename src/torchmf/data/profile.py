@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["TAIL_RATIO", "ValueProfile", "confidence_defaults", "value_profile"]
+from torchmf.errors import TrainingError
+
+__all__ = ["TAIL_RATIO", "ValueProfile", "confidence_defaults", "counts_guard", "value_profile"]
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +125,34 @@ def confidence_defaults(profile: ValueProfile) -> dict[str, Any]:
         eps = max(profile.median, 1.0)
         return {"confidence": "log", "confidence_eps": eps, "alpha": MEDIAN_CONFIDENCE / math.log(2.0)}
     return {"confidence": "linear", "confidence_eps": 1.0, "alpha": 1.0}
+
+
+@contextmanager
+def counts_guard(profile: ValueProfile, loss: str, ranking: bool) -> Iterator[None]:
+    """Around a fit: say when a rating loss is fitted to counts, and name the fix if it then diverges.
+
+    Parameters
+    ----------
+    profile : ValueProfile
+        Of the training values.
+    loss : str
+    ranking : bool
+        The loss learns a ranking (then counts are what it expects and nothing happens).
+
+    Raises
+    ------
+    TrainingError
+        Re-raised from the fit with ``loss='ials'`` named, when the values are counts.
+    """
+    counts = profile.kind == "counts" and not ranking
+    if counts:
+        log.warning("the training values look like counts, %s: loss=%r fits them as ratings, which diverges or "
+                    "ranks badly on heavy-tailed counts; use MatrixFactorization(loss='ials') for play counts, "
+                    "clicks or purchases", profile.describe(), loss)
+    try:
+        yield
+    except TrainingError as exc:
+        if not counts:
+            raise
+        raise TrainingError(f"{exc}. The values look like counts ({profile.describe()}), not ratings: "
+                            "use MatrixFactorization(loss='ials') instead of raising reg") from exc

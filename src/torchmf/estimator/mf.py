@@ -22,9 +22,9 @@ from torchmf import solvers
 from torchmf.checks import check_k, is_scalar, to_id_array
 from torchmf.data.convert import as_interactions
 from torchmf.data.interactions import Interactions
-from torchmf.data.profile import value_profile
+from torchmf.data.profile import counts_guard, value_profile
 from torchmf.device import resolve_device
-from torchmf.errors import DataError, NotFittedError, TrainingError
+from torchmf.errors import DataError, NotFittedError
 from torchmf.estimator import params as hparams
 from torchmf.estimator.foldin import FoldInMixin
 from torchmf.estimator.persistence import load_state, save_state
@@ -82,14 +82,10 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
     alpha : float, optional
         iALS: confidence ``1 + alpha * transform(value)`` of observed pairs.
     confidence : {"linear", "log"}, optional
-        iALS: ``transform(v) = v`` or ``log(1 + v / confidence_eps)``. By
-        default chosen from the training values
-        (:func:`torchmf.data.profile.confidence_defaults`, logged at INFO):
-        binary data and ratings get ``"linear"`` with ``alpha=1``;
-        heavy-tailed counts (non-negative integers with p99 / median >= 10,
-        e.g. play counts) get ``"log"`` with ``confidence_eps`` = the median
-        count and ``alpha = 1 / log 2``, so the median count gets the
-        confidence 2 that a binary interaction gets.
+        iALS: ``transform(v) = v`` or ``log(1 + v / confidence_eps)``. Default
+        from the data (:func:`torchmf.data.profile.confidence_defaults`): binary
+        data and ratings ``"linear"``, ``alpha=1``; heavy-tailed counts ``"log"``
+        with ``confidence_eps`` = the median count, ``alpha = 1 / log 2``.
     confidence_eps : float, optional
         See ``confidence``.
     unobserved_weight : float, optional
@@ -102,14 +98,11 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         improvement of validation RMSE (mse) or NDCG@10 (implicit losses).
         The best epoch's weights are always restored.
     rank_by : {"interactions", "scores"}, optional
-        What ``recommend``, ``recommend_for``, ``similar_items`` and
-        ``evaluate``'s ranking metrics of a *rating* model rank by.
-        ``"interactions"`` (the default for ``mse``): the fit also trains an
-        iALS ranking component on the same (user, item) pairs and lists rank
-        by its score plus a small share of the predicted rating
-        (:mod:`torchmf.estimator.ranker`), so they are not ruled by items with
-        one or two ratings; ``predict`` is unchanged. ``"scores"``: rank by
-        the predicted rating itself (the only choice for ranking losses).
+        What a rating model's lists (``recommend``, ``similar_items``, ...) rank
+        by. ``"interactions"`` (default for ``mse``): an iALS component trained
+        on the same pairs plus a small share of the predicted rating
+        (:mod:`torchmf.estimator.ranker`); ``predict`` is unchanged.
+        ``"scores"``: the predicted rating (as ranking losses always do).
     device : str, default "auto"
         "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
     seed : int, default 0
@@ -226,11 +219,6 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         if hp["early_stopping"] is not None and hp["early_stopping"] >= hp["epochs"]:
             log.warning("early_stopping=%d can never stop a %d-epoch fit; the best epoch is still restored",
                         hp["early_stopping"], hp["epochs"])
-        counts = profile.kind == "counts" and not solvers.is_ranking_loss(hp["loss"])
-        if counts:
-            log.warning("the training values look like counts, %s: loss=%r fits them as ratings, which diverges or "
-                        "ranks badly on heavy-tailed counts; use MatrixFactorization(loss='ials') for play counts, "
-                        "clicks or purchases", profile.describe(), hp["loss"])
         device = resolve_device(hp["device"])
         val = None
         if validation is not None:
@@ -240,13 +228,8 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
                 validation.values, data.rating_range(), device,
             )
         log.info("fitting %s on %s", self, data)
-        try:
+        with counts_guard(profile, hp["loss"], solvers.is_ranking_loss(hp["loss"])):
             model, history, best = fit_model(data, hp, device, val)
-        except TrainingError as exc:
-            if not counts:
-                raise
-            raise TrainingError(f"{exc}. The values look like counts ({profile.describe()}), not ratings: "
-                                "use MatrixFactorization(loss='ials') instead of raising reg") from exc
         ranker, extras = None, {}
         if hp["rank_by"] == "interactions":
             ranker, extras["ranker"] = fit_ranker(data, hp, device)
