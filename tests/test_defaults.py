@@ -207,3 +207,18 @@ def test_default_explicit_model_ranks_above_popularity_on_u1(movielens_home):
     assert torchmf.evaluate(model, test, threshold=4)["ndcg@10"] > popularity_ndcg(model, test, threshold=4)
     # predict is unchanged: the RMSE the defaults were tuned for (test_movielens: ~0.922)
     assert res["rmse"] < 0.93
+
+
+def test_explain_splits_the_ranking_score_of_a_rating_model():
+    # a folded-in user's rows are exact closed forms (iALS and ridge), so the items' shares add up to the
+    # ranking score minus the part no item owns, w * b_i (torchmf.estimator.explain)
+    data = long_tail_ratings()
+    model = MatrixFactorization(factors=6, verbose=False, device="cpu").fit(data)
+    history = {data.item_map.raw(np.array([j]))[0]: float(v) for j, v in zip(range(0, 20, 2), [4, 2, 3] * 4)}
+    model.fold_in("v", history)
+    rec = model.recommend("v", k=1)
+    contrib = model.explain("v", rec["item"][0], k=100)
+    assert set(contrib["item"]) == set(history)
+    w = model.to_state().extras["ranker"]["rating_weight"]
+    b_i = float(model.model.item_bias.weight[model.item_map.index(rec["item"][0]), 0])
+    assert float(contrib["contribution"].sum()) + w * b_i == pytest.approx(float(rec["score"][0]), rel=1e-4)
