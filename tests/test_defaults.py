@@ -214,7 +214,8 @@ def test_explain_splits_the_ranking_score_of_a_rating_model():
     # ranking score minus the part no item owns, w * b_i (torchmf.estimator.explain)
     data = long_tail_ratings()
     model = MatrixFactorization(factors=6, verbose=False, device="cpu").fit(data)
-    history = {data.item_map.raw(np.array([j]))[0]: float(v) for j, v in zip(range(0, 20, 2), [4, 2, 3] * 4)}
+    values = [4, 2, 3, 4, 2, 3, 4, 2, 3, 4]
+    history = {data.item_map.raw(np.array([j]))[0]: float(v) for j, v in zip(range(0, 20, 2), values, strict=True)}
     model.fold_in("v", history)
     rec = model.recommend("v", k=1)
     contrib = model.explain("v", rec["item"][0], k=100)
