@@ -223,3 +223,12 @@ def test_explain_splits_the_ranking_score_of_a_rating_model():
     w = model.to_state().extras["ranker"]["rating_weight"]
     b_i = float(model.model.item_bias.weight[model.item_map.index(rec["item"][0]), 0])
     assert float(contrib["contribution"].sum()) + w * b_i == pytest.approx(float(rec["score"][0]), rel=1e-4)
+
+
+def test_rank_by_is_validated():
+    with pytest.raises(ValueError, match="rank_by='interactions' applies to rating losses"):
+        MatrixFactorization(loss="ials", rank_by="interactions")
+    with pytest.raises(ValueError, match="rank_by must be"):
+        MatrixFactorization(rank_by="popularity")
+    assert MatrixFactorization().effective_params["rank_by"] == "interactions"
+    assert MatrixFactorization(loss="bpr").effective_params["rank_by"] == "scores"
