@@ -30,6 +30,8 @@ The two parts are one dot product of concatenated vectors,
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -49,6 +51,8 @@ __all__ = [
     "ranker_tensors",
 ]
 
+log = logging.getLogger(__name__)
+
 # share of the rating model's (standardised) item score in an explicit model's ranking score
 RATING_WEIGHT = 0.1
 # prefix of the ranking component's tensors in a ModelState, and its key in ModelState.extras
@@ -64,7 +68,8 @@ def fit_ranker(data: Interactions, hp: dict[str, Any], device: torch.device) -> 
         The compacted training ratings.
     hp : dict
         The rating model's effective hyperparameters (``factors``, ``cg_steps``,
-        ``device``, ``seed``, ``verbose`` are shared).
+        ``device``, ``seed`` are shared). Its epochs are not shown as progress
+        (they would read as the rating model's); one INFO line reports the fit.
     device : torch.device
 
     Returns
@@ -80,9 +85,12 @@ def fit_ranker(data: Interactions, hp: dict[str, Any], device: torch.device) -> 
     ones = np.ones(len(data), dtype=np.float32)
     pairs = Interactions(data.users, data.items, ones, data.user_map, data.item_map, None, implicit=True)
     given = hparams.Params(loss="ials", factors=hp["factors"], cg_steps=hp["cg_steps"], device=hp["device"],
-                           seed=hp["seed"], verbose=hp["verbose"])
+                           seed=hp["seed"], verbose=False)
     rank_hp = hparams.resolve(given, value_profile(ones))
-    ranker, _, _ = fit_model(pairs, rank_hp, device)
+    start = time.perf_counter()
+    ranker, history, _ = fit_model(pairs, rank_hp, device)
+    log.info("ranking component (rank_by='interactions'): iALS on the %d rated pairs, %d sweeps, train_loss=%.4g "
+             "(%.1f s)", len(data), rank_hp["epochs"], history[-1]["train_loss"], time.perf_counter() - start)
     sd = float(np.std(data.values, dtype=np.float64))
     return ranker, {"hp": rank_hp, "rating_weight": RATING_WEIGHT / sd if sd > 0 else 0.0}
 
