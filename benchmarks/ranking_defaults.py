@@ -68,7 +68,7 @@ class Fitted:
     """The rating model and the ranking model of one training set, as dense score blocks."""
 
     def __init__(self, train: Interactions, seed: int = 0) -> None:
-        self.rating = torchmf.MatrixFactorization(verbose=False, seed=seed).fit(train)
+        self.rating = torchmf.MatrixFactorization(verbose=False, seed=seed, rank_by="scores").fit(train)
         self.ranking = torchmf.MatrixFactorization(loss="ials", verbose=False, seed=seed).fit(train)
         binary = Interactions(train.users, train.items, np.ones(len(train), np.float32), train.user_map,
                               train.item_map, None, implicit=True)

@@ -2,7 +2,8 @@
 
 Data-dependent defaults read this profile instead of guessing: iALS picks its
 confidence transform and scale from it (:func:`confidence_defaults`), and a
-rating model refuses to be silently fitted to play counts.
+rating model fitted to play counts says so and points to ``loss="ials"``
+(:func:`counts_guard`).
 
 The rule (benchmarks/count_defaults.py measures it):
 
