@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from torchmf.data.interactions import Interactions
-from torchmf.device import check_memory
+from torchmf.device import check_memory, thread_policy
 from torchmf.nn.mf import MFModel
 from torchmf.solvers import get_solver
 from torchmf.training.monitor import Monitor
@@ -44,6 +44,13 @@ def new_model(data: Interactions, hp: dict[str, Any], device: torch.device) -> M
             model.global_bias.fill_(float(np.mean(data.values, dtype=np.float64)))
     model.requires_grad_(False)  # solvers update weights by hand
     return model.to(device)
+
+
+def _kernel_work(hp: dict[str, Any], n_interactions: int) -> int:
+    """Elements one kernel call touches, for the thread policy: a minibatch (SGD family) or all pairs (ALS)."""
+    if hp["solver"] == "sgd" and hp["batch_size"]:
+        return hp["batch_size"] * (1 + (hp["negatives"] or 0)) * hp["factors"]
+    return n_interactions * hp["factors"]
 
 
 def _snapshot(model: MFModel) -> dict[str, torch.Tensor]:
@@ -109,8 +116,10 @@ def fit_model(
         verbose=hp["verbose"],
         desc=f"torchmf {hp['loss']}/{hp['solver']}" if solver_cls.ranking else f"torchmf {hp['solver']}",
     )
-    with torch.no_grad():
+    # intra-op threads matched to the free cores and to each kernel's work (device.thread_policy)
+    with torch.no_grad(), thread_policy(_kernel_work(hp, len(data)), device) as threads:
         for epoch in range(1, hp["epochs"] + 1):
+            threads.refresh()
             if monitor.end_epoch(epoch, solver.epoch()):
                 break
         monitor.finish()
