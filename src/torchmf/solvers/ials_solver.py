@@ -49,6 +49,13 @@ class IALSSolver:
             "epochs": 8, "reg": 0.03, "reg_exponent": 1.0, "alpha": 1.0, "unobserved_weight": 0.3, "biases": False,
         },
     }
+    # What torchmf.autotune searches: (kind, low, high[, "log"]) or ("categorical", choices); epochs come
+    # from early stopping. The confidence transform matters for counts, not for binary data.
+    search_space: ClassVar[dict[str, tuple]] = {
+        "factors": ("int", 16, 256, "log"), "reg": ("float", 0.003, 0.3, "log"),
+        "alpha": ("float", 0.1, 30.0, "log"), "unobserved_weight": ("float", 0.01, 1.0, "log"),
+        "confidence": ("categorical", ("linear", "log")),
+    }
 
     def __init__(self, model: MFModel, data: Interactions, hp: dict[str, Any], device: torch.device) -> None:
         self.hp = hp
