@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 VALIDATION_FRACTION = 0.2
 # early-stopping patience of each trial, in epochs
 PATIENCE = 3
+# margin on the refit's estimated time (timings on a shared machine vary)
+SAFETY = 1.25
 
 
 def search_space(estimator: MatrixFactorization) -> dict[str, tuple]:
@@ -79,7 +81,7 @@ class _Tuner:
         while self.n_trials is None or len(self.seconds) < self.n_trials:
             if self.seconds:
                 left = self.deadline - time.perf_counter()
-                if left < statistics.median(self.seconds) + self.refit_estimate:
+                if left < statistics.median(self.seconds) + SAFETY * self.refit_estimate:
                     log.info("autotune: %.1f s left, not enough for another trial and the refit", left)
                     break
             self.trial = self.study.ask()
@@ -100,7 +102,7 @@ class _Tuner:
                 return True
         # this trial's refit, should it win, costs about its own epochs on more rows
         refit = max(self.refit_estimate, per_epoch * epoch * self.refit_scale)
-        if now + per_epoch + refit > self.deadline:
+        if now + per_epoch + SAFETY * refit > self.deadline:
             log.info("autotune: trial %d stopped at epoch %d by the time budget", self.trial.number, epoch)
             return True
         return False
