@@ -22,9 +22,8 @@ import time
 import torch
 
 import torchmf
+from common import DATA_HOME, machine
 from torchmf.split import user_split
-
-from common import DATA_HOME, machine  # noqa: I001  (benchmarks/ is on sys.path when run as a script)
 
 
 def explicit(budget: float, seed: int) -> dict:

@@ -39,6 +39,8 @@ VALIDATION_FRACTION = 0.2
 PATIENCE = 3
 # margin on the refit's estimated time (timings on a shared machine vary)
 SAFETY = 1.25
+# the clock the budget is measured with (tests replace it with a simulated one)
+_clock = time.perf_counter
 
 
 def search_space(estimator: MatrixFactorization) -> dict[str, tuple]:
@@ -63,7 +65,7 @@ class _Tuner:
     def __init__(self, study: Any, space: dict[str, tuple], budget_s: float, n_trials: int | None,
                  refit_scale: float, metric: str, watch: str | None, bar: Any) -> None:
         self.study, self.space, self.n_trials = study, space, n_trials
-        self.start = time.perf_counter()
+        self.start = _clock()
         self.deadline = self.start + budget_s
         self.refit_scale = refit_scale  # refit rows / trial rows
         self.metric, self.bar = metric, bar
@@ -80,19 +82,19 @@ class _Tuner:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while self.n_trials is None or len(self.seconds) < self.n_trials:
             if self.seconds:
-                left = self.deadline - time.perf_counter()
+                left = self.deadline - _clock()
                 if left < statistics.median(self.seconds) + SAFETY * self.refit_estimate:
                     log.info("autotune: %.1f s left, not enough for another trial and the refit", left)
                     break
             self.trial = self.study.ask()
             self.pruned = False
-            self.trial_start = time.perf_counter()
+            self.trial_start = _clock()
             yield {name: _suggest(self.trial, name, spec) for name, spec in self.space.items()}
 
     # -- after every epoch of a trial ---------------------------------------------------------------------
     def on_epoch(self, row: dict[str, float]) -> bool:
         epoch = int(row["epoch"])
-        now = time.perf_counter()
+        now = _clock()
         per_epoch = (now - self.trial_start) / epoch
         value = row.get(self.watch) if self.watch else None
         if value is not None and math.isfinite(value):
@@ -111,19 +113,21 @@ class _Tuner:
     def on_result(self, value: float, model: Any) -> dict[str, Any]:
         import optuna
 
-        seconds = time.perf_counter() - self.trial_start
+        seconds = _clock() - self.trial_start
         self.seconds.append(seconds)
         ran = len(model.history_)
         epochs = model.best_epoch_ or ran
         if self.pruned:
             self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
+        elif math.isfinite(value):
+            self.study.tell(self.trial, value)
         else:
-            self.study.tell(self.trial, value if math.isfinite(value) else None)
+            self.study.tell(self.trial, state=optuna.trial.TrialState.FAIL)
         if math.isfinite(value) and (math.isnan(self.best) or (value < self.best if self.lower else value > self.best)):
             self.best = value
             self.refit_estimate = seconds / max(ran, 1) * epochs * self.refit_scale
         state = "pruned" if self.pruned else ("complete" if math.isfinite(value) else "failed")
-        self.bar.update(min(time.perf_counter() - self.start, self.bar.total) - self.bar.n)
+        self.bar.update(min(_clock() - self.start, self.bar.total) - self.bar.n)
         self.bar.set_postfix({"trials": len(self.seconds), f"best {self.metric}": f"{self.best:.4f}"})
         return {"trial": self.trial.number, "epochs": epochs, "state": state, "seconds": seconds}
 
@@ -207,7 +211,7 @@ def autotune(
         raise ValueError(f"n_trials must be None or a positive integer, got {n_trials!r}")
     if max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1):
         raise ValueError(f"max_epochs must be None or a positive integer, got {max_epochs!r}")
-    data = as_interactions(data, "data")
+    data = as_interactions(data, "train")
     space = search_space(base)
     params = base.get_params()
     ranking = is_ranking_loss(params["loss"])
@@ -249,7 +253,7 @@ def autotune(
         bar.close()
     final.tuning_ = table
     final.extras_["autotune"] = {
-        "budget_s": float(budget_s), "seconds": time.perf_counter() - tuner.start, "trials": len(table),
+        "budget_s": float(budget_s), "seconds": _clock() - tuner.start, "trials": len(table),
         "metric": metric, "validation": float(best[metric]), "params": chosen, "epochs": int(best["epochs"]),
     }
     log.info("autotune: %d trials, best %s=%.5f with %s, %d epochs; refitted on %d interactions",
