@@ -62,10 +62,10 @@ def search_space(estimator: MatrixFactorization) -> dict[str, tuple]:
 class _Tuner:
     """The trial feed, the epoch hook (pruning, budget) and the bookkeeping of one ``autotune`` run."""
 
-    def __init__(self, study: Any, space: dict[str, tuple], budget_s: float, n_trials: int | None,
+    def __init__(self, study: Any, space: dict[str, tuple], start: float, budget_s: float, n_trials: int | None,
                  refit_scale: float, metric: str, watch: str | None, bar: Any) -> None:
         self.study, self.space, self.n_trials = study, space, n_trials
-        self.start = _clock()
+        self.start = start
         self.deadline = self.start + budget_s
         self.refit_scale = refit_scale  # refit rows / trial rows
         self.metric, self.bar = metric, bar
@@ -194,6 +194,7 @@ def autotune(
         ``extras_["autotune"]`` records the best setting and is saved with
         the model.
     """
+    start = _clock()  # the budget counts from the call: reading, splitting and importing optuna included
     try:
         import optuna
     except ImportError as exc:
@@ -234,7 +235,7 @@ def autotune(
     # pruning compares the per-epoch validation metric (NDCG@10 or RMSE), when it runs the metric's way
     watch = f"val_ndcg@{VAL_K}" if ranking else "val_rmse"
     watch = watch if ranking != _lower_is_better(metric) else None
-    tuner = _Tuner(study, space, float(budget_s), n_trials, len(data) / max(len(train), 1), metric, watch, bar)
+    tuner = _Tuner(study, space, start, float(budget_s), n_trials, len(data) / max(len(train), 1), metric, watch, bar)
     try:
         with epoch_hook(tuner.on_epoch):
             table = _search(trial_base, train, validation, tuner, metric, k, PATIENCE, seed,
