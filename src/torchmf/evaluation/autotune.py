@@ -231,7 +231,7 @@ def autotune(
         pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
     )
     bar = tqdm(total=float(budget_s), desc="torchmf autotune", unit="s", disable=not verbose, leave=False,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s {postfix}")
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}")
     # pruning compares the per-epoch validation metric (NDCG@10 or RMSE), when it runs the metric's way
     watch = f"val_ndcg@{VAL_K}" if ranking else "val_rmse"
     watch = watch if ranking != _lower_is_better(metric) else None
