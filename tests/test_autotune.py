@@ -123,6 +123,8 @@ def test_bad_arguments(ratings: torchmf.Interactions, monkeypatch: pytest.Monkey
         torchmf.autotune(42, ratings)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="loss"):
         torchmf.autotune("nope", ratings)
+    with pytest.raises(ValueError, match="metric"):
+        torchmf.autotune("mse", ratings, metric="ndcg@5")  # k is 10
     monkeypatch.delattr(get_solver("mse", "als"), "search_space")
     with pytest.raises(ValueError, match="search_space"):
         torchmf.autotune("mse", ratings)

@@ -25,6 +25,7 @@ from torchmf.data.interactions import Interactions
 from torchmf.data.split import random_split, user_split
 from torchmf.estimator import MatrixFactorization
 from torchmf.evaluation.selection import _clone, _lower_is_better, _search, _suggest, default_metric
+from torchmf.metrics import RANKING_METRICS
 from torchmf.solvers import get_solver, is_ranking_loss
 from torchmf.training import epoch_hook
 from torchmf.training.validation import VAL_K
@@ -217,6 +218,9 @@ def autotune(
     params = base.get_params()
     ranking = is_ranking_loss(params["loss"])
     metric = metric or default_metric(base, k)
+    known = ["rmse", "mae", *(f"{m}@{k}" for m in (*RANKING_METRICS, "coverage"))]
+    if metric not in known:
+        raise ValueError(f"metric must be one of {known} (with k={k}), got {metric!r}")
     if max_epochs is None:
         default_epochs = get_solver(params["loss"], params["solver"]).defaults[params["loss"]]["epochs"]
         max_epochs = max(20, 4 * default_epochs)
