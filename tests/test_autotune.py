@@ -70,6 +70,12 @@ def test_implicit_uses_ranking_metric(plays: torchmf.Interactions) -> None:
     assert model.extras_["autotune"]["metric"] == "ndcg@10"
 
 
+def _ratings_only() -> torchmf.MatrixFactorization:
+    """An ALS estimator whose fits train one model (no interaction ranker where the estimator has one)."""
+    extra = {"rank_by": "scores"} if "rank_by" in torchmf.MatrixFactorization().get_params() else {}
+    return torchmf.MatrixFactorization(**extra)
+
+
 def test_budget_on_a_simulated_clock(ratings: torchmf.Interactions, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each epoch of any fit (trials and refit) costs one simulated second; the total must stay in budget."""
     clock = {"t": 0.0}
@@ -81,7 +87,7 @@ def test_budget_on_a_simulated_clock(ratings: torchmf.Interactions, monkeypatch:
 
     monkeypatch.setattr(monitor_module.Monitor, "end_epoch", end_epoch)
     monkeypatch.setattr(autotune_module, "_clock", lambda: clock["t"])
-    model = torchmf.autotune("mse", ratings, budget_s=40, max_epochs=8, verbose=False)
+    model = torchmf.autotune(_ratings_only(), ratings, budget_s=40, max_epochs=8, verbose=False)
     table = model.tuning_
     # the search stopped on its own (no n_trials), used most of the budget, and the refit still fit in it
     assert len(table) >= 3
@@ -101,7 +107,7 @@ def test_budget_stops_a_long_first_trial(ratings: torchmf.Interactions, monkeypa
     monkeypatch.setattr(monitor_module.Monitor, "end_epoch", end_epoch)
     monkeypatch.setattr(autotune_module, "_clock", lambda: clock["t"])
     # 20 epochs a trial would not fit a 10-second budget with its refit: the first trial is cut short
-    model = torchmf.autotune("mse", ratings, budget_s=10, max_epochs=20, verbose=False)
+    model = torchmf.autotune(_ratings_only(), ratings, budget_s=10, max_epochs=20, verbose=False)
     assert len(model.tuning_) == 1
     assert clock["t"] <= 10 * 1.1
 

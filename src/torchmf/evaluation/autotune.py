@@ -94,6 +94,8 @@ class _Tuner:
 
     # -- after every epoch of a trial ---------------------------------------------------------------------
     def on_epoch(self, row: dict[str, float]) -> bool:
+        if not any(key.startswith("val_") for key in row):
+            return False  # a fit inside the trial that is not the validated one (e.g. an interaction ranker)
         epoch = int(row["epoch"])
         now = _clock()
         per_epoch = (now - self.trial_start) / epoch
@@ -225,6 +227,9 @@ def autotune(
         default_epochs = get_solver(params["loss"], params["solver"]).defaults[params["loss"]]["epochs"]
         max_epochs = max(20, 4 * default_epochs)
     trial_base = _clone(base, epochs=max_epochs, seed=seed, verbose=False, early_stopping=PATIENCE)
+    if "rank_by" in params and metric in ("rmse", "mae"):
+        # trials scored on ratings need no interaction ranker; the refit keeps the estimator's choice
+        trial_base = _clone(trial_base, rank_by="scores")
 
     split = user_split if ranking else random_split
     train, validation = split(data, VALIDATION_FRACTION, seed=seed)
