@@ -56,6 +56,13 @@ class IALSSolver:
             "confidence": "linear", "confidence_eps": 1.0,
         },
     }
+    # What torchmf.autotune searches: (kind, low, high[, "log"]) or ("categorical", choices); epochs come
+    # from early stopping. The confidence transform matters for counts, not for binary data.
+    search_space: ClassVar[dict[str, tuple]] = {
+        "factors": ("int", 16, 256, "log"), "reg": ("float", 0.003, 0.3, "log"),
+        "alpha": ("float", 0.1, 30.0, "log"), "unobserved_weight": ("float", 0.01, 1.0, "log"),
+        "confidence": ("categorical", ("linear", "log")),
+    }
 
     @classmethod
     def data_defaults(cls, loss: str, profile: ValueProfile | None, given: dict[str, Any]) -> dict[str, Any]:
