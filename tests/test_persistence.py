@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -10,8 +11,14 @@ import pytest
 
 import torchmf
 from torchmf import MatrixFactorization, ModelFileError
+from torchmf.estimator.manifest import canonical_sha256
 
-WEIGHTS, META = "model.safetensors", "torchmf.json"
+META = "torchmf.json"
+
+
+def weights_of(folder):
+    """The weights file the manifest names (``weights-<sha256[:16]>.safetensors``)."""
+    return folder / json.loads((folder / META).read_text())["weights"]["file"]
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +101,14 @@ def test_ids_keep_their_types(prefix, tmp_path):
 
 
 def test_folder_holds_only_safetensors_and_json(saved):
-    assert sorted(p.name for p in saved.iterdir()) == sorted([WEIGHTS, META])
+    weights = weights_of(saved)
+    assert sorted(p.name for p in saved.iterdir()) == sorted([weights.name, META])
     meta = json.loads((saved / META).read_text())
-    assert meta["format"] == "torchmf-model"
+    assert meta["format"] == "torchmf-model" and meta["format_version"] == 2
+    # content-addressed: the name carries the first 16 hex digits of the file's SHA-256
+    blob = weights.read_bytes()
+    assert weights.name == f"weights-{hashlib.sha256(blob).hexdigest()[:16]}.safetensors"
     # safetensors: an 8-byte little-endian header length, then a JSON header (no pickle)
-    blob = (saved / WEIGHTS).read_bytes()
     n = int.from_bytes(blob[:8], "little")
     header = json.loads(blob[8 : 8 + n])
     assert "user_embs.weight" in header
@@ -113,7 +123,7 @@ def test_save_over_existing_model_is_atomic(data, model, saved):
     assert_same_behaviour(model, torchmf.load(saved))
     # no temporary or old copies left beside the target
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]
-    assert sorted(p.name for p in saved.iterdir()) == sorted([WEIGHTS, META])
+    assert sorted(p.name for p in saved.iterdir()) == sorted([weights_of(saved).name, META])
 
 
 def test_save_onto_a_file_fails(model, tmp_path):
@@ -136,15 +146,15 @@ def test_folder_without_files(tmp_path):
         torchmf.load(tmp_path / "empty")
 
 
-@pytest.mark.parametrize("missing", [WEIGHTS, META])
+@pytest.mark.parametrize("missing", ["weights", META])
 def test_folder_missing_one_file(saved, missing):
-    (saved / missing).unlink()
+    (weights_of(saved) if missing == "weights" else saved / META).unlink()
     with pytest.raises(ModelFileError):
         torchmf.load(saved)
 
 
 def test_truncated_weights(saved):
-    path = saved / WEIGHTS
+    path = weights_of(saved)
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(ModelFileError):
@@ -153,7 +163,7 @@ def test_truncated_weights(saved):
 
 @pytest.mark.parametrize("where", [0, 10, -1, -100], ids=["header-len", "header", "last", "data"])
 def test_flipped_byte_in_weights(saved, where):
-    path = saved / WEIGHTS
+    path = weights_of(saved)
     blob = bytearray(path.read_bytes())
     blob[where] ^= 0x01
     path.write_bytes(bytes(blob))
@@ -161,10 +171,13 @@ def test_flipped_byte_in_weights(saved, where):
         torchmf.load(saved)
 
 
-def _edit_meta(saved, edit) -> None:
+def _edit_meta(saved, edit, resign: bool = True) -> None:
+    """Apply ``edit`` to the manifest; ``resign`` recomputes its checksum so the field checks are reached."""
     path = saved / META
     meta = json.loads(path.read_text())
     edit(meta)
+    if resign and isinstance(meta, dict):
+        meta["manifest_sha256"] = canonical_sha256(meta)
     path.write_text(json.dumps(meta))
 
 
@@ -185,11 +198,11 @@ def _drop_tensor(meta):
 
 
 def _drop_user(meta):
-    meta["user_ids"] = meta["user_ids"][:-1]
+    meta["user_ids"]["values"] = meta["user_ids"]["values"][:-1]
 
 
 def _duplicate_user(meta):
-    meta["user_ids"][1] = meta["user_ids"][0]
+    meta["user_ids"]["values"][1] = meta["user_ids"]["values"][0]
 
 
 def _bad_params(meta):
@@ -201,7 +214,7 @@ def _factors_mismatch(meta):
 
 
 def _bad_checksum(meta):
-    meta["weights_sha256"] = "0" * 64
+    meta["weights"]["sha256"] = "0" * 64
 
 
 EDITS = {
@@ -221,6 +234,17 @@ EDITS = {
 def test_edited_json(saved, edit):
     _edit_meta(saved, edit)
     with pytest.raises(ModelFileError):
+        torchmf.load(saved)
+
+
+# (the format version is checked first: it decides which checksum rules apply)
+SIGNED = {k: v for k, v in EDITS.items() if k != "format_version"}
+
+
+@pytest.mark.parametrize("edit", list(SIGNED.values()), ids=list(SIGNED))
+def test_edited_json_without_new_checksum(saved, edit):
+    _edit_meta(saved, edit, resign=False)
+    with pytest.raises(ModelFileError, match="manifest checksum mismatch"):
         torchmf.load(saved)
 
 

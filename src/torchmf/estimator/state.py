@@ -45,6 +45,9 @@ class ModelState:
     best_epoch : int or None
     extras : dict
         JSON-serialisable solver- or feature-specific metadata.
+    files : dict of str to bytes
+        Extra files stored with the model (e.g. an ANN index), by name;
+        checksummed and committed atomically with the weights.
     """
 
     params: dict[str, Any]
@@ -59,6 +62,7 @@ class ModelState:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
