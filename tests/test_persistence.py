@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +14,7 @@ import pytest
 import torchmf
 from torchmf import MatrixFactorization, ModelFileError
 from torchmf.estimator.manifest import canonical_sha256
+from torchmf.estimator.persistence import load_state, save_state
 
 META = "torchmf.json"
 
@@ -268,3 +271,110 @@ def test_binary_json(saved):
 def test_model_file_error_is_value_error():
     assert issubclass(ModelFileError, ValueError)
     assert issubclass(ModelFileError, torchmf.TorchMFError)
+
+
+# ---------------------------------------------------------------------- version 1 folders
+V1 = Path(__file__).parent / "data" / "model_v1"
+
+
+def test_reads_version_1_folder(tmp_path):
+    # tests/data/model_v1 was written by the version-1 writer (commit f1ec81c): 8 int users plus the
+    # folded-in str user "visitor", 6 items, factors=2, biases; the expected values were printed then.
+    loaded = torchmf.load(V1, device="cpu")
+    assert loaded.user_map.ids == [0, 1, 2, 3, 4, 5, 6, 7, "visitor"]
+    np.testing.assert_allclose(loaded.predict([0, 1, "visitor"], [0, 1, 2]),
+                               [2.3638393878936768, 3.5201025009155273, 2.4402008056640625], rtol=0, atol=0)
+    assert loaded.recommend("visitor", k=3)["item"].tolist() == [1, 5, 3]
+    # saving over a version-1 folder upgrades it: the old weights file is removed, nothing else
+    target = tmp_path / "v1"
+    shutil.copytree(V1, target)
+    (target / "notes.txt").write_text("mine")
+    loaded.save(target)
+    assert sorted(p.name for p in target.iterdir()) == sorted([weights_of(target).name, META, "notes.txt"])
+    assert_same_behaviour(loaded, torchmf.load(target))
+
+
+def test_version_1_checksum_still_checked(tmp_path):
+    target = tmp_path / "v1"
+    shutil.copytree(V1, target)
+    blob = bytearray((target / "model.safetensors").read_bytes())
+    blob[-1] ^= 1
+    (target / "model.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(ModelFileError, match="checksum mismatch"):
+        torchmf.load(target)
+
+
+# ---------------------------------------------------------------------- foreign files, overwrite
+def test_foreign_files_in_a_model_folder_survive(model, saved):
+    (saved / "notes.txt").write_text("precious")
+    (saved / "sub").mkdir()
+    (saved / "sub" / "x").write_text("x")
+    model.save(saved)
+    model.save(saved)
+    assert (saved / "notes.txt").read_text() == "precious" and (saved / "sub" / "x").read_text() == "x"
+    assert sorted(p.name for p in saved.iterdir()) == sorted([weights_of(saved).name, META, "notes.txt", "sub"])
+
+
+def test_non_model_folder_needs_overwrite(model, tmp_path):
+    folder = tmp_path / "papers"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious")
+    with pytest.raises(ModelFileError, match=r"papers: folder is not empty and holds no torchmf model.*notes\.txt"):
+        model.save(folder)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    model.save(folder, overwrite=True)
+    assert (folder / "notes.txt").read_text() == "precious"
+    assert_same_behaviour(model, torchmf.load(folder))
+
+
+def test_empty_folder_and_dot(model, tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    model.save(tmp_path / "empty")
+    assert_same_behaviour(model, torchmf.load(tmp_path / "empty"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    model.save(".")
+    model.save(".")
+    assert_same_behaviour(model, torchmf.load("."))
+    model.save("rel/sub")
+    assert_same_behaviour(model, torchmf.load("rel/sub"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "work"]
+
+
+def test_parent_is_a_file(model, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelFileError, match=r"file/m: cannot save the model there"):
+        model.save(tmp_path / "file" / "m")
+
+
+# ---------------------------------------------------------------------- mmap, extra files
+def test_mmap_load_shares_and_folds_in(model, saved):
+    mapped = MatrixFactorization.load(saved, device="cpu", mmap=True)
+    assert_same_behaviour(model, mapped)
+    before = weights_of(saved).read_bytes()
+    mapped.fold_in(0, {1: 2.0, 2: 4.0})  # writes a row of the mapped weights: copy-on-write
+    mapped.fold_in("new", {3: 3.0})
+    assert weights_of(saved).read_bytes() == before  # the file is never written
+    assert_same_behaviour(model, torchmf.load(saved))
+    mapped.save(saved)  # the mapped model can be saved over its own folder
+    assert torchmf.load(saved).user_map.ids[-1] == "new"
+
+
+def test_extra_files_round_trip(saved, tmp_path):
+    state = load_state(saved, device="cpu")
+    src = tmp_path / "index.bin"
+    src.write_bytes(b"\x00index")
+    save_state(state, saved, extra_files={"index.hnsw": b"graph", "ids.bin": src})
+    again = load_state(saved, device="cpu")
+    assert again.files == {"index.hnsw": b"graph", "ids.bin": b"\x00index"}
+    again.files["index.hnsw"] = b"graph v2"
+    save_state(again, saved)  # the state's files are saved again, replaced atomically
+    assert load_state(saved, device="cpu").files == {"index.hnsw": b"graph v2", "ids.bin": b"\x00index"}
+    assert len(list(saved.glob("file-*"))) == 2  # the old index file was removed
+    stored = next(saved.glob("file-*-index.hnsw"))
+    stored.write_bytes(b"graph v3")
+    with pytest.raises(ModelFileError, match="checksum mismatch"):
+        load_state(saved)
+    with pytest.raises(ValueError, match="extra file name"):
+        save_state(again, saved, extra_files={"../escape": b""})
