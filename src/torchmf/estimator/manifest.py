@@ -158,12 +158,12 @@ def _ids(raw: Any, version: int, kind: str, where: Any) -> IdMap:
         _need(declared in ("int", "str", "mixed"), where, f"{kind}_ids.type must be 'int', 'str' or 'mixed'")
     _need(isinstance(raw, list), where, f"{kind}_ids must be a list")
     allowed = {"int": (int,), "str": (str,)}.get(declared, (int, str, float))
+    want = {"int": "64-bit integers", "str": "strings"}.get(declared, "strings, 64-bit integers or finite floats")
     for j, v in enumerate(raw):
         ok = isinstance(v, allowed) and not isinstance(v, bool)
         ok = ok and (not isinstance(v, int) or -(2**63) <= v < 2**63)
         ok = ok and (not isinstance(v, float) or math.isfinite(v))
-        _need(ok, where, f"{kind} id #{j} is {v!r}; {declared} ids of type {'/'.join(t.__name__ for t in allowed)} "
-              "expected")
+        _need(ok, where, f"{kind} id #{j} is {v!r}; {kind} ids (type {declared!r}) must be {want}")
     try:
         return IdMap.from_json(raw, kind)
     except (DataError, TypeError, ValueError, OverflowError) as exc:

@@ -158,7 +158,7 @@ def _json_depth(text: str) -> int:
 
 
 def parse_json(data: bytes | bytearray | memoryview, where: str) -> Any:
-    """Parse UTF-8 JSON, refusing nesting deeper than :data:`MAX_JSON_DEPTH` and NaN/Infinity."""
+    """Parse UTF-8 JSON, refusing nesting deeper than :data:`MAX_JSON_DEPTH`, NaN/Infinity and repeated keys."""
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -170,8 +170,16 @@ def parse_json(data: bytes | bytearray | memoryview, where: str) -> Any:
     def no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not valid JSON")
 
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            keys = [k for k, _ in pairs]
+            dup = next(k for j, k in enumerate(keys) if k in keys[:j])
+            raise ValueError(f"key {dup!r} appears twice in one object")
+        return out
+
     try:
-        return json.loads(text, parse_constant=no_constants)
+        return json.loads(text, parse_constant=no_constants, object_pairs_hook=unique_keys)
     except (ValueError, RecursionError) as exc:
         raise ModelFileError(f"{where}: not valid JSON ({exc})") from None
 

@@ -145,7 +145,8 @@ def save_state(state: ModelState, path: str | os.PathLike, overwrite: bool = Fal
     ModelFileError
         ``path`` is a file, or a non-model folder (without ``overwrite``), or the
         files cannot be written (permission, full disk, a parent that is a
-        file): the message names ``path``; the folder still holds its old model.
+        file): the message names ``path``. The folder then loads as its old model
+        (or as the new one when only the final fsync or clean-up failed).
     DataError
         Ids that cannot be saved (neither str nor int).
     """
