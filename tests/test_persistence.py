@@ -378,3 +378,10 @@ def test_extra_files_round_trip(saved, tmp_path):
         load_state(saved)
     with pytest.raises(ValueError, match="extra file name"):
         save_state(again, saved, extra_files={"../escape": b""})
+
+
+def test_extra_files_survive_load_and_save_of_the_estimator(saved, tmp_path):
+    save_state(load_state(saved, device="cpu"), saved, extra_files={"index.hnsw": b"graph"})
+    est = torchmf.load(saved, device="cpu")
+    est.save(tmp_path / "copy")
+    assert load_state(tmp_path / "copy").files == {"index.hnsw": b"graph"}

@@ -215,6 +215,7 @@ class MatrixFactorization(RankingMixin):
         self.implicit_, self.rating_range_ = bool(implicit), (float(rating_range[0]), float(rating_range[1]))
         self.history_, self.best_epoch_ = history, best
         self.extras_: dict[str, Any] = dict(extras or {})
+        self.files_: dict[str, bytes] = {}  # extra files saved with the model (a refit drops them)
 
     def _set_seen(self, users: np.ndarray, items: np.ndarray) -> None:
         from torchmf.data.csr import csr_order
@@ -266,7 +267,7 @@ class MatrixFactorization(RankingMixin):
             tensors=dict(self.model.state_dict()), user_map=self.user_map, item_map=self.item_map,
             seen_indptr=self.seen_indptr_, seen_indices=self.seen_indices_, rating_range=self.rating_range_,
             implicit=self.implicit_, history=list(self.history_), best_epoch=self.best_epoch_,
-            extras=dict(self.extras_),
+            extras=dict(self.extras_), files=dict(self.files_),
         )
 
     @classmethod
@@ -276,6 +277,7 @@ class MatrixFactorization(RankingMixin):
         est._install(state.build_model(), dict(state.effective_params), state.user_map, state.item_map,
                      state.implicit, state.rating_range, list(state.history), state.best_epoch, state.extras)
         est.seen_indptr_, est.seen_indices_ = state.seen_indptr, state.seen_indices
+        est.files_ = dict(state.files)
         return est
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
