@@ -155,3 +155,23 @@ def test_concurrent_saves_and_loads(models, tmp_path):
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert seen <= {"old", "new"}
     assert len(list(folder.iterdir())) == 2  # no leftovers once both finished
+
+
+def test_leftovers_of_killed_version_1_saves_are_removed(models, tmp_path):
+    old, new = models
+    folder = tmp_path / "m"
+    old.save(folder)
+    v1 = ("torchmf.json", "model.safetensors")
+    tmp_dir, aside = tmp_path / ".m.ab12_x9z", tmp_path / ".m.old.q1w2e3r4"
+    (aside / "m").mkdir(parents=True)
+    tmp_dir.mkdir()
+    for name in v1:
+        (tmp_dir / name).write_text("partial")
+        (aside / "m" / name).write_text("old model")
+    keep = tmp_path / ".m.zzzzzzzz"  # the right name, but holding a file torchmf never writes: kept
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    (tmp_path / ".other.abcdefgh").mkdir()  # another folder's name: kept
+    new.save(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.zzzzzzzz", ".other.abcdefgh", "m"]
+    assert (keep / "notes.txt").read_text() == "mine"

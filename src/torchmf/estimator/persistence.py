@@ -15,7 +15,9 @@ folder fsync'd. Before that rename ``DIR`` loads as the old model, after it as
 the new one, at every instant. Only then are files the new manifest does not
 name removed: earlier weights and leftovers of killed saves, recognised by
 torchmf's own names (``weights-*``, ``file-*``, ``.torchmf-tmp-*``, and a
-version-1 ``model.safetensors`` named by the old manifest). No other file in
+version-1 ``model.safetensors`` named by the old manifest), and the
+``.DIR.*`` temporary folders that killed version-1 saves left beside ``DIR``
+(only when they hold nothing but version-1 model files). No other file in
 ``DIR`` is ever touched. Concurrent saves into one folder are serialised by an
 advisory lock on it; loads racing a save retry once the manifest moved on.
 """
@@ -25,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
+import re
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -44,6 +48,8 @@ from torchmf.estimator.state import ModelState
 __all__ = ["FORMAT_VERSION", "load_state", "save_state"]
 
 _LOAD_ATTEMPTS = 3
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- save
@@ -110,6 +116,48 @@ def _cleanup(target: Path, keep: set[str], legacy: set[str]) -> None:
         except FileNotFoundError:
             continue
         io.checkpoint(f"removed-{name}")
+
+
+def _v1_model_files(folder: Path) -> list[Path] | None:
+    """The files of ``folder`` if it holds nothing but version-1 model files (regular files), else None."""
+    if not stat.S_ISDIR(os.lstat(folder).st_mode):
+        return None
+    names = os.listdir(folder)
+    if set(names) - {META, mf.LEGACY_WEIGHTS}:
+        return None
+    paths = [folder / n for n in names]
+    return None if any(not stat.S_ISREG(os.lstat(p).st_mode) for p in paths) else paths
+
+
+def _remove_v1_leftovers(target: Path) -> None:
+    """Remove the temporary folders killed version-1 saves left beside ``target``.
+
+    Version 1 saved through ``.<name>.<8 chars>`` and ``.<name>.old.<8 chars>/m``
+    folders next to the model folder. Only folders of exactly that name holding
+    nothing but version-1 model files are removed, file by file (never a tree).
+    """
+    folder = target.resolve()
+    pattern = re.compile(rf"\.{re.escape(folder.name)}\.(old\.)?[A-Za-z0-9_]{{8}}\Z")
+    for entry in os.listdir(folder.parent):
+        m = pattern.match(entry)
+        path = folder.parent / entry
+        if m is None or not stat.S_ISDIR(os.lstat(path).st_mode):
+            continue
+        inner: Path | None = path
+        if m.group(1):  # the old model was moved to .<name>.old.*/m
+            names = os.listdir(path)
+            if names not in ([], ["m"]):
+                continue
+            inner = path / "m" if names else None
+        files = _v1_model_files(inner) if inner is not None else []
+        if files is None:
+            continue
+        for f in files:
+            os.unlink(f)
+        if inner is not None and inner != path:
+            os.rmdir(inner)
+        os.rmdir(path)
+        log.info("removed %s, left by a killed save of an older torchmf", path)
 
 
 def save_state(state: ModelState, path: str | os.PathLike, overwrite: bool = False,
@@ -184,6 +232,8 @@ def save_state(state: ModelState, path: str | os.PathLike, overwrite: bool = Fal
             io.fsync_dir(target)
             io.checkpoint("committed")
             _cleanup(target, {weights.file, META} | {e.file for e in files.values()}, legacy)
+            with contextlib.suppress(OSError):  # best effort: the new model is committed already
+                _remove_v1_leftovers(target)
             io.fsync_dir(target)
             io.checkpoint("cleaned")
 
