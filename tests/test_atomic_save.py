@@ -175,3 +175,14 @@ def test_leftovers_of_killed_version_1_saves_are_removed(models, tmp_path):
     new.save(folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".m.zzzzzzzz", ".other.abcdefgh", "m"]
     assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_waiting_for_another_save_is_bounded(models, tmp_path):
+    old, _ = models
+    folder = tmp_path / "m"
+    old.save(folder)
+    with model_files.locked(folder):  # another save holds the folder
+        with pytest.raises(ModelFileError, match="another save into this folder"), \
+                model_files.locked(folder, timeout=0.2):
+            pass
+    old.save(folder)  # released

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -287,3 +289,12 @@ def test_size_checked_before_reading(folder):
     # the manifest promises a different size than the file has: refused from fstat, before any read
     edit_meta(folder, lambda m: m["weights"].update(bytes=m["weights"]["bytes"] * 10**6))
     refused(folder, "bytes, the manifest says")
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_empty_version_1_weights(tmp_path, mmap):
+    target = tmp_path / "v1"
+    shutil.copytree(Path(__file__).parent / "data" / "model_v1", target)
+    (target / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelFileError, match="too short"):
+        torchmf.load(target, device="cpu", mmap=mmap)

@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ __all__ = [
 
 TEMP_PREFIX = ".torchmf-tmp-"
 MAX_JSON_DEPTH = 64
+# a save waits this long for another save into the same folder to finish
+LOCK_TIMEOUT = 600.0
 # safetensors' own limit on the header size
 MAX_HEADER_BYTES = 100_000_000
 DTYPES: dict[str, torch.dtype] = {
@@ -135,6 +138,8 @@ def read_weights(fd: int, path: Path, size: int, mmap: bool) -> bytearray | _mma
     process mapping the same file until a page is written (fold-in writes one
     user's row); writes never reach the file.
     """
+    if size < 8:
+        raise ModelFileError(f"{path}: {size} bytes, too short for a safetensors file")
     if mmap:
         return _mmap.mmap(fd, size, access=_mmap.ACCESS_COPY)
     try:
@@ -294,12 +299,27 @@ def write_file(folder: Path, name: str, data: bytes | bytearray | memoryview, st
 
 
 @contextlib.contextmanager
-def locked(folder: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``folder`` (serialises concurrent saves into it)."""
+def locked(folder: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``folder`` (serialises concurrent saves into it).
+
+    Raises
+    ------
+    ModelFileError
+        When another process held the lock for ``timeout`` seconds.
+    """
     fd = os.open(folder, os.O_RDONLY)
     try:
         if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise ModelFileError(f"{folder}: another save into this folder has been running for "
+                                             f"{timeout:g} s; try again when it is done") from None
+                    time.sleep(0.05)
         yield
     finally:
         os.close(fd)  # closing releases the lock
