@@ -157,13 +157,17 @@ def _ids(raw: Any, version: int, kind: str, where: Any) -> IdMap:
         declared, raw = raw["type"], raw["values"]
         _need(declared in ("int", "str", "mixed"), where, f"{kind}_ids.type must be 'int', 'str' or 'mixed'")
     _need(isinstance(raw, list), where, f"{kind}_ids must be a list")
-    allowed = {"int": (int,), "str": (str,)}.get(declared, (int, str, float))
+    allowed = {"int": {int}, "str": {str}}.get(declared, {int, str, float})
     want = {"int": "64-bit integers", "str": "strings"}.get(declared, "strings, 64-bit integers or finite floats")
-    for j, v in enumerate(raw):
-        ok = isinstance(v, allowed) and not isinstance(v, bool)
-        ok = ok and (not isinstance(v, int) or -(2**63) <= v < 2**63)
-        ok = ok and (not isinstance(v, float) or math.isfinite(v))
-        _need(ok, where, f"{kind} id #{j} is {v!r}; {kind} ids (type {declared!r}) must be {want}")
+    types = set(map(type, raw))  # fast path first; the slow loop below only runs to name a bad id
+    ints = [v for v in raw if type(v) is int] if types - {int} else raw
+    floats = [v for v in raw if type(v) is float] if float in types else []
+    if not (types <= allowed and (not ints or (-(2**63) <= min(ints) and max(ints) < 2**63))
+            and all(math.isfinite(v) for v in floats)):
+        for j, v in enumerate(raw):
+            ok = type(v) in allowed and (type(v) is not int or -(2**63) <= v < 2**63)
+            ok = ok and (type(v) is not float or math.isfinite(v))
+            _need(ok, where, f"{kind} id #{j} is {v!r}; {kind} ids (type {declared!r}) must be {want}")
     try:
         return IdMap.from_json(raw, kind)
     except (DataError, TypeError, ValueError, OverflowError) as exc:
@@ -288,8 +292,10 @@ def check_tensors(tensors: dict[str, torch.Tensor], man: Manifest, where: Any) -
         want = torch.int64 if name in _SEEN else torch.float32
         _need(tuple(t.shape) == man.shapes[name] and t.dtype == want, where,
               f"tensor {name!r} is {list(t.shape)} {t.dtype}, the manifest says {list(man.shapes[name])} {want}")
-        if name not in _SEEN:
-            _need(bool(torch.isfinite(t).all()), where, f"tensor {name!r} holds NaN or infinite values")
+        if name not in _SEEN and t.numel():
+            lo, hi = torch.aminmax(t)  # NaN propagates; no tensor-sized temporary
+            _need(math.isfinite(float(lo)) and math.isfinite(float(hi)), where,
+                  f"tensor {name!r} holds NaN or infinite values")
     indptr, indices = tensors["seen_indptr"].numpy(), tensors["seen_indices"].numpy()
     _need(indptr[0] == 0 and indptr[-1] == len(indices) and bool((np.diff(indptr) >= 0).all()), where,
           "seen_indptr must start at 0, never decrease and end at the number of seen items")

@@ -27,7 +27,6 @@ import json
 import math
 import mmap as _mmap
 import os
-import re
 import secrets
 import stat
 import time
@@ -149,26 +148,36 @@ def read_weights(fd: int, path: Path, size: int, mmap: bool) -> bytearray | _mma
     return _read_fd(fd, size, path)
 
 
-def _json_depth(text: str) -> int:
-    """Deepest nesting of ``[``/``{`` in ``text``, skipping string literals; linear time."""
+_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'"[]{}')))
+
+
+def _json_depth(data: bytes) -> int:
+    """Deepest nesting of ``[``/``{`` in UTF-8 JSON ``data``, skipping string literals; linear time.
+
+    Escaped backslashes and quotes are dropped first, then every byte but
+    ``"[]{}`` (UTF-8 continuation bytes are never ASCII); what lies between
+    quote pairs was inside strings.
+    """
+    structure = data.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
     depth = deepest = 0
-    for m in re.finditer(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]|[\]}]', text, flags=re.DOTALL):
-        tok = m.group()
-        if tok in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif tok in "]}":
-            depth -= 1
+    for outside in structure.split(b'"')[::2]:
+        for c in outside:
+            if c in b"[{":
+                depth += 1
+                deepest = max(deepest, depth)
+            else:
+                depth -= 1
     return deepest
 
 
 def parse_json(data: bytes | bytearray | memoryview, where: str) -> Any:
     """Parse UTF-8 JSON, refusing nesting deeper than :data:`MAX_JSON_DEPTH`, NaN/Infinity and repeated keys."""
+    data = bytes(data)
     try:
-        text = bytes(data).decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ModelFileError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    depth = _json_depth(text)
+    depth = _json_depth(data)
     if depth > MAX_JSON_DEPTH:
         raise ModelFileError(f"{where}: JSON nested {depth} levels deep (at most {MAX_JSON_DEPTH} allowed)")
 
