@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import stat
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from torchmf.estimator.state import ModelState
 
 __all__ = ["FORMAT_VERSION", "load_state", "save_state"]
 
-_LOAD_ATTEMPTS = 3
+_LOAD_ATTEMPTS = 5
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,8 @@ def load_state(path: str | os.PathLike, device: str = "auto", mmap: bool = False
     if not folder.is_dir():
         why = "not a folder" if folder.exists() else "no such folder"
         raise ModelFileError(f"{folder}: not a torchmf model folder ({why})")
-    for _ in range(_LOAD_ATTEMPTS):
+    missing = ""
+    for attempt in range(_LOAD_ATTEMPTS):
         try:
             raw = io.read_regular(folder / META)
         except FileNotFoundError:
@@ -282,13 +284,9 @@ def load_state(path: str | os.PathLike, device: str = "auto", mmap: bool = False
             return _load_files(folder, man, device, mmap)
         except FileNotFoundError as exc:
             # a save may have replaced the manifest and removed the files it named: read it again
-            try:
-                moved_on = bytes(io.read_regular(folder / META)) != bytes(raw)
-            except FileNotFoundError:
-                moved_on = False
-            if not moved_on:
-                raise ModelFileError(f"{folder}: {Path(exc.filename).name} named by {META} is missing") from None
-    raise ModelFileError(f"{folder}: the model changed during each of {_LOAD_ATTEMPTS} attempts to load it")
+            missing = Path(exc.filename).name
+            time.sleep(0.05 * attempt)
+    raise ModelFileError(f"{folder}: {missing}, named by {META}, is missing")
 
 
 def _load_files(folder: Path, man: mf.Manifest, device: str, mmap: bool) -> ModelState:
