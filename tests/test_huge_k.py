@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 import torchmf
@@ -42,7 +44,18 @@ def test_ranking_metrics_needs_k_columns_unless_the_catalogue_is_covered():
     assert out["recall"] == 1.0 and out["precision"] == pytest.approx(1 / 5)
 
 
-def test_cli_recommend_with_huge_k(fitted, tmp_path, capsys):
+@pytest.fixture
+def cli_logging():
+    """main() configures the "torchmf" logger for a terminal; put it back for the tests that follow."""
+    logger = logging.getLogger("torchmf")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers, logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
+
+
+def test_cli_recommend_with_huge_k(fitted, tmp_path, capsys, cli_logging):
     model, _ = fitted
     model.save(tmp_path / "m")
     assert main(["recommend", str(tmp_path / "m"), "--user", str(model.user_map.ids[0]), "-k", "1000000000"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) >= 2  # a header and at least one item
