@@ -385,3 +385,25 @@ def test_extra_files_survive_load_and_save_of_the_estimator(saved, tmp_path):
     est = torchmf.load(saved, device="cpu")
     est.save(tmp_path / "copy")
     assert load_state(tmp_path / "copy").files == {"index.hnsw": b"graph"}
+
+
+V1_ANN = Path(__file__).parent / "data" / "model_v1_ann"
+
+
+def test_reads_version_1_folder_with_an_index_and_upgrades_it(tmp_path):
+    # tests/data/model_v1_ann was written by the version-1 writer of main at 1446c24 (seen values stored,
+    # HNSW index beside the weights): 20 users x 30 items, factors=4; the expected values were printed then.
+    loaded = torchmf.load(V1_ANN, device="cpu")
+    np.testing.assert_array_equal(loaded.predict([0, 1, 2], [0, 1, 2]),
+                                  np.array([3.273674249649048, 3.4137775897979736, 2.701632499694824], np.float32))
+    assert loaded.index_ is not None and loaded.recommend(0, k=3, approximate=True)["item"].tolist() == [3, 23, 26]
+    assert not np.isnan(loaded.seen_values_).any()
+    target = tmp_path / "m"
+    shutil.copytree(V1_ANN, target)
+    loaded.save(target)  # version 2: the old weights and index files go, the index travels in "files"
+    names = sorted(p.name for p in target.iterdir() if p.name != META)
+    assert len(names) == 3 and [n.split("-")[0] for n in names] == ["file", "file", "weights"], names
+    again = torchmf.load(target, device="cpu")
+    assert_same_behaviour(loaded, again)
+    assert again.recommend(0, k=3, approximate=True)["item"].tolist() == [3, 23, 26]
+    np.testing.assert_array_equal(again.seen_values_, loaded.seen_values_)

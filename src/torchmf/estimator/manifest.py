@@ -101,8 +101,12 @@ def _finite_or_none(v: Any) -> Any:
 
 
 def build_manifest(state: ModelState, tensors: dict[str, torch.Tensor], weights: FileEntry,
-                   files: dict[str, FileEntry]) -> dict[str, Any]:
-    """The version-2 manifest of ``state`` whose ``tensors`` were written to ``weights``."""
+                   files: dict[str, FileEntry], index: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The version-2 manifest of ``state`` whose ``tensors`` were written to ``weights``.
+
+    ``index`` is the approximate index's entry (:func:`torchmf.retrieval.ann_io.index_files`),
+    whose files are among ``files``.
+    """
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -120,6 +124,8 @@ def build_manifest(state: ModelState, tensors: dict[str, torch.Tensor], weights:
         "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
                     for k, v in tensors.items()},
     }
+    if index is not None:
+        meta["index"] = index
     meta["manifest_sha256"] = canonical_sha256(meta)
     return meta
 
@@ -206,7 +212,9 @@ def _shapes(meta: dict[str, Any], n_users: int, n_items: int, where: Any) -> dic
     spec = meta["tensors"]
     _need(isinstance(spec, dict), where, "tensors must be an object")
     biases = meta["effective_params"]["biases"]
-    expected = set(_EMB + _SEEN + (_BIAS if biases else ()))
+    expected = set(_EMB + _SEEN + (_BIAS if biases else ()) + ("seen_values",))
+    if meta["format_version"] == 1 and "seen_values" not in spec:  # version 1 files before the values were kept
+        expected.discard("seen_values")
     _need(set(spec) == expected, where, f"tensors {sorted(spec)} differ from the expected {sorted(expected)}")
     shapes: dict[str, tuple[int, ...]] = {}
     for name, s in spec.items():
@@ -220,7 +228,7 @@ def _shapes(meta: dict[str, Any], n_users: int, n_items: int, where: Any) -> dic
     nnz = shapes["seen_indices"][0] if len(shapes["seen_indices"]) == 1 else -1
     want_shapes = {"user_embs.weight": (n_users, d), "item_embs.weight": (n_items, d),
                    "user_bias.weight": (n_users, 1), "item_bias.weight": (n_items, 1), "global_bias": (),
-                   "seen_indptr": (n_users + 1,), "seen_indices": (nnz,)}
+                   "seen_indptr": (n_users + 1,), "seen_indices": (nnz,), "seen_values": (nnz,)}
     for name, shape in shapes.items():
         _need(shape == want_shapes[name] and nnz >= 0, where,
               f"tensor {name!r} has shape {list(shape)}, expected {list(want_shapes[name])} "
@@ -277,8 +285,11 @@ def check_manifest(meta: Any, where: Any) -> Manifest:
     return Manifest(version, weights, files, meta, user_map, item_map, shapes)
 
 
-def check_tensors(tensors: dict[str, torch.Tensor], man: Manifest, where: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Check the weights file's tensors against the manifest; return the seen-items CSR arrays.
+def check_tensors(tensors: dict[str, torch.Tensor], man: Manifest,
+                  where: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check the weights file's tensors against the manifest; return the seen-items CSR arrays and values.
+
+    Version-1 files without ``seen_values`` get NaN values ("not stored").
 
     Raises
     ------
@@ -292,13 +303,15 @@ def check_tensors(tensors: dict[str, torch.Tensor], man: Manifest, where: Any) -
         want = torch.int64 if name in _SEEN else torch.float32
         _need(tuple(t.shape) == man.shapes[name] and t.dtype == want, where,
               f"tensor {name!r} is {list(t.shape)} {t.dtype}, the manifest says {list(man.shapes[name])} {want}")
-        if name not in _SEEN and t.numel():
+        if name not in _SEEN and name != "seen_values" and t.numel():  # NaN values mean "not stored"
             lo, hi = torch.aminmax(t)  # NaN propagates; no tensor-sized temporary
             _need(math.isfinite(float(lo)) and math.isfinite(float(hi)), where,
                   f"tensor {name!r} holds NaN or infinite values")
     indptr, indices = tensors["seen_indptr"].numpy(), tensors["seen_indices"].numpy()
+    values = (tensors["seen_values"].numpy() if "seen_values" in tensors
+              else np.full(len(indices), np.nan, dtype=np.float32))
     _need(indptr[0] == 0 and indptr[-1] == len(indices) and bool((np.diff(indptr) >= 0).all()), where,
           "seen_indptr must start at 0, never decrease and end at the number of seen items")
     _need(len(indices) == 0 or (indices.min() >= 0 and indices.max() < len(man.item_map)), where,
           f"seen_indices must lie in [0, {len(man.item_map)})")
-    return indptr, indices
+    return indptr, indices, values

@@ -4,7 +4,9 @@ A model folder ``DIR`` holds (format version 2):
 
 - ``weights-<sha256[:16]>.safetensors``: the weights and the seen-items index
   (CSR arrays), named after their content;
-- ``file-<sha256[:16]>-<name>``: optional extra files (e.g. an ANN index);
+- ``file-<sha256[:16]>-<name>``: optional extra files, among them the two
+  files of an approximate (HNSW) index (:mod:`torchmf.retrieval.ann_io`),
+  whose entry the manifest keeps under ``"index"``;
 - ``torchmf.json``: the manifest (see :mod:`torchmf.estimator.manifest`),
   naming those files with their SHA-256 and size, and checksummed itself.
 
@@ -34,6 +36,7 @@ import stat
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +48,9 @@ from torchmf.estimator import manifest as mf
 from torchmf.estimator import model_files as io
 from torchmf.estimator.manifest import FORMAT_NAME, FORMAT_VERSION, META, FileEntry
 from torchmf.estimator.state import ModelState
+from torchmf.retrieval import ann_io
+from torchmf.retrieval.ann_io import index_files
+from torchmf.retrieval.base import Index
 
 __all__ = ["FORMAT_VERSION", "load_state", "save_state"]
 
@@ -96,6 +102,8 @@ def _previous(target: Path, overwrite: bool) -> tuple[bool, set[str]]:
             is_model = isinstance(meta, dict) and meta.get("format") == FORMAT_NAME
             if is_model and meta.get("format_version") == 1:
                 legacy.add(mf.LEGACY_WEIGHTS)
+                with contextlib.suppress(ModelFileError):  # version 1 kept an ANN index beside the weights
+                    legacy.update(ann_io.index_names(meta["index"]) if "index" in meta else ())
         except (ModelFileError, FileNotFoundError):
             is_model = False
     foreign = sorted(e for e in entries if not _owned(e) and (e != META or not is_model))
@@ -203,15 +211,20 @@ def save_state(state: ModelState, path: str | os.PathLike, overwrite: bool = Fal
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.tensors.items()}
     tensors["seen_indptr"] = torch.from_numpy(np.ascontiguousarray(state.seen_indptr, dtype=np.int64))
     tensors["seen_indices"] = torch.from_numpy(np.ascontiguousarray(state.seen_indices, dtype=np.int64))
+    tensors["seen_values"] = torch.from_numpy(np.ascontiguousarray(state.seen_values, dtype=np.float32))
     blob = st_save(tensors, metadata={"format": FORMAT_NAME})
     sha = io.sha256_hex(blob)
     weights = FileEntry(f"weights-{sha[:16]}.safetensors", sha, len(blob))
     extras = {name: _extra_bytes(name, v) for name, v in {**state.files, **(extra_files or {})}.items()}
+    index_entry = None
+    if state.index is not None:  # the approximate index: two more files, committed with the weights
+        index_entry, index_blobs = index_files(state.index)
+        extras.update(index_blobs)
     files = {}
     for name, data in extras.items():
         h = io.sha256_hex(data)
         files[name] = FileEntry(f"file-{h[:16]}-{name}", h, len(data))
-    meta = mf.build_manifest(state, tensors, weights, files)
+    meta = mf.build_manifest(state, tensors, weights, files, index_entry)
     try:
         text = json.dumps(meta, indent=1, allow_nan=False).encode()
     except ValueError as exc:
@@ -304,7 +317,7 @@ def _load_files(folder: Path, man: mf.Manifest, device: str, mmap: bool) -> Mode
     if io.sha256_hex(buf) != man.weights.sha256:
         raise ModelFileError(f"{path}: checksum mismatch (file truncated or modified)")
     tensors = io.safetensors_tensors(buf, path)
-    indptr, indices = mf.check_tensors(tensors, man, path)
+    indptr, indices, values = mf.check_tensors(tensors, man, path)
     files = {}
     for name, entry in man.files.items():
         data = io.read_regular(folder / entry.file)
@@ -317,7 +330,7 @@ def _load_files(folder: Path, man: mf.Manifest, device: str, mmap: bool) -> Mode
         except ValueError as exc:
             raise ModelFileError(str(exc)) from None
     meta = man.meta
-    weights = {k: v.to(dev) for k, v in tensors.items() if k not in ("seen_indptr", "seen_indices")}
+    weights = {k: v.to(dev) for k, v in tensors.items() if not k.startswith("seen_")}
     state = ModelState(
         params=dict(meta["params"]),
         effective_params=dict(meta["effective_params"]),
@@ -326,6 +339,7 @@ def _load_files(folder: Path, man: mf.Manifest, device: str, mmap: bool) -> Mode
         item_map=man.item_map,
         seen_indptr=indptr,
         seen_indices=indices,
+        seen_values=values,
         rating_range=(float(meta["rating_range"][0]), float(meta["rating_range"][1])),
         implicit=meta["implicit"],
         history=list(meta.get("history", [])),
@@ -337,4 +351,29 @@ def _load_files(folder: Path, man: mf.Manifest, device: str, mmap: bool) -> Mode
         state.build_model()
     except ValueError as exc:  # pragma: no cover - the manifest checks cover this
         raise ModelFileError(f"{folder}: {exc}") from None
+    if "index" in meta:
+        state.index = _read_index(folder, meta["index"], state, man.version)
     return state
+
+
+def _read_index(folder: Path, entry: Any, state: ModelState, version: int) -> Index | None:
+    """The saved approximate index, checked against its checksums and the model; None without faiss.
+
+    Version 2 keeps its files among the manifest's ``files`` (taken out of
+    ``state.files`` here); version 1 (releases with ANN support) beside the weights.
+    """
+    names = ann_io.index_names(entry) if version >= 2 else ()
+    blobs = {n: state.files.pop(n) for n in names if n in state.files}
+    try:
+        if version >= 2:
+            index = ann_io.index_from_files(entry, blobs, folder)
+        else:
+            index = ann_io.load_index(folder, entry)
+    except ImportError:
+        log.warning("%s: the model has an approximate index but faiss is not installed "
+                    "(pip install 'torchmf[ann]'); using exact search", folder)
+        return None
+    if index.n_items != state.n_items or getattr(index, "dim", state.factors) != state.factors:
+        raise ModelFileError(f"{folder}: the approximate index covers {index.n_items} items of width "
+                             f"{getattr(index, 'dim', '?')}, the model has {state.n_items} of width {state.factors}")
+    return index
