@@ -42,13 +42,14 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
 
     Parameters
     ----------
-    factors : int, default 48
-        Latent dimension ``d``.
+    factors : int, optional
+        Latent dimension ``d``: 48, or 10 for ``solver="gibbs"``.
     epochs : int, optional
         Epochs (SGD) or full sweeps, users then items (ALS).
-    solver : {"als", "sgd"}, optional
-        Closed-form alternating least squares or minibatch SGD. Default: "als"
-        for ``mse`` and ``ials``, "sgd" for the sampled-negative losses.
+    solver : {"als", "sgd", "gibbs"}, optional
+        Closed-form alternating least squares, minibatch SGD, or (``mse``
+        only) Bayesian MF by Gibbs sampling. Default: "als" for ``mse`` and
+        ``ials``, "sgd" for the sampled-negative losses.
     loss : {"mse", "ials", "bpr", "logistic", "warp"}, default "mse"
         ``mse``: squared error on explicit ratings. ``ials``: weighted squared
         loss over all pairs with confidence from the values (Hu et al. 2008),
@@ -91,6 +92,13 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         With a validation set: stop after this many epochs without
         improvement of validation RMSE (mse) or NDCG@10 (implicit losses).
         The best epoch's weights are always restored.
+    samples, burn_in, thin : int, optional
+        Gibbs: keep ``samples`` posterior draws (default 200), one every ``thin``
+        sweeps (2) after ``burn_in`` (100); ``epochs`` defaults to that chain
+        length. Embeddings are ``samples * factors`` wide (the draws side by side).
+    implicit_features : bool, optional
+        Gibbs: add each user's rated items and each item's raters as features
+        (Rendle et al. 2019's flipped SVD++); default False.
     device : str, default "auto"
         "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
     seed : int, default 0
@@ -114,7 +122,7 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
 
     def __init__(
         self,
-        factors: int = 48,
+        factors: int | None = None,
         epochs: int | None = None,
         solver: str | None = None,
         loss: str = "mse",
@@ -134,6 +142,10 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         negatives: int | None = None,
         negative_sampling: str = "uniform",
         early_stopping: int | None = None,
+        samples: int | None = None,
+        burn_in: int | None = None,
+        thin: int | None = None,
+        implicit_features: bool | None = None,
         device: str = "auto",
         seed: int = 0,
         verbose: bool = True,
@@ -200,7 +212,7 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
                 f"early_stopping={hp['early_stopping']} needs validation data to watch: pass "
                 "fit(train, validation=...) (CLI: --validation FRACTION), or leave early_stopping=None"
             )
-        if hp["early_stopping"] is not None and hp["early_stopping"] >= hp["epochs"]:
+        if hp["early_stopping"] is not None and hp["epochs"] is not None and hp["early_stopping"] >= hp["epochs"]:
             log.warning("early_stopping=%d can never stop a %d-epoch fit; the best epoch is still restored",
                         hp["early_stopping"], hp["epochs"])
         data = train.compact()
@@ -213,8 +225,10 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
                 validation.values, data.rating_range(), device,
             )
         log.info("fitting %s on %s", self, data)
-        model, history, best = fit_model(data, hp, device, val)
-        self._install(model, hp, data.user_map, data.item_map, data.implicit, data.rating_range(), history, best)
+        extras: dict[str, Any] = {}
+        model, history, best = fit_model(data, hp, device, val, extras=extras)
+        self._install(model, hp, data.user_map, data.item_map, data.implicit, data.rating_range(), history, best,
+                      extras)
         self._set_seen(data.users, data.items, data.values)
         return self
 

@@ -47,6 +47,7 @@ from torchmf.errors import DataError, ModelFileError
 from torchmf.estimator import manifest as mf
 from torchmf.estimator import model_files as io
 from torchmf.estimator.manifest import FORMAT_NAME, FORMAT_VERSION, META, FileEntry
+from torchmf.estimator.params import Params
 from torchmf.estimator.state import ModelState
 from torchmf.retrieval import ann_io
 from torchmf.retrieval.ann_io import index_files
@@ -333,7 +334,7 @@ def _load_files(folder: Path, man: mf.Manifest, device: str, mmap: bool) -> Mode
     weights = {k: v.to(dev) for k, v in tensors.items() if not k.startswith("seen_")}
     state = ModelState(
         params=dict(meta["params"]),
-        effective_params=dict(meta["effective_params"]),
+        effective_params={**dict.fromkeys(Params.names()), **meta["effective_params"]},
         tensors=weights,
         user_map=man.user_map,
         item_map=man.item_map,
