@@ -188,9 +188,11 @@ def _params(meta: dict[str, Any], where: Any) -> None:
         validate(Params(**params))
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"{where}: params: {exc}") from None
-    # parameters added by later releases are missing from older files (loaded as None)
-    _need(isinstance(eff, dict) and set(eff) <= names and {"factors", "biases", "loss", "solver"} <= set(eff),
-          where, "effective_params must be an object of torchmf parameters with factors, biases, loss and solver")
+    # parameters added by later releases are missing from older files (loaded as None); solvers may add
+    # values they resolve from the data (e.g. the Gibbs sampler's noise_precision)
+    _need(isinstance(eff, dict) and {"factors", "biases", "loss", "solver"} <= set(eff)
+          and all(v is None or isinstance(v, (bool, int, float, str)) for v in eff.values()),
+          where, "effective_params must be an object of plain values with factors, biases, loss and solver")
     _need(_is_int(eff["factors"]) and eff["factors"] > 0, where, "effective_params.factors must be a positive integer")
     _need(isinstance(eff["biases"], bool), where, "effective_params.biases must be true or false")
     try:
