@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+import torchmf
+from torchmf import MatrixFactorization
 from torchmf.solvers.gibbs import GibbsSampler, draw_rows, gibbs_fit, posterior_std
 from torchmf.solvers.gibbs_draws import normal_gamma
 from torchmf.solvers.gibbs_features import implicit_block
@@ -172,7 +174,11 @@ def test_estimator_fits_the_posterior_mean_layout(gibbs_model, gibbs_data) -> No
     hp = gibbs_model.effective_params
     assert (hp["solver"], hp["factors"], hp["samples"], hp["burn_in"], hp["epochs"]) == ("gibbs", 3, 6, 4, 10)
     assert gibbs_model.user_factors.shape == (40, 18) and gibbs_model.item_factors.shape == (30, 18)
-    assert gibbs_model.extras_ == {"embedding_dim": 18, "samples": 6, "rank": 3}
+    extras = gibbs_model.extras_
+    assert {k: extras[k] for k in ("embedding_dim", "samples", "rank")} == {
+        "embedding_dim": 18, "samples": 6, "rank": 3,
+    }
+    assert "ranker" in extras  # rating models rank by an interaction component by default (rank_by)
     assert len(gibbs_model.history_) == 10
     users, items = gibbs_data.user_map.raw(gibbs_data.users), gibbs_data.item_map.raw(gibbs_data.items)
     pred = gibbs_model.predict(users, items)
@@ -263,3 +269,19 @@ def test_explain_falls_back_to_item_similarity(gibbs_model) -> None:
     # Gibbs rows are averages of posterior draws, not one ridge solve: explain uses the q_i . q_j fallback
     out = gibbs_model.explain("u0", "i1", k=3)
     assert len(out) == 3 and np.isfinite(out["contribution"]).all()
+
+
+def test_predict_return_std_through_the_facade() -> None:
+    # the facade's std is posterior_std over the stored samples; a non-Gibbs model refuses
+    data, _ = torchmf.datasets.synthetic(n_users=30, n_items=20, n_interactions=300, rank=2, noise=0.1, seed=4)
+    model = MatrixFactorization(solver="gibbs", samples=5, burn_in=3, thin=1, verbose=False, device="cpu").fit(data)
+    users, items = data.user_map.raw(data.users[:10]), data.item_map.raw(data.items[:10])
+    mean, std = model.predict(users, items, return_std=True)
+    np.testing.assert_array_equal(mean, model.predict(users, items))
+    assert std.shape == (10,) and np.all(std >= 0)
+    one = model.predict(users[0], items[0], return_std=True)
+    assert one[1] == pytest.approx(float(std[0]))
+    _, fallback_std = model.predict([users[0]], ["nope"], unknown="fallback", return_std=True)
+    assert np.isnan(fallback_std[0])
+    with pytest.raises(ValueError, match="solver='gibbs'"):
+        MatrixFactorization(factors=2, epochs=1, verbose=False).fit(data).predict(users, items, return_std=True)
