@@ -210,6 +210,11 @@ FIELD_ATTACKS = {
     "missing-bias-tensor": (lambda m: m["tensors"].pop("user_bias.weight"), "tensors"),
     "bias-shape": (_set(("tensors", "user_bias.weight", "shape"), [12, 2]), "user_bias"),
     "missing-field": (lambda m: m.pop("item_ids"), "missing field"),
+    # the ranking component of a rating model (torchmf.estimator.ranker)
+    "ranker-shape": (_set(("tensors", "ranker.item_embs.weight", "shape"), [9, 99]), "ranker.item_embs"),
+    "ranker-without-extras": (lambda m: m["extras"].pop("ranker"), "ranker"),
+    "ranker-half": (lambda m: m["tensors"].pop("ranker.user_embs.weight"), "tensors"),
+    "unknown-feature-tensor": (_set(("tensors", "evil.weight"), {"shape": [1], "dtype": "float32"}), "tensors"),
 }
 
 

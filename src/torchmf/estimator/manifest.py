@@ -52,6 +52,7 @@ _SHA_RE = re.compile(r"[0-9a-f]{64}\Z")
 _EMB = ("user_embs.weight", "item_embs.weight")
 _BIAS = ("user_bias.weight", "item_bias.weight", "global_bias")
 _SEEN = ("seen_indptr", "seen_indices")
+_RANKER = ("ranker.user_embs.weight", "ranker.item_embs.weight")
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,10 @@ def _shapes(meta: dict[str, Any], n_users: int, n_items: int, where: Any) -> dic
     expected = set(_EMB + _SEEN + (_BIAS if biases else ()) + ("seen_values",))
     if meta["format_version"] == 1 and "seen_values" not in spec:  # version 1 files before the values were kept
         expected.discard("seen_values")
+    if any(isinstance(k, str) and k.startswith("ranker.") for k in spec):  # the ranking component (estimator.ranker)
+        expected |= set(_RANKER)
+        _need(isinstance(meta.get("extras", {}).get("ranker"), dict), where,
+              "ranker tensors without a 'ranker' entry in extras")
     _need(set(spec) == expected, where, f"tensors {sorted(spec)} differ from the expected {sorted(expected)}")
     shapes: dict[str, tuple[int, ...]] = {}
     for name, s in spec.items():
@@ -230,7 +235,10 @@ def _shapes(meta: dict[str, Any], n_users: int, n_items: int, where: Any) -> dic
     d = shapes["user_embs.weight"][1] if len(shapes["user_embs.weight"]) == 2 else -1
     _need(d >= 1, where, "user_embs.weight must be (n_users, factors) with factors >= 1")
     nnz = shapes["seen_indices"][0] if len(shapes["seen_indices"]) == 1 else -1
+    r = shapes.get("ranker.user_embs.weight", (0, 0))
+    r = r[1] if len(r) == 2 and r[1] >= 1 else -1
     want_shapes = {"user_embs.weight": (n_users, d), "item_embs.weight": (n_items, d),
+                   "ranker.user_embs.weight": (n_users, r), "ranker.item_embs.weight": (n_items, r),
                    "user_bias.weight": (n_users, 1), "item_bias.weight": (n_items, 1), "global_bias": (),
                    "seen_indptr": (n_users + 1,), "seen_indices": (nnz,), "seen_values": (nnz,)}
     for name, shape in shapes.items():
