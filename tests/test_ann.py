@@ -245,9 +245,10 @@ def test_model_saves_and_loads_its_index(tmp_path, fitted, monkeypatch):
     monkeypatch.setattr(ann_io, "import_faiss", no_faiss)
     assert torchmf.load(tmp_path / "m", device="cpu").index_ is None
     monkeypatch.undo()
-    data = bytearray((tmp_path / "m" / "index.hnsw.faiss").read_bytes())
+    stored = _stored(tmp_path / "m", "index.hnsw.faiss")
+    data = bytearray(stored.read_bytes())
     data[-5] ^= 0xFF
-    (tmp_path / "m" / "index.hnsw.faiss").write_bytes(bytes(data))
+    stored.write_bytes(bytes(data))
     with pytest.raises(ModelFileError, match="checksum"):
         torchmf.load(tmp_path / "m", device="cpu")
 
@@ -273,7 +274,7 @@ def test_cli_index_builds_saves_and_recommend_uses_it(tmp_path, fitted, capsys, 
     out = json.loads(capsys.readouterr().out)
     assert out["items"] == len(fitted.item_map) and out["m"] == 8
     assert out["recall_at_10"] == 1.0 and out["recall_queries"] == 50
-    assert (folder / "index.hnsw.faiss").exists()
+    assert _stored(folder, "index.hnsw.faiss").exists()
     user = str(fitted.user_map.raw(np.array([0]))[0])
     assert main(["recommend", str(folder), "--user", user, "-k", "5", "--format", "json"]) == 0
     exact = json.loads(capsys.readouterr().out)
@@ -289,6 +290,11 @@ def test_cli_index_builds_saves_and_recommend_uses_it(tmp_path, fitted, capsys, 
     with pytest.raises(SystemExit) as exc:
         main(["index", "--help"])
     assert exc.value.code == 0 and "--ef-construction" in capsys.readouterr().out
+
+
+def _stored(folder, name):
+    """Where a model folder keeps its file ``name``: content-addressed, named in the manifest's ``files``."""
+    return folder / json.loads((folder / "torchmf.json").read_text())["files"][name]["file"]
 
 
 def _without_index(model):

@@ -260,6 +260,7 @@ class MatrixFactorization(PredictMixin, RankingMixin, FoldInMixin):
         self.history_, self.best_epoch_ = history, best
         self.extras_: dict[str, Any] = dict(extras or {})
         self.index_ = None  # an approximate index of other item factors would be stale
+        self.files_: dict[str, bytes] = {}  # extra files saved with the model (a refit drops them)
 
     def _set_seen(self, users: np.ndarray, items: np.ndarray, values: np.ndarray) -> None:
         from torchmf.data.csr import csr_order
@@ -340,7 +341,7 @@ class MatrixFactorization(PredictMixin, RankingMixin, FoldInMixin):
             seen_indptr=self.seen_indptr_, seen_indices=self.seen_indices_, seen_values=self.seen_values_,
             rating_range=self.rating_range_,
             implicit=self.implicit_, history=list(self.history_), best_epoch=self.best_epoch_,
-            extras=dict(self.extras_), index=self.index_,
+            extras=dict(self.extras_), index=self.index_, files=dict(self.files_),
         )
 
     @classmethod
@@ -352,6 +353,7 @@ class MatrixFactorization(PredictMixin, RankingMixin, FoldInMixin):
                      state.implicit, state.rating_range, list(state.history), state.best_epoch, state.extras, ranker)
         est.seen_indptr_, est.seen_indices_, est.seen_values_ = state.seen_indptr, state.seen_indices, state.seen_values
         est.index_ = state.index
+        est.files_ = dict(state.files)
         return est
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:

@@ -117,12 +117,13 @@ class RankingMixin:
 
         Returns
         -------
-        items : numpy.ndarray of int64, shape (B, k)
-            Best first; -1 pads rows with fewer than ``k`` eligible items.
-        scores : numpy.ndarray of float32, shape (B, k)
+        items : numpy.ndarray of int64, shape (B, min(k, n_items))
+            Best first; -1 pads rows with fewer eligible items. ``k`` beyond
+            the catalogue is clamped to it (no row can hold more).
+        scores : numpy.ndarray of float32, shape (B, min(k, n_items))
             ``-inf`` where padded.
         """
-        k = check_k(k)
+        k = min(check_k(k), len(self.item_map))
         user_indices = np.asarray(user_indices, dtype=np.int64)
         if exclude_seen:
             seen = csr_rows(self.seen_indptr_, self.seen_indices_, user_indices)

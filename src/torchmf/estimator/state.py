@@ -57,6 +57,9 @@ class ModelState:
     index : Index or None
         An approximate index over the item factors (``MatrixFactorization.build_index``),
         saved beside the weights with its checksum in the metadata.
+    files : dict of str to bytes
+        Extra files stored with the model, by name (the ANN index travels as ``index``);
+        checksummed and committed atomically with the weights.
     """
 
     params: dict[str, Any]
@@ -73,6 +76,7 @@ class ModelState:
     best_epoch: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     index: Index | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:

@@ -25,7 +25,7 @@ from torchmf.errors import ModelFileError
 from torchmf.retrieval.ann_common import import_faiss
 from torchmf.retrieval.hnsw import HNSWIndex
 
-__all__ = ["INDEX_FORMAT", "load_index", "save_index"]
+__all__ = ["INDEX_FORMAT", "index_files", "index_from_files", "index_names", "load_index", "save_index"]
 
 INDEX_FORMAT = "torchmf-ann-index"
 INDEX_FORMAT_VERSION = 1
@@ -43,27 +43,23 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_index(index: HNSWIndex, folder: str | os.PathLike) -> dict[str, Any]:
-    """Write ``index`` into ``folder`` (which must exist) and return its manifest entry.
+def index_files(index: HNSWIndex) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The manifest entry of ``index`` and its files' content, by file name.
 
-    Parameters
-    ----------
-    index : HNSWIndex
-    folder : path
-        The model folder; the index files are replaced atomically if present.
+    The model's save stores the files (content-addressed, committed atomically
+    with the weights); :func:`index_from_files` reads them back.
 
     Returns
     -------
-    dict
+    entry : dict
         JSON-able: ``kind``, ``format_version``, ``file``, ``sha256``, ``meta_file``,
         ``meta_sha256``, ``n_items``, ``dim``, ``has_bias``, ``info`` (parameters, recall).
+    files : dict of str to bytes
+        ``{entry["file"]: graph and vectors, entry["meta_file"]: description}``.
     """
     if not isinstance(index, HNSWIndex):
         raise TypeError(f"only HNSW indexes are saved, got {type(index).__name__}")
     faiss = import_faiss()
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelFileError(f"{folder}: not a folder")
     data_name, meta_name = _names(index.kind)
     meta = {
         "format": INDEX_FORMAT,
@@ -75,27 +71,45 @@ def save_index(index: HNSWIndex, folder: str | os.PathLike) -> dict[str, Any]:
         "info": index.info,
     }
     meta_bytes = json.dumps(meta, indent=1, allow_nan=False).encode()
-    tmp_data, tmp_meta = folder / f".{data_name}.tmp", folder / f".{meta_name}.tmp"
-    try:
-        faiss.write_index(index.faiss_index, str(tmp_data))
-        tmp_meta.write_bytes(meta_bytes)
-        entry = {
-            "kind": index.kind,
-            "format_version": INDEX_FORMAT_VERSION,
-            "file": data_name,
-            "sha256": _sha256_file(tmp_data),
-            "meta_file": meta_name,
-            "meta_sha256": hashlib.sha256(meta_bytes).hexdigest(),
-            "n_items": index.n_items,
-            "dim": index.dim,
-            "has_bias": index.has_bias,
-            "info": index.info,
-        }
-        os.replace(tmp_data, folder / data_name)
-        os.replace(tmp_meta, folder / meta_name)
-    finally:
-        for p in (tmp_data, tmp_meta):
-            p.unlink(missing_ok=True)
+    data = faiss.serialize_index(index.faiss_index).tobytes()
+    entry = {
+        "kind": index.kind,
+        "format_version": INDEX_FORMAT_VERSION,
+        "file": data_name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "meta_file": meta_name,
+        "meta_sha256": hashlib.sha256(meta_bytes).hexdigest(),
+        "n_items": index.n_items,
+        "dim": index.dim,
+        "has_bias": index.has_bias,
+        "info": index.info,
+    }
+    return entry, {data_name: data, meta_name: meta_bytes}
+
+
+def save_index(index: HNSWIndex, folder: str | os.PathLike) -> dict[str, Any]:
+    """Write ``index`` into ``folder`` (which must exist) and return its manifest entry.
+
+    Model saves go through :func:`index_files` instead (atomic with the weights);
+    this writes the two files of :func:`index_files` under their own names.
+
+    Parameters
+    ----------
+    index : HNSWIndex
+    folder : path
+        The index files are replaced atomically if present.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFileError(f"{folder}: not a folder")
+    entry, files = index_files(index)
+    for name, data in files.items():
+        tmp = folder / f".{name}.tmp"
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
     return entry
 
 
@@ -109,13 +123,24 @@ def _read_checked(path: Path, sha256: Any) -> bytes:
     return data
 
 
+def index_names(entry: Any) -> tuple[str, str]:
+    """The two file names a manifest entry must name (raises ModelFileError for anything else)."""
+    if not isinstance(entry, dict) or entry.get("kind") != HNSWIndex.kind:
+        kind = entry.get("kind") if isinstance(entry, dict) else entry
+        raise ModelFileError(f"unsupported index kind {kind!r} in the manifest")
+    data_name, meta_name = _names(HNSWIndex.kind)
+    if entry.get("file") != data_name or entry.get("meta_file") != meta_name:
+        raise ModelFileError(f"manifest names index files {entry.get('file')!r}, {entry.get('meta_file')!r}")
+    return data_name, meta_name
+
+
 def load_index(folder: str | os.PathLike, entry: dict[str, Any]) -> HNSWIndex:
     """Read the index that :func:`save_index` wrote, after checking both files' SHA-256.
 
     Parameters
     ----------
     folder : path
-        The model folder.
+        The folder holding the files.
     entry : dict
         What :func:`save_index` returned (as stored in the model's manifest).
 
@@ -127,17 +152,41 @@ def load_index(folder: str | os.PathLike, entry: dict[str, Any]) -> HNSWIndex:
         faiss is not installed.
     """
     folder = Path(folder)
-    if not isinstance(entry, dict) or entry.get("kind") != HNSWIndex.kind:
-        kind = entry.get("kind") if isinstance(entry, dict) else entry
-        raise ModelFileError(f"{folder}: unsupported index kind {kind!r} in the manifest")
-    data_name, meta_name = _names(HNSWIndex.kind)
-    if entry.get("file") != data_name or entry.get("meta_file") != meta_name:
-        raise ModelFileError(f"{folder}: manifest names index files {entry.get('file')!r}, {entry.get('meta_file')!r}")
-    meta_raw = _read_checked(folder / meta_name, entry.get("meta_sha256"))
-    data = _read_checked(folder / data_name, entry.get("sha256"))
+    try:
+        data_name, meta_name = index_names(entry)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{folder}: {exc}") from None
+    files = {meta_name: _read_checked(folder / meta_name, entry.get("meta_sha256")),
+             data_name: _read_checked(folder / data_name, entry.get("sha256"))}
+    return index_from_files(entry, files, folder)
+
+
+def index_from_files(entry: dict[str, Any], files: dict[str, bytes], where: Any) -> HNSWIndex:
+    """The index described by manifest ``entry`` from its files' content (:func:`index_files`).
+
+    Raises
+    ------
+    ModelFileError
+        Naming ``where``: a file missing from ``files``, not matching its
+        checksum, or disagreeing with the entry.
+    ImportError
+        faiss is not installed.
+    """
+    folder = Path(where)
+    try:
+        data_name, meta_name = index_names(entry)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{folder}: {exc}") from None
+    for name, key in ((data_name, "sha256"), (meta_name, "meta_sha256")):
+        if name not in files:
+            raise ModelFileError(f"{folder / name}: index file is missing")
+        if not isinstance(entry.get(key), str) or hashlib.sha256(files[name]).hexdigest() != entry[key]:
+            raise ModelFileError(f"{folder / name}: checksum does not match the model's manifest "
+                                 "(file changed or truncated)")
+    meta_raw, data = files[meta_name], files[data_name]
     try:
         meta = json.loads(meta_raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ModelFileError(f"{folder / meta_name}: not valid JSON") from None
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
         raise ModelFileError(f"{folder / meta_name}: not a torchmf index description")

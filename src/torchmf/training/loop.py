@@ -18,7 +18,7 @@ from torchmf.data.interactions import Interactions
 from torchmf.device import check_memory, thread_policy
 from torchmf.nn.mf import MFModel
 from torchmf.solvers import get_solver
-from torchmf.training.monitor import Monitor
+from torchmf.training.monitor import Monitor, baseline_loss, divergence_cause
 from torchmf.training.validation import VAL_K, RankingValidation, Validation
 
 __all__ = ["fit_model", "new_model"]
@@ -44,6 +44,12 @@ def new_model(data: Interactions, hp: dict[str, Any], device: torch.device) -> M
             model.global_bias.fill_(float(np.mean(data.values, dtype=np.float64)))
     model.requires_grad_(False)  # solvers update weights by hand
     return model.to(device)
+
+
+def _pair(data: Interactions, j: int) -> str:
+    """Interaction ``j`` as "user U, item I" with raw ids."""
+    user, item = data.user_map.raw([data.users[j]]).tolist()[0], data.item_map.raw([data.items[j]]).tolist()[0]
+    return f"user {user!r}, item {item!r}"
 
 
 def _kernel_work(hp: dict[str, Any], n_interactions: int) -> int:
@@ -117,6 +123,8 @@ def fit_model(
         higher_is_better=solver_cls.ranking,
         patience=hp["early_stopping"],
         divergence_hint=solver.divergence_hint(),
+        baseline=baseline_loss(data.values, hp, data.n_items, solver_cls.ranking),
+        cause=lambda: divergence_cause(data.values, lambda j: _pair(data, j), hp),
         verbose=hp["verbose"],
         desc=f"torchmf {hp['loss']}/{hp['solver']}" if solver_cls.ranking else f"torchmf {hp['solver']}",
     )
