@@ -40,7 +40,7 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from torchmf import __version__
-    from torchmf.cli import demo, fit, query, tune
+    from torchmf.cli import demo, fit, query, serve, tune
 
     parser = argparse.ArgumentParser(
         prog="torchmf",
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_parsers(sub, parents)
     tune.add_parsers(sub, parents)
     demo.add_parser(sub, parents)
+    serve.add_parser(sub, parents)
     return parser
 
 

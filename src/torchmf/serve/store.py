@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import inspect
 import logging
 import os
 import threading
@@ -158,7 +159,7 @@ class ModelStore:
 
         before = model_checksum(self.model_dir)
         kwargs: dict[str, Any] = {"device": self.device}
-        if self.mmap:
+        if self.mmap and "mmap" in inspect.signature(torchmf.load).parameters:
             kwargs["mmap"] = True
         model = torchmf.load(self.model_dir, **kwargs)
         after = model_checksum(self.model_dir)
