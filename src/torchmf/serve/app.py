@@ -246,7 +246,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in errors[:20]]
-        return JSONResponse({"error": _describe(errors[0]) if errors else "invalid request", "detail": detail}, 422)
+        return JSONResponse({"error": _describe(errors), "detail": detail}, 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -275,12 +275,28 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": "internal server error"}, 500)
 
 
-def _describe(err: dict[str, Any]) -> str:
-    """'query parameter 'k': Input should be ...' from one pydantic error."""
-    loc = [str(p) for p in err.get("loc", ())]
-    msg = str(err.get("msg", "invalid"))
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "tuple", "none", "dict[str,float]"}
+
+
+def _clean_loc(loc: Any) -> tuple[str, ...]:
+    """The error location without pydantic's union-member tags (``'str'``, ``'list[...]'``, ...)."""
+    return tuple(
+        str(p) for p in loc
+        if not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p or p.startswith("function-")))
+    )
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    """'query parameter 'k': Input should be ...' from pydantic's errors (the first location)."""
+    if not errors:
+        return "invalid request"
+    err = errors[0]
     if err.get("type") == "json_invalid":
-        return f"request body is not valid JSON: {err.get('ctx', {}).get('error', msg)}"
+        return f"request body is not valid JSON: {err.get('ctx', {}).get('error', err.get('msg'))}"
+    loc = _clean_loc(err.get("loc", ()))
+    # a union gives one error per member at the same place: say all of them
+    msgs = list(dict.fromkeys(str(e.get("msg", "invalid")) for e in errors if _clean_loc(e.get("loc", ())) == loc))
+    msg = ", or ".join(msgs)
     if not loc:
         return msg
     where, rest = loc[0], loc[1:]
@@ -291,4 +307,3 @@ def _describe(err: dict[str, Any]) -> str:
         return f"request body: {msg}" if where == "body" else f"{kind}: {msg}"
     name = rest[0] + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in rest[1:])
     return f"{kind} {name!r}: {msg}"
-

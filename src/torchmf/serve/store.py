@@ -157,7 +157,10 @@ class ModelStore:
         """Load and check the model in ``model_dir`` (raises on any problem)."""
         import torchmf
 
-        before = model_checksum(self.model_dir)
+        try:
+            before: str | None = model_checksum(self.model_dir)
+        except OSError:  # let the loader say what is missing
+            before = None
         kwargs: dict[str, Any] = {"device": self.device}
         if self.mmap and "mmap" in inspect.signature(torchmf.load).parameters:
             kwargs["mmap"] = True
