@@ -48,6 +48,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     g.add_argument("--watch-interval", type=float, default=1.0, metavar="S", help="seconds between checks (default 1)")
     g.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for (default 1000)")
     g.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    g.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process (default 1: requests run concurrently already; 0 = torch's default)")
     g.add_argument("--batch-wait-ms", type=float, default=1.0, metavar="MS",
                    help="how long concurrent top-K requests are gathered into one batch (default 1 ms)")
     p.set_defaults(func=serve)
@@ -69,6 +71,8 @@ def serve(args: argparse.Namespace) -> int:
     for flag in ("max_k", "max_body_bytes"):
         if getattr(args, flag) <= 0:
             raise common.CLIError(f"--{flag.replace('_', '-')} must be positive")
+    if args.threads < 0:
+        raise common.CLIError(f"--threads must be >= 0, got {args.threads}")
     if args.batch_wait_ms < 0 or not args.watch_interval > 0:
         raise common.CLIError("--batch-wait-ms must be >= 0 and --watch-interval positive")
     api_key_from_env(args.api_key_env)  # an empty key is an error before anything listens
@@ -88,7 +92,7 @@ def serve(args: argparse.Namespace) -> int:
               flush=True)
 
     try:
-        server.serve(config, sock, workers=args.workers, on_ready=ready)
+        server.serve(config, sock, workers=args.workers, on_ready=ready, threads=args.threads)
     finally:
         sock.close()
     return 0

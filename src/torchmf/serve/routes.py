@@ -84,10 +84,10 @@ def add_routes(
         if item:
             cands = list(dict.fromkeys(m.item_map.resolve(t) for t in item))
             df = await run_in_threadpool(m.recommend, raw, k, exclude_seen, cands)
-            return JSONResponse({"user": raw, "items": _scored(lm, df["item"].tolist(), df["score"].to_numpy())})
+            return _json(lm, {"user": raw, "items": _scored(lm, df["item"].tolist(), df["score"].to_numpy())})
         items, scores = await batcher.top_k(m, m.user_map.index(raw), k, exclude_seen)
         keep = items >= 0
-        return JSONResponse({"user": raw, "items": _scored(lm, m.item_map.raw(items[keep]).tolist(), scores[keep])})
+        return _json(lm, {"user": raw, "items": _scored(lm, m.item_map.raw(items[keep]).tolist(), scores[keep])})
 
     @router.post("/recommend", response_model=BatchRecommendations, responses=_NOT_FOUND, tags=["recommend"])
     async def recommend_users(lm: Model, body: RecommendRequest) -> Any:
@@ -101,7 +101,7 @@ def add_routes(
             keep = items[j] >= 0
             ranked = m.item_map.raw(items[j][keep]).tolist()
             results.append({"user": raw, "items": _scored(lm, ranked, scores[j][keep])})
-        return JSONResponse({"results": results})
+        return _json(lm, {"results": results})
 
     @router.post("/recommend/session", response_model=SessionRecommendations, responses=_NOT_FOUND,
                  tags=["recommend"])
@@ -122,7 +122,7 @@ def add_routes(
         else:
             given = list(dict.fromkeys(m.item_map.resolve(t) for t in body.interactions))
         df = await run_in_threadpool(recommend_for, m, given, body.k)
-        return JSONResponse({"items": _scored(lm, df["item"].tolist(), df["score"].to_numpy())})
+        return _json(lm, {"items": _scored(lm, df["item"].tolist(), df["score"].to_numpy())})
 
     @router.get("/predict", response_model=Prediction, responses=_NOT_FOUND, tags=["predict"])
     async def predict_one(
@@ -133,7 +133,7 @@ def add_routes(
         """The model's score (predicted rating, for explicit models) of one (user, item) pair."""
         m = lm.model
         u, i = m.user_map.resolve(user), m.item_map.resolve(item)
-        return JSONResponse({"user": u, "item": i, "score": _num(float(m.predict(u, i)))})
+        return _json(lm, {"user": u, "item": i, "score": _num(float(m.predict(u, i)))})
 
     @router.post("/predict", response_model=Predictions, responses=_NOT_FOUND, tags=["predict"])
     async def predict_many(lm: Model, body: PredictRequest) -> Any:
@@ -142,7 +142,7 @@ def add_routes(
         users = [m.user_map.resolve(u) for u, _ in body.pairs]
         items = [m.item_map.resolve(i) for _, i in body.pairs]
         scores = await run_in_threadpool(m.predict, users, items)
-        return JSONResponse({"predictions": [
+        return _json(lm, {"predictions": [
             {"user": u, "item": i, "score": _num(s)} for u, i, s in zip(users, items, np.asarray(scores).tolist(),
                                                                         strict=True)
         ]})
@@ -157,12 +157,12 @@ def add_routes(
         title = _title(lm, raw)
         if title is not None:
             out["title"] = title
-        return JSONResponse(out)
+        return _json(lm, out)
 
     @router.get("/model", response_model=ModelInfo, tags=["model"])
     async def model_info(lm: Model) -> Any:
         """Hyperparameters, sizes, training summary, checksum, version and load time of the serving model."""
-        return JSONResponse(_model_info(lm, model_dir))
+        return _json(lm, _model_info(lm, model_dir))
 
     @router.get("/items", response_model=ItemSearchResult, tags=["search"])
     async def search_items(
@@ -171,7 +171,7 @@ def add_routes(
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> Any:
         """Items whose id or title contains ``q`` (case-insensitive)."""
-        return JSONResponse({"items": lm.extras["search"].find(q, limit)})
+        return _json(lm, {"items": lm.extras["search"].find(q, limit)})
 
     @router.get("/users", response_model=UserSearchResult, tags=["search"])
     async def search_users(
@@ -183,7 +183,7 @@ def add_routes(
         ids = lm.model.user_map.ids
         ql = q.strip().lower()
         hits = [u for u in ids if ql in str(u).lower()][:limit] if ql else ids[:limit]
-        return JSONResponse({"users": hits})
+        return _json(lm, {"users": hits})
 
 
 
@@ -245,3 +245,8 @@ def _model_info(lm: LoadedModel, model_dir: str) -> dict[str, Any]:
         "hyperparameters": {k: v for k, v in m.effective_params.items() if k != "verbose"},
         "training": training,
     })
+
+
+def _json(lm: LoadedModel, body: dict[str, Any]) -> JSONResponse:
+    """The response, with header ``X-Model-Version`` naming the model that computed it."""
+    return JSONResponse(body, headers={"X-Model-Version": lm.version})
