@@ -298,3 +298,23 @@ def test_batcher_scores_concurrent_requests_in_one_call(model):
         want_items, want_scores = model.top_k(np.array([u]), 3 + u % 4, exclude_seen=u % 2 == 0)
         np.testing.assert_array_equal(items, want_items[0])
         np.testing.assert_allclose(scores, want_scores[0], rtol=1e-5)
+
+
+def test_k_above_the_catalogue_returns_every_eligible_item(model_dir, model):
+    with TestClient(create_app(model_dir, load="now")) as c:  # default max_k 1000 > 80 items
+        got = c.get("/v1/recommend/2", params={"k": 1000}).json()["items"]
+        n_seen = len(model.seen_items(model.user_map.index(2)))
+        assert len(got) == 80 - n_seen
+        assert len(c.get("/v1/similar/2", params={"k": 1000}).json()["items"]) == 79
+
+
+def test_implicit_model_session_from_a_list(tmp_path):
+    model = train_small(seed=2, implicit=True)
+    save(model, tmp_path / "implicit")
+    with TestClient(create_app(tmp_path / "implicit", load="now")) as c:
+        info = c.get("/v1/model").json()
+        assert info["feedback"] == "implicit" and info["ranking_scores"] and info["rating_range"] is None
+        r = c.post("/v1/recommend/session", json={"interactions": [4, "5", 6], "k": 5})
+        assert r.status_code == 200, r.text
+        want = model.recommend_for([4, 5, 6], k=5)
+        assert [e["item"] for e in r.json()["items"]] == want["item"].tolist()

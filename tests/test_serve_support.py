@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import threading
 import time
 from collections.abc import Iterator
@@ -31,8 +30,7 @@ def train_small(seed: int = 0, implicit: bool = False, **params: Any) -> torchmf
 
 def save(model: Any, path: Path) -> None:
     """Save over whatever is at ``path`` (an atomic rename, as a trainer would)."""
-    kwargs = {"overwrite": True} if "overwrite" in inspect.signature(model.save).parameters else {}
-    model.save(path, **kwargs)
+    model.save(path, overwrite=True)
 
 
 @contextlib.contextmanager

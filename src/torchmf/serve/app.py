@@ -55,7 +55,7 @@ class ServeConfig:
         Load the model in :func:`create_app` (errors raise there) or on a
         background thread at startup (``/health/ready`` says 503 until done).
     mmap : bool
-        Memory-map the weights (``--workers``), where the loader supports it.
+        Memory-map the weights (``--workers``: processes share one copy).
     batch_wait : float
         Seconds the top-K micro-batcher waits for company (default 1 ms).
     max_batch : int

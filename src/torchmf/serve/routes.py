@@ -26,7 +26,6 @@ from torchmf.serve.schemas import (
     UserRecommendations,
     UserSearchResult,
 )
-from torchmf.serve.session import recommend_for
 from torchmf.serve.store import LoadedModel
 
 __all__ = ["Prefixed", "add_routes"]
@@ -121,7 +120,7 @@ def add_routes(
                 given[raw] = value
         else:
             given = list(dict.fromkeys(m.item_map.resolve(t) for t in body.interactions))
-        df = await run_in_threadpool(recommend_for, m, given, body.k)
+        df = await run_in_threadpool(lambda: m.recommend_for(given, k=body.k, exclude_seen=True))
         return _json(lm, {"items": _scored(lm, df["item"].tolist(), df["score"].to_numpy())})
 
     @router.get("/predict", response_model=Prediction, responses=_NOT_FOUND, tags=["predict"])
@@ -230,7 +229,7 @@ def _model_info(lm: LoadedModel, model_dir: str) -> dict[str, Any]:
         training["last_epoch"] = hist[-1]
         if best is not None and 1 <= best <= len(hist):
             training["best"] = hist[best - 1]
-    ranking = bool(m.is_ranking if hasattr(m, "is_ranking") else m._ranks_only())  # is_ranking: after the seams
+    ranking = bool(m.is_ranking)
     return _plain({
         "version": lm.version,
         "checksum": f"sha256:{lm.checksum}",

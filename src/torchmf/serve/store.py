@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import inspect
 import logging
 import os
 import threading
@@ -93,8 +92,7 @@ class ModelStore:
     device : str
         Where to load the weights ("cpu", "auto", "cuda", ...).
     mmap : bool
-        Memory-map the weights (shared between worker processes) where the
-        loader supports it.
+        Memory-map the weights (worker processes share one copy).
     on_event : callable, optional
         ``on_event(kind, loaded_or_error)`` after each load: kind is
         ``"loaded"`` or ``"failed"``; used for metrics.
@@ -161,10 +159,7 @@ class ModelStore:
             before: str | None = model_checksum(self.model_dir)
         except OSError:  # let the loader say what is missing
             before = None
-        kwargs: dict[str, Any] = {"device": self.device}
-        if self.mmap and "mmap" in inspect.signature(torchmf.load).parameters:
-            kwargs["mmap"] = True
-        model = torchmf.load(self.model_dir, **kwargs)
+        model = torchmf.load(self.model_dir, device=self.device, mmap=self.mmap)
         after = model_checksum(self.model_dir)
         if before != after:  # a save landed while we read: the files may be from two models
             raise TorchMFError(f"{self.model_dir}: model changed while loading; will retry")
