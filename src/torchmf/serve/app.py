@@ -142,7 +142,7 @@ def create_app(
 
     store = ModelStore(config.model_dir, config.device, config.mmap, on_event=metrics.model_event, prepare=prepare)
     if config.load == "now":
-        store.load()
+        store.load(log_failure=False)  # the caller sees the exception
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -111,9 +111,15 @@ def serve(
     worker_config = _to_json(dataclasses.replace(config, load="now", mmap=True))
     os.environ[_ENV] = json.dumps({"threads": threads, "config": worker_config})
     ucfg = _uvicorn_config("torchmf.serve.server:app_from_env", workers, log_level, factory=True)
-    if on_ready is not None:
-        on_ready(url)
-    Multiprocess(ucfg, target=uvicorn.Server(ucfg).run, sockets=[sock]).run()
+
+    class _Supervisor(Multiprocess):
+        def init_processes(self) -> None:
+            super().init_processes()
+            ready = all(p.wait_until_ready(120, self.should_exit) for p in self.processes)
+            if ready and on_ready is not None:
+                on_ready(url)
+
+    _Supervisor(ucfg, sockets=[sock]).run()
 
 
 def app_from_env() -> Any:

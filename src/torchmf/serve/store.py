@@ -167,8 +167,13 @@ class ModelStore:
         extras = {} if self._prepare is None else self._prepare(model)
         return LoadedModel(model=model, checksum=after, loaded_at=time.time(), extras=extras)
 
-    def load(self) -> LoadedModel:
+    def load(self, log_failure: bool = True) -> LoadedModel:
         """Load the model now, swap it in and return it.
+
+        Parameters
+        ----------
+        log_failure : bool
+            Log a failure as an error (off when the caller reports the raised error itself).
 
         Raises
         ------
@@ -182,7 +187,7 @@ class ModelStore:
             try:
                 new = self._read()
             except Exception as exc:
-                self._failed(exc, stat_before)
+                self._failed(exc, stat_before, log_failure)
                 raise
             finally:
                 self.loading = False
@@ -200,13 +205,14 @@ class ModelStore:
                 self._on_event("loaded", new)
             return new
 
-    def _failed(self, exc: BaseException, stat_before: tuple[int, int, int] | None) -> None:
+    def _failed(self, exc: BaseException, stat_before: tuple[int, int, int] | None, log_failure: bool) -> None:
         msg = " ".join(f"{type(exc).__name__}: {exc}".split())
         self.last_error, self.last_error_at = msg, time.time()
         if self._current is not None:
             self.failed_reloads += 1
-            log.error("reload of %s failed; still serving %s: %s", self.model_dir, self._current.version, msg)
-        else:
+            if log_failure:
+                log.error("reload of %s failed; still serving %s: %s", self.model_dir, self._current.version, msg)
+        elif log_failure:
             log.error("loading %s failed: %s", self.model_dir, msg)
         # remember which files failed so --watch does not retry them every poll,
         # unless the files changed under us (a save racing the load): then retry
