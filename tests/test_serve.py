@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from test_serve_support import API_KEY, save, train_small
 from torchmf.serve import Limits, create_app
-from torchmf.serve.batcher import TopKBatcher
+from torchmf.serve.batcher import MicroBatcher
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +284,7 @@ def test_explorer_page_is_served(client):
 # ---------------------------------------------------------------------- micro-batching
 def test_batcher_scores_concurrent_requests_in_one_call(model):
     sizes = []
-    batcher = TopKBatcher(max_wait=0.2, on_batch=sizes.append)  # a long window: all 12 arrive within it
+    batcher = MicroBatcher(max_wait=0.2, on_batch=sizes.append)  # a long window: all 12 arrive within it
 
     async def many():
         return await asyncio.gather(*[batcher.top_k(model, u, 3 + u % 4, exclude_seen=u % 2 == 0) for u in range(12)])

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from torchmf.errors import TorchMFError, UnknownIdError
 from torchmf.serve import routes
-from torchmf.serve.batcher import TopKBatcher
+from torchmf.serve.batcher import MicroBatcher
 from torchmf.serve.catalogue import ItemSearch, read_catalogue
 from torchmf.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics, ServeMiddleware
 from torchmf.serve.schemas import Error, Health, Limits, ReloadResult, build_schemas
@@ -132,7 +132,7 @@ def create_app(
         raise TypeError("give either config or model_dir and options, not both")
     api_key = api_key_from_env(config.api_key_env)
     metrics = ServeMetrics()
-    batcher = TopKBatcher(config.batch_wait, config.max_batch, on_batch=metrics.batch_size.observe)
+    batcher = MicroBatcher(config.batch_wait, config.max_batch, on_batch=metrics.batch_size.observe)
 
     def prepare(model: Any) -> dict[str, Any]:
         catalogue = None
@@ -172,7 +172,7 @@ def create_app(
     app.add_middleware(ServeMiddleware, metrics=metrics, max_body_bytes=config.limits.max_body_bytes)
     _add_error_handlers(app)
 
-    def current() -> LoadedModel:
+    async def current() -> LoadedModel:  # async: FastAPI runs sync dependencies on a thread pool
         lm = store.current
         if lm is None:
             why = f" (last attempt: {store.last_error})" if store.last_error else ""
@@ -184,7 +184,7 @@ def create_app(
         header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the service's API key")
         expected = api_key.encode()
 
-        def check_key(key: str | None = Security(header)) -> None:
+        async def check_key(key: str | None = Security(header)) -> None:
             if key is None or not hmac.compare_digest(key.encode("utf-8", "surrogateescape"), expected):
                 raise HTTPException(401, "missing or wrong API key (send it in the X-API-Key header)")
 

@@ -4,6 +4,7 @@ No ``from __future__ import annotations``: FastAPI reads these annotations and
 the request models are built per app.
 """
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -12,7 +13,9 @@ from fastapi import Depends, FastAPI, Path, Query
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from torchmf.serve.batcher import TopKBatcher
+from torchmf.data.idmap import INT_PATTERN
+from torchmf.errors import UnknownIdError
+from torchmf.serve.batcher import MicroBatcher
 from torchmf.serve.schemas import (
     BatchRecommendations,
     Error,
@@ -53,7 +56,7 @@ class Prefixed:
 def add_routes(
     router: Prefixed,
     current: Callable[[], LoadedModel],
-    batcher: TopKBatcher,
+    batcher: MicroBatcher,
     limits: Limits,
     schemas: dict[str, Any],
     model_dir: str,
@@ -79,9 +82,9 @@ def add_routes(
     ) -> Any:
         """Top-k items for one user, best first: ``model.recommend(user, k)``."""
         m = lm.model
-        raw = m.user_map.resolve(user)
+        raw = _resolve(m.user_map, user)
         if item:
-            cands = list(dict.fromkeys(m.item_map.resolve(t) for t in item))
+            cands = list(dict.fromkeys(_resolve(m.item_map, t) for t in item))
             df = await run_in_threadpool(m.recommend, raw, k, exclude_seen, cands)
             return _json(lm, {"user": raw, "items": _scored(lm, df["item"].tolist(), df["score"].to_numpy())})
         items, scores = await batcher.top_k(m, m.user_map.index(raw), k, exclude_seen)
@@ -92,7 +95,7 @@ def add_routes(
     async def recommend_users(lm: Model, body: RecommendRequest) -> Any:
         """Top-k items for each of a list of users, scored as one batch."""
         m = lm.model
-        raws = [m.user_map.resolve(u) for u in body.users]
+        raws = [_resolve(m.user_map, u) for u in body.users]
         idx = m.user_map.indices(raws)
         items, scores = await run_in_threadpool(m.top_k, idx, body.k, body.exclude_seen)
         results = []
@@ -114,12 +117,12 @@ def add_routes(
         if isinstance(body.interactions, dict):
             given: Any = {}
             for text, value in body.interactions.items():
-                raw = m.item_map.resolve(text)
+                raw = _resolve(m.item_map, text)
                 if raw in given:
                     raise ValueError(f"body field 'interactions': item {text!r} appears twice")
                 given[raw] = value
         else:
-            given = list(dict.fromkeys(m.item_map.resolve(t) for t in body.interactions))
+            given = list(dict.fromkeys(_resolve(m.item_map, t) for t in body.interactions))
         df = await run_in_threadpool(lambda: m.recommend_for(given, k=body.k, exclude_seen=True))
         return _json(lm, {"items": _scored(lm, df["item"].tolist(), df["score"].to_numpy())})
 
@@ -131,15 +134,15 @@ def add_routes(
     ) -> Any:
         """The model's score (predicted rating, for explicit models) of one (user, item) pair."""
         m = lm.model
-        u, i = m.user_map.resolve(user), m.item_map.resolve(item)
-        return _json(lm, {"user": u, "item": i, "score": _num(float(m.predict(u, i)))})
+        u, i = _resolve(m.user_map, user), _resolve(m.item_map, item)
+        return _json(lm, {"user": u, "item": i, "score": _num(await batcher.predict(m, u, i))})
 
     @router.post("/predict", response_model=Predictions, responses=_NOT_FOUND, tags=["predict"])
     async def predict_many(lm: Model, body: PredictRequest) -> Any:
         """Scores of many (user, item) pairs."""
         m = lm.model
-        users = [m.user_map.resolve(u) for u, _ in body.pairs]
-        items = [m.item_map.resolve(i) for _, i in body.pairs]
+        users = [_resolve(m.user_map, u) for u, _ in body.pairs]
+        items = [_resolve(m.item_map, i) for _, i in body.pairs]
         scores = await run_in_threadpool(m.predict, users, items)
         return _json(lm, {"predictions": [
             {"user": u, "item": i, "score": _num(s)} for u, i, s in zip(users, items, np.asarray(scores).tolist(),
@@ -150,7 +153,7 @@ def add_routes(
     async def similar(lm: Model, item: Annotated[str, Path(description="item id")], k: K = 10) -> Any:
         """Items whose factors are closest (cosine) to the item's."""
         m = lm.model
-        raw = m.item_map.resolve(item)
+        raw = _resolve(m.item_map, item)
         df = await run_in_threadpool(m.similar_items, raw, k)
         out: dict[str, Any] = {"item": raw, "items": _scored(lm, df["item"].tolist(), df["score"].to_numpy())}
         title = _title(lm, raw)
@@ -184,6 +187,30 @@ def add_routes(
         hits = [u for u in ids if ql in str(u).lower()][:limit] if ql else ids[:limit]
         return _json(lm, {"users": hits})
 
+
+
+_INT = re.compile(INT_PATTERN)
+
+
+def _resolve(idmap: Any, text: Any) -> Any:
+    """``idmap.resolve(text)``, with fast paths for an exact id and a canonical integer.
+
+    (``IdMap.resolve`` lists every id to return an int match, O(n) per call;
+    these paths keep a look-up at O(1) and defer every other case to it.)
+    """
+    try:
+        idmap.index(text)
+        return text
+    except UnknownIdError:
+        pass
+    if isinstance(text, str) and _INT.fullmatch(text.strip()):
+        try:
+            n = int(text)
+            idmap.index(n)
+            return n
+        except UnknownIdError:
+            pass
+    return idmap.resolve(text)  # the other cases, and the error naming the id
 
 
 def _num(x: float) -> float | None:
