@@ -139,3 +139,27 @@ def test_a_broken_model_leaves_the_old_one_serving(tmp_path, two_models):
         assert failures is not None and float(failures.group(1)) == ready.json()["failed_reloads"]
         time.sleep(0.3)  # the watcher saw the same broken files: it does not retry them every poll
         assert httpx.get(f"{base}/health/ready").json()["failed_reloads"] == ready.json()["failed_reloads"]
+
+
+def test_a_save_landing_during_a_load_is_read_again(tmp_path, two_models, monkeypatch):
+    from torchmf.estimator.mf import MatrixFactorization
+    from torchmf.serve.store import ModelStore
+
+    old, new = two_models
+    path = tmp_path / "model"
+    save(old, path)
+    real_load = MatrixFactorization.load.__func__
+    calls = []
+
+    def racing_load(cls, folder, **kwargs):
+        model = real_load(cls, folder, **kwargs)
+        calls.append(folder)
+        if len(calls) == 1:
+            save(new, path)  # a trainer saves while the service is reading
+        return model
+
+    monkeypatch.setattr(MatrixFactorization, "load", classmethod(racing_load))
+    store = ModelStore(path, device="cpu")
+    loaded = store.load()
+    assert len(calls) == 2 and loaded.checksum == model_checksum(path)
+    assert loaded.model.recommend(3, k=5)["item"].tolist() == new.recommend(3, k=5)["item"].tolist()

@@ -151,21 +151,31 @@ class ModelStore:
         return out
 
     # ------------------------------------------------------------------ loading
-    def _read(self) -> LoadedModel:
-        """Load and check the model in ``model_dir`` (raises on any problem)."""
-        import torchmf
+    def _read(self, attempts: int = 3) -> LoadedModel:
+        """Load and check the model in ``model_dir`` (raises on any problem).
 
-        try:
-            before: str | None = model_checksum(self.model_dir)
-        except OSError:  # let the loader say what is missing
-            before = None
-        model = torchmf.load(self.model_dir, device=self.device, mmap=self.mmap)
-        after = model_checksum(self.model_dir)
-        if before != after:  # a save landed while we read: the files may be from two models
-            raise TorchMFError(f"{self.model_dir}: model changed while loading; will retry")
-        _check(model)
-        extras = {} if self._prepare is None else self._prepare(model)
-        return LoadedModel(model=model, checksum=after, loaded_at=time.time(), extras=extras)
+        A save that lands while the files are read (seen as a changed
+        ``torchmf.json``) may mix two models' files: the read starts over.
+        """
+        from torchmf.estimator.mf import MatrixFactorization
+
+        for _ in range(attempts):
+            try:
+                before: str | None = model_checksum(self.model_dir)
+            except OSError:  # let the loader say what is missing
+                before = None
+            try:
+                model = MatrixFactorization.load(self.model_dir, device=self.device, mmap=self.mmap)
+            except Exception:
+                if before is not None and _checksum_or_none(self.model_dir) != before:
+                    continue  # the files changed under the loader: read the new ones
+                raise
+            after = model_checksum(self.model_dir)
+            if before == after:
+                _check(model)
+                extras = {} if self._prepare is None else self._prepare(model)
+                return LoadedModel(model=model, checksum=after, loaded_at=time.time(), extras=extras)
+        raise TorchMFError(f"{self.model_dir}: the model files kept changing while being read ({attempts} tries)")
 
     def load(self, log_failure: bool = True) -> LoadedModel:
         """Load the model now, swap it in and return it.
@@ -275,6 +285,13 @@ class ModelStore:
             except Exception:  # recorded by _failed
                 if self._failed_checksum is None:
                     last = None  # the files changed during the load: look again at the next poll
+
+
+def _checksum_or_none(model_dir: Path) -> str | None:
+    try:
+        return model_checksum(model_dir)
+    except OSError:
+        return None
 
 
 def _check(model: Any) -> None:
