@@ -369,8 +369,9 @@ def main(argv: list[str] | None = None) -> int:
 
     head = [
         f"Command: `python benchmarks/serve_load.py {' '.join(argv)}`".rstrip(),
-        f"Machine: {machine()}; load generator in a separate process on the same machine; "
-        f"{a.clients} keep-alive clients, {a.duration:g} s per run after {a.warmup:g} s of warm-up.",
+        f"Machine: {machine()} (in this script; `torchmf serve` runs its default 1 torch thread per process). "
+        f"Load generator in a separate process on the same machine; {a.clients} keep-alive clients, "
+        f"{a.duration:g} s per run after {a.warmup:g} s of warm-up; {a.workers} server worker(s).",
         "",
         "| server | load | req/s | p50 ms | p95 ms | p99 ms | errors | requests |",
         "|---|---|---:|---:|---:|---:|---:|---:|",

@@ -87,6 +87,7 @@ class Predictions(BaseModel):
 
 class SimilarItems(BaseModel):
     item: Id
+    title: str | None = Field(None, description="present when the service was started with --items")
     items: list[ScoredItem]
 
 
