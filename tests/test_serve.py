@@ -111,6 +111,8 @@ def test_session_recommendations_fold_in_a_visitor(client, model):
 def test_session_errors(client):
     r = client.post("/v1/recommend/session", json={"interactions": {"500": 3}, "k": 3})
     assert r.status_code == 404 and r.json()["error"] == "unknown item '500'"
+    r = client.post("/v1/recommend/session", json={"interactions": ["3", "10"], "k": 3})
+    assert r.status_code == 422 and "{item: rating}" in r.json()["error"]  # an explicit model needs ratings
     r = client.post("/v1/recommend/session", json={"interactions": {}, "k": 3})
     assert r.status_code == 422 and "interactions" in r.json()["error"]
     r = client.post("/v1/recommend/session", content=b'{"interactions": {"3": NaN}}',
