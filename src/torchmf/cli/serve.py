@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from torchmf.cli import common
+from torchmf.cli import common, titles
 
 __all__ = ["add_parser"]
 
@@ -36,10 +36,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the port and a memory-mapped model")
     p.add_argument("--device", default="auto", help="where the weights live: auto, cpu, cuda, cuda:N (default auto)")
-    g = p.add_argument_group("item titles (explorer page and responses)")
-    g.add_argument("--items", metavar="ITEMS.csv", help="file with a header line: item ids and titles")
-    g.add_argument("--item-col", metavar="ID", help="column of item ids (default 'item', else the first)")
-    g.add_argument("--title-col", metavar="TITLE", help="column of titles (default 'title', else the second)")
+    titles.add_title_options(p)  # shown in responses and on the explorer page
     g = p.add_argument_group("operation")
     g.add_argument("--api-key-env", metavar="NAME", default="TORCHMF_API_KEY",
                    help="environment variable holding the API key (default TORCHMF_API_KEY); "

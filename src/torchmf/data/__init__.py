@@ -1,5 +1,6 @@
 """Data layer: interactions, id maps, readers, splits and datasets."""
 
+from torchmf.data.convert import as_interactions
 from torchmf.data.datasets import SyntheticTruth, data_home, load_movielens, load_movielens_fold, synthetic
 from torchmf.data.idmap import IdMap
 from torchmf.data.interactions import Interactions
@@ -9,6 +10,7 @@ __all__ = [
     "IdMap",
     "Interactions",
     "SyntheticTruth",
+    "as_interactions",
     "data_home",
     "load_movielens",
     "load_movielens_fold",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -19,23 +19,25 @@ import pandas as pd
 import torch
 
 from torchmf import solvers
-from torchmf.checks import is_scalar, to_id_array
+from torchmf.checks import check_k, is_scalar, to_id_array
+from torchmf.data.convert import as_interactions
 from torchmf.data.interactions import Interactions
 from torchmf.device import resolve_device
 from torchmf.errors import DataError, NotFittedError
 from torchmf.estimator import params as hparams
-from torchmf.estimator.foldin import fold_in_row
+from torchmf.estimator.foldin import FoldInMixin
 from torchmf.estimator.persistence import load_state, save_state
 from torchmf.estimator.ranking import RankingMixin
 from torchmf.estimator.state import ModelState
 from torchmf.nn.mf import MFModel
+from torchmf.retrieval.base import Index
 
 __all__ = ["MatrixFactorization"]
 
 log = logging.getLogger(__name__)
 
 
-class MatrixFactorization(RankingMixin):
+class MatrixFactorization(RankingMixin, FoldInMixin):
     """Matrix factorization recommender: fit, predict, recommend, save.
 
     Parameters
@@ -140,6 +142,7 @@ class MatrixFactorization(RankingMixin):
         self._params = hparams.Params(**given)
         hparams.validate(self._params)
         self._model: MFModel | None = None
+        self.index_: Index | None = None
         self.history_: list[dict[str, float]] = []
         self.best_epoch_: int | None = None
 
@@ -186,13 +189,21 @@ class MatrixFactorization(RankingMixin):
         """
         from torchmf.training import Validation, fit_model  # training is only needed to fit
 
-        train = _as_interactions(train, "train")
+        train = as_interactions(train, "train")
         if len(train) == 0:
             raise DataError("cannot fit on empty interactions")
         if validation is not None:
-            validation = _as_interactions(validation, "validation")
-        data = train.compact()
+            validation = as_interactions(validation, "validation")
         hp = hparams.resolve(self._params)
+        if hp["early_stopping"] is not None and validation is None:
+            raise ValueError(
+                f"early_stopping={hp['early_stopping']} needs validation data to watch: pass "
+                "fit(train, validation=...) (CLI: --validation FRACTION), or leave early_stopping=None"
+            )
+        if hp["early_stopping"] is not None and hp["early_stopping"] >= hp["epochs"]:
+            log.warning("early_stopping=%d can never stop a %d-epoch fit; the best epoch is still restored",
+                        hp["early_stopping"], hp["epochs"])
+        data = train.compact()
         device = resolve_device(hp["device"])
         val = None
         if validation is not None:
@@ -204,7 +215,7 @@ class MatrixFactorization(RankingMixin):
         log.info("fitting %s on %s", self, data)
         model, history, best = fit_model(data, hp, device, val)
         self._install(model, hp, data.user_map, data.item_map, data.implicit, data.rating_range(), history, best)
-        self._set_seen(data.users, data.items)
+        self._set_seen(data.users, data.items, data.values)
         return self
 
     def _install(self, model: MFModel, hp: dict[str, Any], user_map: Any, item_map: Any, implicit: bool,
@@ -215,12 +226,14 @@ class MatrixFactorization(RankingMixin):
         self.implicit_, self.rating_range_ = bool(implicit), (float(rating_range[0]), float(rating_range[1]))
         self.history_, self.best_epoch_ = history, best
         self.extras_: dict[str, Any] = dict(extras or {})
+        self.index_ = None  # an approximate index of other item factors would be stale
 
-    def _set_seen(self, users: np.ndarray, items: np.ndarray) -> None:
+    def _set_seen(self, users: np.ndarray, items: np.ndarray, values: np.ndarray) -> None:
         from torchmf.data.csr import csr_order
 
         self.seen_indptr_, order = csr_order(users, items, len(self.user_map), len(self.item_map))
         self.seen_indices_ = items[order].astype(np.int64)
+        self.seen_values_ = np.asarray(values, dtype=np.float32)[order]
 
     # ------------------------------------------------------------------ state
     @property
@@ -254,6 +267,30 @@ class MatrixFactorization(RankingMixin):
         """Item indices the user had in training, shape (n_seen,)."""
         return self.seen_indices_[self.seen_indptr_[user_index] : self.seen_indptr_[user_index + 1]]
 
+    def seen_values(self, user_index: int) -> np.ndarray:
+        """The training values of :meth:`seen_items`, shape (n_seen,)."""
+        return self.seen_values_[self.seen_indptr_[user_index] : self.seen_indptr_[user_index + 1]]
+
+    def explain(self, user: Hashable, item: Hashable, k: int = 10) -> pd.DataFrame:
+        """Which of ``user``'s own items contributed most to their score of ``item``.
+
+        ALS-trained models split the score exactly over the user's items (Hu et
+        al. 2008, section 5); other solvers report item-item dot products. See
+        :func:`torchmf.estimator.explain.explain`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``item``, ``contribution``, ``value``; the largest ``k`` contributions first.
+        """
+        from torchmf.estimator.explain import explain
+
+        return explain(self, user, item, check_k(k))
+
+    def history_frame(self) -> pd.DataFrame:
+        """The training history as a DataFrame: one row per epoch (``epoch``, ``train_loss``, ``val_*``)."""
+        return pd.DataFrame(self.history_)
+
     def to(self, device: str | torch.device) -> MatrixFactorization:
         """Move the weights to ``device`` ("auto", "cpu", "cuda", "cuda:N"); returns self."""
         self.model.to(resolve_device(device))
@@ -264,9 +301,10 @@ class MatrixFactorization(RankingMixin):
         return ModelState(
             params=self.get_params(), effective_params=dict(self._hp),
             tensors=dict(self.model.state_dict()), user_map=self.user_map, item_map=self.item_map,
-            seen_indptr=self.seen_indptr_, seen_indices=self.seen_indices_, rating_range=self.rating_range_,
+            seen_indptr=self.seen_indptr_, seen_indices=self.seen_indices_, seen_values=self.seen_values_,
+            rating_range=self.rating_range_,
             implicit=self.implicit_, history=list(self.history_), best_epoch=self.best_epoch_,
-            extras=dict(self.extras_),
+            extras=dict(self.extras_), index=self.index_,
         )
 
     @classmethod
@@ -275,7 +313,8 @@ class MatrixFactorization(RankingMixin):
         est = cls(**{k: v for k, v in state.params.items() if k in hparams.Params.names()})
         est._install(state.build_model(), dict(state.effective_params), state.user_map, state.item_map,
                      state.implicit, state.rating_range, list(state.history), state.best_epoch, state.extras)
-        est.seen_indptr_, est.seen_indices_ = state.seen_indptr, state.seen_indices
+        est.seen_indptr_, est.seen_indices_, est.seen_values_ = state.seen_indptr, state.seen_indices, state.seen_values
+        est.index_ = state.index
         return est
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
@@ -325,46 +364,6 @@ class MatrixFactorization(RankingMixin):
         out = score.float().cpu().numpy()
         return float(out[0]) if is_scalar(users) and is_scalar(items) else out
 
-    def fold_in(self, user: Hashable, ratings: Mapping[Hashable, float] | Iterable[Hashable]) -> MatrixFactorization:
-        """Add a user, or refresh one, from their ratings; item factors stay fixed.
-
-        The user's factors minimise the training objective with the items held
-        fixed (each solver's :meth:`~torchmf.solvers.base.Solver.fold_in`): a
-        ridge regression for ``mse``, the exact ALS user solve for ``ials``,
-        deterministic L-BFGS on the expected loss for the sampled-negative losses.
-
-        Parameters
-        ----------
-        user : raw id
-            New (appended) or existing (replaced).
-        ratings : dict of raw item id -> rating, or iterable of raw item ids
-            Items must be known to the model; ratings must lie in the training
-            range. Ranking models take interaction strengths, or a plain list of
-            items (strength 1 each).
-
-        Returns
-        -------
-        self
-        """
-        m = self.model
-        w, items = fold_in_row(self, user, ratings)
-        if user in self.user_map:
-            row = self.user_map.index(user)
-        else:
-            self.user_map = self.user_map.extend([user])
-            row = len(self.user_map) - 1
-            m.resize(len(self.user_map))
-            self.seen_indptr_ = np.append(self.seen_indptr_, self.seen_indptr_[-1])
-        with torch.no_grad():
-            m.user_embs.weight[row] = w[: m.embedding_dim]
-            if m.biases:
-                m.user_bias.weight[row, 0] = w[-1]
-        start, end = self.seen_indptr_[row], self.seen_indptr_[row + 1]
-        self.seen_indices_ = np.concatenate([self.seen_indices_[:start], items, self.seen_indices_[end:]])
-        self.seen_indptr_ = self.seen_indptr_.copy()
-        self.seen_indptr_[row + 1 :] += len(items) - (end - start)
-        return self
-
     def __deepcopy__(self, memo: dict[int, Any]) -> MatrixFactorization:
         new = copy.copy(self)
         for name, value in vars(self).items():
@@ -372,14 +371,3 @@ class MatrixFactorization(RankingMixin):
         return new
 
 
-# ---------------------------------------------------------------------- helpers
-def _as_interactions(data: Any, role: str) -> Interactions:
-    if isinstance(data, Mapping):
-        return Interactions.from_dict(data)
-    if isinstance(data, Interactions):
-        return data
-    if isinstance(data, pd.DataFrame):
-        raise DataError(f"{role} is a DataFrame: convert it with Interactions.from_pandas(df, user_col=..., "
-                        "item_col=..., rating_col=...) first")
-    raise DataError(f"{role} must be Interactions or a nested dict {{user: {{item: rating}}}}, "
-                    f"got {type(data).__name__}")

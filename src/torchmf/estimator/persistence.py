@@ -7,6 +7,9 @@ A model folder holds two files:
   training history, tensor shapes and dtypes, and the SHA-256 of the weights
   file, so a truncated or edited file is caught before it is used.
 
+A model with an approximate index (``build_index``) also holds the index files
+of :mod:`torchmf.retrieval.ann_io`, their checksums under ``"index"`` in the JSON.
+
 Saving writes a temporary folder beside the target and renames it into place,
 so a crash never leaves a half-written model where the last good one was.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -32,8 +36,12 @@ from torchmf.device import resolve_device
 from torchmf.errors import ModelFileError, TorchMFError
 from torchmf.estimator.params import Params, validate
 from torchmf.estimator.state import ModelState
+from torchmf.retrieval.ann_io import load_index, save_index
+from torchmf.retrieval.base import Index
 
 __all__ = ["FORMAT_VERSION", "load_state", "save_state"]
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "torchmf-model"
@@ -46,6 +54,7 @@ def save_state(state: ModelState, path: str | os.PathLike, overwrite: bool = Fal
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.tensors.items()}
     tensors["seen_indptr"] = torch.from_numpy(np.ascontiguousarray(state.seen_indptr, dtype=np.int64))
     tensors["seen_indices"] = torch.from_numpy(np.ascontiguousarray(state.seen_indices, dtype=np.int64))
+    tensors["seen_values"] = torch.from_numpy(np.ascontiguousarray(state.seen_values, dtype=np.float32))
     blob = st_save(tensors, metadata={"format": FORMAT_NAME})
     meta = {
         "format": FORMAT_NAME,
@@ -71,6 +80,8 @@ def save_state(state: ModelState, path: str | os.PathLike, overwrite: bool = Fal
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         (tmp / WEIGHTS).write_bytes(blob)
+        if state.index is not None:
+            meta["index"] = save_index(state.index, tmp)
         (tmp / META).write_text(json.dumps(meta, indent=1, allow_nan=False))
         if target.exists():
             # two renames: old aside, new in; the old copy is deleted only after
@@ -127,15 +138,32 @@ def load_state(path: str | os.PathLike, device: str = "auto", mmap: bool = False
     except (SafetensorError, ValueError) as exc:
         raise ModelFileError(f"{weights_path}: unreadable ({exc})") from None
     try:
-        return _build(meta, tensors, device)
+        state = _build(meta, tensors, device)
     except ModelFileError:
         raise
     except (TorchMFError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{folder}: inconsistent model files ({type(exc).__name__}: {exc})") from None
+    if "index" in meta:
+        state.index = _read_index(folder, meta["index"], state)
+    return state
+
+
+def _read_index(folder: Path, entry: Any, state: ModelState) -> Index | None:
+    """The saved approximate index, checked against its checksum and the model; None without faiss."""
+    try:
+        index = load_index(folder, entry)
+    except ImportError:
+        log.warning("%s: the model has an approximate index but faiss is not installed "
+                    "(pip install 'torchmf[ann]'); using exact search", folder)
+        return None
+    if index.n_items != state.n_items or getattr(index, "dim", state.factors) != state.factors:
+        raise ModelFileError(f"{folder}: the approximate index covers {index.n_items} items of width "
+                             f"{getattr(index, 'dim', '?')}, the model has {state.n_items} of width {state.factors}")
+    return index
 
 
 def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor], device: str) -> ModelState:
-    declared = meta["tensors"]
+    declared = dict(meta["tensors"])
     if set(declared) != set(tensors):
         raise ModelFileError(f"tensor names {sorted(tensors)} differ from the metadata's {sorted(declared)}")
     for name, t in tensors.items():
@@ -145,6 +173,11 @@ def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor], device: str) 
     user_map = IdMap.from_json(meta["user_ids"], "user")
     item_map = IdMap.from_json(meta["item_ids"], "item")
     indptr, indices = tensors.pop("seen_indptr").numpy(), tensors.pop("seen_indices").numpy()
+    # written since format 1.1; older files held implicit ones or unknown ratings: NaN marks "not stored"
+    seen_values = tensors.pop("seen_values", None)
+    values = np.full(len(indices), np.nan, dtype=np.float32) if seen_values is None else seen_values.numpy()
+    if len(values) != len(indices):
+        raise ModelFileError("seen-items values do not match the seen-items index")
     if (
         len(indptr) != len(user_map) + 1
         or indptr[-1] != len(indices)
@@ -167,6 +200,7 @@ def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor], device: str) 
         item_map=item_map,
         seen_indptr=indptr.copy(),
         seen_indices=indices.copy(),
+        seen_values=values.copy(),
         rating_range=tuple(meta["rating_range"]),
         implicit=bool(meta["implicit"]),
         history=meta.get("history", []),

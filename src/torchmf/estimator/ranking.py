@@ -2,11 +2,13 @@
 
 A mixin so the facade stays one screen: every list comes from one
 :class:`~torchmf.retrieval.ExactIndex` search with the same seen-item
-filtering, for known users, batches and visitors alike.
+filtering, for known users, batches and visitors alike; ``approximate=True``
+searches the model's approximate index instead (:meth:`RankingMixin.build_index`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
@@ -16,7 +18,9 @@ import torch
 
 from torchmf.checks import check_k, is_scalar, to_id_array
 from torchmf.estimator.foldin import fold_in_row
-from torchmf.retrieval import ExactIndex, csr_rows, csr_union
+from torchmf.retrieval import ExactIndex, Index, csr_rows, csr_union
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RankingMixin"]
 
@@ -29,6 +33,45 @@ class RankingMixin:
         offsets = (m.global_bias + m.user_bias.weight[rows, 0]) if m.biases else None
         return m.user_embs.weight[rows], offsets
 
+    def build_index(self, kind: str = "hnsw", **params: Any) -> Index:
+        """Build an approximate index over the item factors; ``approximate=True`` queries then use it.
+
+        The index is saved with the model (:meth:`save`) and dropped when the model is refitted.
+        Needs the ``ann`` extra (``pip install 'torchmf[ann]'``).
+
+        Parameters
+        ----------
+        kind : {"hnsw"}
+        **params
+            Passed to :func:`torchmf.retrieval.hnsw.build_hnsw`: ``m`` (32), ``ef_construction``
+            (200), ``ef_search`` (100), ``n_recall`` (1000 users sampled to measure recall@10
+            against exact search), ``seed`` (0).
+
+        Returns
+        -------
+        Index
+            Also kept as ``index_``; ``index_.info["recall_at_10"]`` holds the measured recall.
+        """
+        from torchmf.retrieval.hnsw import build_hnsw
+
+        m = self.model
+        if kind != "hnsw":
+            raise ValueError(f"kind must be 'hnsw', got {kind!r}")
+        if "recall_queries" in params:
+            raise TypeError("build_index samples the model's own users for recall; recall_queries is not accepted")
+        bias = m.item_bias.weight[:, 0] if m.biases else None
+        self.index_ = build_hnsw(m.item_embs.weight, bias, recall_queries=m.user_embs.weight, **params)
+        return self.index_
+
+    def _index(self, approximate: bool) -> Index:
+        """The approximate index when asked for and built (and still matching the items), else exact search."""
+        index = self.index_ if approximate else None
+        if index is not None and index.n_items != self.model.num_items:
+            log.warning("the approximate index covers %d items, the model has %d: using exact search",
+                        index.n_items, self.model.num_items)
+            index = None
+        return ExactIndex.from_model(self.model) if index is None else index
+
     def top_k(
         self,
         user_indices: np.ndarray,
@@ -36,6 +79,7 @@ class RankingMixin:
         exclude_seen: bool = True,
         candidates: np.ndarray | None = None,
         exclude: tuple[np.ndarray, np.ndarray] | None = None,
+        approximate: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best ``k`` item indices per user index: the ranking behind :meth:`recommend`.
 
@@ -50,6 +94,8 @@ class RankingMixin:
         exclude : (indptr (B + 1,), indices), optional
             Extra items to drop per row of ``user_indices``; evaluation uses it to
             exclude a train set other than the one the model saw.
+        approximate : bool
+            Search the index built by :meth:`build_index` (exact search when there is none).
 
         Returns
         -------
@@ -64,9 +110,7 @@ class RankingMixin:
             seen = csr_rows(self.seen_indptr_, self.seen_indices_, user_indices)
             exclude = seen if exclude is None else csr_union(seen, exclude)
         queries, offsets = self._queries(user_indices)
-        return ExactIndex.from_model(self.model).search(
-            queries, k, offsets=offsets, exclude=exclude, candidates=candidates
-        )
+        return self._index(approximate).search(queries, k, offsets=offsets, exclude=exclude, candidates=candidates)
 
     def recommend(
         self,
@@ -74,6 +118,7 @@ class RankingMixin:
         k: int = 10,
         exclude_seen: bool = True,
         items: Iterable[Hashable] | None = None,
+        approximate: bool = False,
     ) -> pd.DataFrame:
         """Top-``k`` items for one user or many.
 
@@ -86,6 +131,9 @@ class RankingMixin:
             Leave out items the user had in training.
         items : iterable of raw item ids, optional
             Only rank these candidates.
+        approximate : bool
+            Use the approximate index built by :meth:`build_index` (exact search when there is
+            none): much faster on big catalogues, may miss a few of the best items.
 
         Returns
         -------
@@ -101,7 +149,7 @@ class RankingMixin:
         raw = to_id_array(user_or_users)
         u = self.user_map.indices(raw)
         cand = None if items is None else self.item_map.indices(to_id_array(items))
-        top_items, top_scores = self.top_k(u, min(k, len(self.item_map)), exclude_seen, cand)
+        top_items, top_scores = self.top_k(u, min(k, len(self.item_map)), exclude_seen, cand, approximate=approximate)
         return self._frame(raw, top_items, top_scores, single=is_scalar(user_or_users))
 
     def _frame(self, raw: np.ndarray, top_items: np.ndarray, top_scores: np.ndarray, single: bool) -> pd.DataFrame:
@@ -134,6 +182,7 @@ class RankingMixin:
         k: int = 10,
         exclude_seen: bool = True,
         items: Iterable[Hashable] | None = None,
+        approximate: bool = False,
     ) -> pd.DataFrame:
         """Top-``k`` items for a visitor the model has not seen, from their interactions; nothing is stored.
 
@@ -147,6 +196,8 @@ class RankingMixin:
             Leave out the visitor's own items.
         items : iterable of raw item ids, optional
             Only rank these candidates.
+        approximate : bool
+            Use the approximate index, as in :meth:`recommend`.
 
         Returns
         -------
@@ -155,14 +206,14 @@ class RankingMixin:
         """
         k = check_k(k)
         self.model  # noqa: B018 - raises before fit
-        w, seen = fold_in_row(self, "the visitor", interactions)
+        w, seen, _ = fold_in_row(self, "the visitor", interactions)
         d = self.model.embedding_dim
         offsets = None
         if self.model.biases:
             offsets = (self.model.global_bias + w[d]).reshape(1)
         exclude = (np.array([0, len(seen)]), seen) if exclude_seen else None
         cand = None if items is None else self.item_map.indices(to_id_array(items))
-        top_items, top_scores = ExactIndex.from_model(self.model).search(
+        top_items, top_scores = self._index(approximate).search(
             w[:d].reshape(1, d), min(k, len(self.item_map)), offsets=offsets, exclude=exclude, candidates=cand
         )
         return self._frame(np.array([None], dtype=object), top_items, top_scores, single=True)

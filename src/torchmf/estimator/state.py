@@ -14,6 +14,7 @@ import torch
 
 from torchmf.data.idmap import IdMap
 from torchmf.nn.mf import MFModel
+from torchmf.retrieval.base import Index
 
 __all__ = ["ModelState"]
 
@@ -36,6 +37,8 @@ class ModelState:
     seen_indptr : numpy.ndarray of int64, shape (n_users + 1,)
     seen_indices : numpy.ndarray of int64, shape (n_seen,)
         Each user's training items, CSR, sorted within a row.
+    seen_values : numpy.ndarray of float32, shape (n_seen,)
+        The training value of each of those interactions (1 for implicit data).
     rating_range : (float, float)
         Smallest and largest training value.
     implicit : bool
@@ -45,6 +48,9 @@ class ModelState:
     best_epoch : int or None
     extras : dict
         JSON-serialisable solver- or feature-specific metadata.
+    index : Index or None
+        An approximate index over the item factors (``MatrixFactorization.build_index``),
+        saved beside the weights with its checksum in the metadata.
     """
 
     params: dict[str, Any]
@@ -54,11 +60,13 @@ class ModelState:
     item_map: IdMap
     seen_indptr: np.ndarray
     seen_indices: np.ndarray
+    seen_values: np.ndarray
     rating_range: tuple[float, float]
     implicit: bool
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    index: Index | None = None
 
     @property
     def n_users(self) -> int:

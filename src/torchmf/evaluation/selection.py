@@ -19,6 +19,7 @@ import pandas as pd
 
 from torchmf.data.interactions import Interactions
 from torchmf.data.split import kfold, user_split
+from torchmf.estimator.protocol import Recommender
 from torchmf.evaluation.evaluate import evaluate
 from torchmf.solvers import is_ranking_loss
 
@@ -27,11 +28,11 @@ __all__ = ["cross_validate", "default_metric", "grid_search", "optuna_search"]
 log = logging.getLogger(__name__)
 
 
-def _clone(estimator: Any, **overrides: Any) -> Any:
+def _clone(estimator: Recommender, **overrides: Any) -> Recommender:
     return type(estimator)(**{**estimator.get_params(), **overrides})
 
 
-def default_metric(estimator: Any, k: int = 10) -> str:
+def default_metric(estimator: Recommender, k: int = 10) -> str:
     """``"rmse"`` for rating losses, ``"ndcg@k"`` for ranking losses."""
     return f"ndcg@{k}" if is_ranking_loss(estimator.get_params()["loss"]) else "rmse"
 
@@ -41,7 +42,7 @@ def _lower_is_better(metric: str) -> bool:
 
 
 def cross_validate(
-    estimator: Any,
+    estimator: Recommender,
     data: Interactions | None = None,
     folds: int | Sequence[tuple[Interactions, Interactions]] = 5,
     k: int = 10,
@@ -95,7 +96,7 @@ def cross_validate(
 
 
 def _search(
-    estimator: Any,
+    estimator: Recommender,
     train: Interactions,
     validation: Interactions | None,
     candidates: Iterable[dict[str, Any]],
@@ -129,7 +130,7 @@ def _search(
 
 
 def grid_search(
-    estimator: Any,
+    estimator: Recommender,
     train: Interactions,
     grid: dict[str, Sequence[Any]],
     validation: Interactions | None = None,
@@ -202,7 +203,7 @@ def _suggest(trial: Any, name: str, spec: Any) -> Any:
 
 
 def optuna_search(
-    estimator: Any,
+    estimator: Recommender,
     train: Interactions,
     space: dict[str, Any],
     n_trials: int = 20,

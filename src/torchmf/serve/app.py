@@ -42,8 +42,8 @@ class ServeConfig:
     device : str
         Where the weights live: "cpu", "auto", "cuda", "cuda:N".
     items, item_col, title_col : str, optional
-        Item titles (``--items``): a file with a header line; columns default
-        to ``item``/``title``, else the first two.
+        Item titles (``--items``): a file with a header line; columns
+        recognised by name unless given.
     api_key_env : str
         Environment variable holding the API key; when it is set, every
         ``/v1/*`` route needs header ``X-API-Key``.
@@ -234,7 +234,7 @@ def create_app(
 
 
 def _version() -> str:
-    from torchmf import __version__
+    from torchmf.version import __version__
 
     return __version__
 

@@ -35,57 +35,42 @@ class Catalogue:
 
 
 def read_catalogue(
-    path: str | os.PathLike,
-    item_map: Any,
-    item_col: str | None = None,
-    title_col: str | None = None,
-    sep: str | None = None,
+    path: str | os.PathLike, item_map: Any, item_col: str | None = None, title_col: str | None = None
 ) -> Catalogue:
-    """Read item titles from a delimited file and match them to the model's item ids.
+    """Read item titles (:func:`torchmf.data.catalog.read_titles`) and match them to the model's item ids.
 
     Parameters
     ----------
     path : path-like
-        CSV (or any separator :func:`torchmf.data.readers.read_table` sniffs)
-        with a header line.
+        Delimited file with a header line (e.g. MovieLens ``movies.csv``).
     item_map : IdMap
         The model's item ids; ids are matched like the CLI matches them
         (``"1"`` finds the int id 1). Rows for items the model does not know
         are skipped (and counted in the log).
     item_col, title_col : str, optional
-        Column names; default ``item``/``title`` when present, else the
-        first and second columns.
+        Column names; recognised by name when omitted.
 
     Raises
     ------
     DataError
-        Missing file, unknown column, or fewer than two columns.
+        Missing file or column, or no row naming an item of the model.
     """
-    from torchmf.data.readers import read_table
+    from torchmf.data.catalog import read_titles
 
-    df = read_table(path, sep=sep)
-    cols = [str(c) for c in df.columns]
-    df.columns = cols
-    if len(cols) < 2 and (item_col is None or title_col is None):
-        raise DataError(f"{path}: expected an item column and a title column, found {len(cols)} column(s)")
-    item_col = item_col or ("item" if "item" in cols else cols[0])
-    title_col = title_col or ("title" if "title" in cols else cols[1])
-    for flag, name in (("--item-col", item_col), ("--title-col", title_col)):
-        if name not in cols:
-            raise DataError(f"{path}: {flag} {name!r} is not a column (columns: {', '.join(cols)})")
+    series = read_titles(path, item_col, title_col)
     titles: dict[Any, str] = {}
     unknown = 0
-    for raw, title in zip(df[item_col].astype(str).str.strip(), df[title_col], strict=True):
+    for key, title in series.items():
         try:
-            item = item_map.resolve(raw)
+            item = item_map.resolve(key if isinstance(key, str) else str(key))
         except UnknownIdError:
             unknown += 1
             continue
         titles[item] = "" if title is None or (isinstance(title, float) and np.isnan(title)) else str(title)
     if unknown:
-        log.warning("%s: %d of %d rows name items the model does not know; skipped", path, unknown, len(df))
+        log.warning("%s: %d of %d rows name items the model does not know; skipped", path, unknown, len(series))
     if not titles:
-        raise DataError(f"{path}: no row names an item of the model (column {item_col!r})")
+        raise DataError(f"{path}: no row names an item of the model")
     return Catalogue(titles)
 
 

@@ -36,7 +36,10 @@ class SGDSolver:
     losses: ClassVar[tuple[str, ...]] = ("mse",)
     ranking: ClassVar[bool] = False
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "mse": {"epochs": 40, "lr": 0.01, "reg": 0.1, "reg_bias": 0.01, "reg_exponent": 1.0, "biases": True},
+        "mse": {
+            "epochs": 40, "lr": 0.01, "reg": 0.1, "reg_bias": 0.01, "reg_exponent": 1.0, "optimizer": "sgd",
+            "biases": True,
+        },
     }
 
     def __init__(self, model: MFModel, data: Interactions, hp: dict[str, Any], device: torch.device) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -73,7 +75,12 @@ class Monitor:
         self.best_epoch: int | None = None
         self._best_value = -math.inf if higher_is_better else math.inf
         self._best_state: Any = None
-        self._bar = tqdm(total=epochs, desc=desc, disable=not verbose, leave=False, unit="epoch")
+        # a bar where someone watches a terminal (or a notebook); one log line per epoch elsewhere, so a
+        # fit under a scheduler or with redirected output is not silent
+        self._lines = verbose and not sys.stderr.isatty() and "ipykernel" not in sys.modules
+        self._bar = tqdm(total=epochs, desc=desc, disable=not verbose or self._lines, leave=False, unit="epoch")
+        self._desc = desc
+        self._start = time.perf_counter()
 
     def end_epoch(self, epoch: int, train_loss: float) -> bool:
         """Record epoch ``epoch`` (1-based); True means stop training now."""
@@ -98,7 +105,12 @@ class Monitor:
         self.history.append(row)
         self._bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "epoch"})
         self._bar.update(1)
-        log.debug("epoch %d: %s", epoch, row)
+        if self._lines:
+            metrics = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch")
+            log.info("%s epoch %d/%d: %s (%.1f s)", self._desc, epoch, self.epochs, metrics,
+                     time.perf_counter() - self._start)
+        else:
+            log.debug("epoch %d: %s", epoch, row)
         return stop
 
     def finish(self) -> None:

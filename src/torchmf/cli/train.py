@@ -6,8 +6,6 @@ import argparse
 import time
 from typing import Any
 
-import numpy as np
-
 from torchmf.cli import common
 from torchmf.cli.plot import plot_histories, prepare_plot
 
@@ -45,8 +43,11 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--validation",
         metavar="FRACTION",
         type=float,
-        help="hold out this fraction of each user's ratings to report validation metrics (e.g. 0.2)",
+        help="hold out this fraction of each user's interactions: report validation metrics, choose the number "
+             "of epochs (with --early-stopping), then refit on all the data for that many epochs (e.g. 0.2)",
     )
+    p.add_argument("--no-refit", dest="refit", action="store_false",
+                   help="with --validation: save the model fitted on the training part instead of refitting")
     p.add_argument("-k", type=int, default=10, help="cut-off of the validation ranking metrics (default 10)")
     p.add_argument("--plot", metavar="FILE.png", help="write learning curves (loss, validation error per epoch)")
     common.add_reading_options(p)
@@ -61,17 +62,10 @@ def check_fraction(fraction: float) -> None:
 
 def holdout(data: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     """Per-user holdout (torchmf.data.split.user_split), else a seeded random split."""
+    from torchmf.data.split import user_split
     from torchmf.errors import DataError
 
     check_fraction(fraction)
-    try:
-        from torchmf.data.split import user_split
-    except ImportError:  # pragma: no cover - split module missing
-        rng = np.random.default_rng(seed)
-        test = rng.random(len(data)) < fraction
-        if test.all() or not test.any():
-            raise common.CLIError(f"--validation {fraction:g} leaves no training or no validation data") from None
-        return data.subset(~test), data.subset(test)
     try:
         return user_split(data, fraction, seed=seed)
     except DataError as exc:
@@ -79,19 +73,10 @@ def holdout(data: Any, fraction: float, seed: int) -> tuple[Any, Any]:
 
 
 def validation_metrics(model: Any, train: Any, test: Any, k: int) -> dict[str, float]:
-    """RMSE/MAE of the kept epoch, plus ranking metrics when torchmf.evaluation has ``evaluate``."""
-    out: dict[str, float] = {}
-    try:
-        from torchmf.evaluation import evaluate
-    except ImportError:
-        evaluate = None
-    if evaluate is not None:
-        out.update(evaluate(model, test, train=train, k=k))
-    elif model.history_:
-        best = model.best_epoch_ or len(model.history_)
-        row = model.history_[best - 1]
-        out.update({k_[4:]: v for k_, v in row.items() if k_.startswith("val_")})
-    return out
+    """Rating (rating models only) and ranking metrics of the kept model on the validation data."""
+    from torchmf.evaluation import evaluate
+
+    return dict(evaluate(model, test, train=train, k=k))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,17 +106,36 @@ def run(args: argparse.Namespace) -> int:
         f"trained {hp['solver'].upper()} with {hp['factors']} factors for {ran} "
         f"{'sweep' if hp['solver'] == 'als' else 'epoch'}{'s' if ran != 1 else ''} in {took:.1f} s{best}"
     )
+    curves = est.history_
     if test is not None:
+        metrics = validation_metrics(est, train, test, args.k)
         print(f"validation metrics (k={args.k}):")
-        print(_indent(common.metrics_table(validation_metrics(est, train, test, args.k))))
+        print(_indent(common.metrics_table(metrics)))
+        if args.refit:
+            est = refit(est, data, metrics, args.validation)
     elif est.history_:
         print(f"final training loss: {est.history_[-1]['train_loss']:.4f}")
     est.save(args.output)
     print(f"model saved to {args.output}")
     if args.plot:
-        where = plot_histories(args.plot, [est.history_], [""])
+        where = plot_histories(args.plot, [curves], [""])
         print(f"learning curves written to {where}")
     return 0
+
+
+def refit(est: Any, data: Any, metrics: dict[str, Any], fraction: float) -> Any:
+    """Refit on all of ``data`` for the epoch count validation chose; the validation run is kept in ``extras_``."""
+    epochs = est.best_epoch_ or len(est.history_)
+    final = type(est)(**{**est.get_params(), "epochs": epochs, "early_stopping": None})
+    start = time.perf_counter()
+    final.fit(data)
+    print(f"refitted on all {len(data):,} interactions for {epochs} epoch{'s' if epochs != 1 else ''} "
+          f"(the count validation chose) in {time.perf_counter() - start:.1f} s; the saved model is this refit")
+    final.extras_["validation"] = {
+        "fraction": fraction, "epochs": epochs,
+        "metrics": {k: common.plain(v) for k, v in metrics.items()}, "history": est.history_,
+    }
+    return final
 
 
 def _indent(text: str) -> str:
