@@ -301,7 +301,8 @@ def synthetic_model(folder: Path, n_items: int, n_users: int = 10_000, seen_per_
     keep = np.concatenate([np.ones((n_users, 1), bool), np.diff(seen, axis=1) > 0], axis=1)  # drop repeats
     template.seen_indptr = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int64)
     template.seen_indices = seen[keep].astype(np.int64)
-    template.history, template.best_epoch = [], None
+    template.seen_values = rng.integers(1, 6, len(template.seen_indices)).astype(np.float32)
+    template.history, template.best_epoch, template.index = [], None, None
     model = torchmf.MatrixFactorization.from_state(template)
     out = folder / f"torchmf-synthetic-{n_items}"
     model.save(out)
