@@ -320,3 +320,29 @@ def test_implicit_model_session_from_a_list(tmp_path):
         assert r.status_code == 200, r.text
         want = model.recommend_for([4, 5, 6], k=5)
         assert [e["item"] for e in r.json()["items"]] == want["item"].tolist()
+
+
+def test_batcher_splits_a_batch_to_bound_the_score_block(model, monkeypatch):
+    import torchmf.serve.batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "SCORE_BUDGET", 2 * 80)  # two users' scores over 80 items per product
+    calls = []
+    real_top_k = type(model).top_k
+
+    def counting(self, users, k, **kwargs):
+        calls.append(len(users))
+        return real_top_k(self, users, k, **kwargs)
+
+    monkeypatch.setattr(type(model), "top_k", counting)
+    batcher = MicroBatcher(max_wait=0.2)
+
+    async def many():
+        return await asyncio.gather(*[batcher.top_k(model, u, 4, exclude_seen=True) for u in range(5)])
+
+    try:
+        results = asyncio.run(many())
+    finally:
+        batcher.stop()
+    assert calls == [2, 2, 1]
+    for u, (items, _) in enumerate(results):
+        np.testing.assert_array_equal(items, real_top_k(model, np.array([u]), 4)[0][0])

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,23 +125,27 @@ class MicroBatcher:
         groups: dict[tuple[int, str, Any], list[_Request]] = {}
         for r in batch:
             groups.setdefault((id(r.model), r.kind, r.group), []).append(r)
-        done: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any, BaseException | None]]] = {}
         for (_, kind, group), reqs in groups.items():
             try:
-                values = _top_k(reqs, group) if kind == "top_k" else _predict(reqs)
-                for r, v in zip(reqs, values, strict=True):
-                    done.setdefault(r.loop, []).append((r.future, v, None))
+                for chunk, values in (_top_k(reqs, group) if kind == "top_k" else _predict(reqs)):
+                    _deliver([(r, v, None) for r, v in zip(chunk, values, strict=True)])  # as soon as scored
             except Exception as exc:  # reach the callers, never kill the thread
                 log.exception("batched %s failed", kind)
-                for r in reqs:
-                    done.setdefault(r.loop, []).append((r.future, None, exc))
+                _deliver([(r, None, exc) for r in reqs])  # (those already answered are skipped)
         if self._on_batch is not None:
             self._on_batch(len(batch))
-        for loop, results in done.items():  # one wake-up per event loop, not per request
-            try:
-                loop.call_soon_threadsafe(_resolve, results)
-            except RuntimeError:  # that loop is closed: its callers are gone
-                pass
+
+
+def _deliver(results: list[tuple[_Request, Any, BaseException | None]]) -> None:
+    """Hand results to their event loops: one wake-up per loop, not per request."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any, BaseException | None]]] = {}
+    for r, value, exc in results:
+        by_loop.setdefault(r.loop, []).append((r.future, value, exc))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, items)
+        except RuntimeError:  # that loop is closed: its callers are gone
+            pass
 
 
 # scores computed by one top_k call, at most: 8 M floats (32 MB). With a large catalogue
@@ -150,23 +154,22 @@ class MicroBatcher:
 SCORE_BUDGET = 1 << 23
 
 
-def _top_k(reqs: list[_Request], exclude_seen: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+def _top_k(reqs: list[_Request], exclude_seen: bool) -> Iterator[tuple[list[_Request], list[Any]]]:
+    """(chunk, per-request (items, scores)) for chunks that fit :data:`SCORE_BUDGET`."""
     model = reqs[0].model
     rows = max(1, SCORE_BUDGET // max(1, len(model.item_map)))
-    out = []
     for start in range(0, len(reqs), rows):
         chunk = reqs[start : start + rows]
         k = max(r.payload[1] for r in chunk)
         users = np.fromiter((r.payload[0] for r in chunk), dtype=np.int64, count=len(chunk))
         items, scores = model.top_k(users, k, exclude_seen=exclude_seen)
-        out.extend((items[j, : r.payload[1]], scores[j, : r.payload[1]]) for j, r in enumerate(chunk))
-    return out
+        yield chunk, [(items[j, : r.payload[1]], scores[j, : r.payload[1]]) for j, r in enumerate(chunk)]
 
 
-def _predict(reqs: list[_Request]) -> list[float]:
+def _predict(reqs: list[_Request]) -> Iterator[tuple[list[_Request], list[float]]]:
     users = [r.payload[0] for r in reqs]
     items = [r.payload[1] for r in reqs]
-    return np.asarray(reqs[0].model.predict(users, items), dtype=np.float64).tolist()
+    yield reqs, np.asarray(reqs[0].model.predict(users, items), dtype=np.float64).tolist()
 
 
 def _resolve(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
