@@ -85,3 +85,11 @@ def test_python_m_torchmf_serve_with_two_workers(model_dir):
             if proc.poll() is None:
                 proc.kill()
     assert proc.returncode is not None
+
+
+def test_serve_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: torchmf serve") and "--workers" in out and "X-API-Key" in out
