@@ -346,3 +346,18 @@ def test_batcher_splits_a_batch_to_bound_the_score_block(model, monkeypatch):
     assert calls == [2, 2, 1]
     for u, (items, _) in enumerate(results):
         np.testing.assert_array_equal(items, real_top_k(model, np.array([u]), 4)[0][0])
+
+
+def test_approximate_search_uses_the_saved_index(tmp_path):
+    model = train_small(seed=3)
+    model.build_index("hnsw", m=8, ef_construction=40, ef_search=20, n_recall=50)
+    save(model, tmp_path / "ann")
+    with TestClient(create_app(tmp_path / "ann", load="now")) as c:
+        info = c.get("/v1/model").json()["approximate_index"]
+        assert info["kind"] == "hnsw" and 0 <= info["recall_at_10"] <= 1
+        for user in (0, 9):
+            got = c.get(f"/v1/recommend/{user}", params={"k": 5, "approximate": "true"}).json()["items"]
+            want = model.recommend(user, k=5, approximate=True)
+            assert [e["item"] for e in got] == want["item"].tolist()
+        r = c.post("/v1/recommend", json={"users": [0, 9], "k": 5, "approximate": True})
+        assert [e["item"] for e in r.json()["results"][1]["items"]] == want["item"].tolist()

@@ -79,13 +79,15 @@ class MicroBatcher:
             self._thread.join(timeout=5)
         self._thread = None
 
-    async def top_k(self, model: Any, user_index: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+    async def top_k(
+        self, model: Any, user_index: int, k: int, exclude_seen: bool, approximate: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Best ``k`` item indices and scores for one user index, shapes (k,) and (k,).
 
-        Exactly ``model.top_k([user_index], k, exclude_seen)[..][0]``, computed
-        together with whatever other requests are waiting.
+        Exactly ``model.top_k([user_index], k, exclude_seen, approximate=approximate)[..][0]``,
+        computed together with whatever other requests are waiting.
         """
-        return await self._submit(model, "top_k", exclude_seen, (user_index, k))
+        return await self._submit(model, "top_k", (exclude_seen, approximate), (user_index, k))
 
     async def predict(self, model: Any, user: Any, item: Any) -> float:
         """``model.predict(user, item)`` for raw ids known to the model, computed with other waiting pairs."""
@@ -154,15 +156,16 @@ def _deliver(results: list[tuple[_Request, Any, BaseException | None]]) -> None:
 SCORE_BUDGET = 1 << 23
 
 
-def _top_k(reqs: list[_Request], exclude_seen: bool) -> Iterator[tuple[list[_Request], list[Any]]]:
+def _top_k(reqs: list[_Request], group: tuple[bool, bool]) -> Iterator[tuple[list[_Request], list[Any]]]:
     """(chunk, per-request (items, scores)) for chunks that fit :data:`SCORE_BUDGET`."""
+    exclude_seen, approximate = group
     model = reqs[0].model
     rows = max(1, SCORE_BUDGET // max(1, len(model.item_map)))
     for start in range(0, len(reqs), rows):
         chunk = reqs[start : start + rows]
         k = max(r.payload[1] for r in chunk)
         users = np.fromiter((r.payload[0] for r in chunk), dtype=np.int64, count=len(chunk))
-        items, scores = model.top_k(users, k, exclude_seen=exclude_seen)
+        items, scores = model.top_k(users, k, exclude_seen=exclude_seen, approximate=approximate)
         yield chunk, [(items[j, : r.payload[1]], scores[j, : r.payload[1]]) for j, r in enumerate(chunk)]
 
 

@@ -34,6 +34,7 @@ from torchmf.serve.store import LoadedModel
 __all__ = ["Prefixed", "add_routes"]
 
 _NOT_FOUND = {404: {"model": Error, "description": "unknown user or item"}}
+_APPROX = "search the model's approximate (HNSW) index when it has one (torchmf index); exact otherwise"
 
 
 class Prefixed:
@@ -79,15 +80,16 @@ def add_routes(
             list[str] | None,
             Query(max_length=limits.max_interactions, description="restrict to these candidate items (repeatable)"),
         ] = None,
+        approximate: Annotated[bool, Query(description=_APPROX)] = False,
     ) -> Any:
         """Top-k items for one user, best first: ``model.recommend(user, k)``."""
         m = lm.model
         raw = _resolve(m.user_map, user)
         if item:
             cands = list(dict.fromkeys(_resolve(m.item_map, t) for t in item))
-            df = await run_in_threadpool(m.recommend, raw, k, exclude_seen, cands)
+            df = await run_in_threadpool(m.recommend, raw, k, exclude_seen, cands, approximate)
             return _json(lm, {"user": raw, "items": _scored(lm, df["item"].tolist(), df["score"].to_numpy())})
-        items, scores = await batcher.top_k(m, m.user_map.index(raw), k, exclude_seen)
+        items, scores = await batcher.top_k(m, m.user_map.index(raw), k, exclude_seen, approximate)
         keep = items >= 0
         return _json(lm, {"user": raw, "items": _scored(lm, m.item_map.raw(items[keep]).tolist(), scores[keep])})
 
@@ -97,7 +99,9 @@ def add_routes(
         m = lm.model
         raws = [_resolve(m.user_map, u) for u in body.users]
         idx = m.user_map.indices(raws)
-        items, scores = await run_in_threadpool(m.top_k, idx, body.k, body.exclude_seen)
+        items, scores = await run_in_threadpool(
+            lambda: m.top_k(idx, body.k, body.exclude_seen, approximate=body.approximate)
+        )
         results = []
         for j, raw in enumerate(raws):
             keep = items[j] >= 0
@@ -269,6 +273,7 @@ def _model_info(lm: LoadedModel, model_dir: str) -> dict[str, Any]:
         "ranking_scores": ranking,
         "rating_range": None if ranking else [float(x) for x in m.rating_range_],
         "hyperparameters": {k: v for k, v in m.effective_params.items() if k != "verbose"},
+        "approximate_index": None if m.index_ is None else {"kind": m.index_.kind, **getattr(m.index_, "info", {})},
         "training": training,
     })
 

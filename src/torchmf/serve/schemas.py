@@ -134,6 +134,9 @@ class ModelInfo(BaseModel):
     ranking_scores: bool = Field(description="true when scores rank items rather than predict ratings")
     rating_range: list[float] | None
     hyperparameters: dict[str, Any]
+    approximate_index: dict[str, Any] | None = Field(
+        None, description="kind and build settings (with measured recall@10) of the saved approximate index"
+    )
     training: dict[str, Any]
 
 
@@ -145,6 +148,7 @@ def build_schemas(limits: Limits) -> dict[str, type[BaseModel]]:
         users: list[Id] = Field(min_length=1, max_length=limits.max_users)
         k: int = Field(10, ge=1, le=limits.max_k)
         exclude_seen: bool = True
+        approximate: bool = Field(False, description="use the model's approximate index when it has one")
 
     class SessionRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
