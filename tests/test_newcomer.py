@@ -100,4 +100,6 @@ def test_signature_shows_real_parameters() -> None:
 
     params = inspect.signature(MatrixFactorization).parameters
     assert list(params) == list(MatrixFactorization(verbose=False).get_params())
-    assert params["factors"].default == 48 and params["loss"].default == "mse"
+    # factors defaults per solver (48; 10 for solver="gibbs"), like epochs and reg
+    assert params["factors"].default is None and params["loss"].default == "mse"
+    assert MatrixFactorization(verbose=False).effective_params["factors"] == 48

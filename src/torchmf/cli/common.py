@@ -186,7 +186,7 @@ def check_k(k: int) -> int:
 # ---------------------------------------------------------------------- hyperparameters
 _HELP = {
     "factors": "latent dimension",
-    "epochs": "epochs (SGD) or sweeps (ALS)",
+    "epochs": "epochs (SGD) or sweeps (ALS, Gibbs)",
     "solver": "training algorithm",
     "loss": "objective (mse for ratings, the others for implicit feedback)",
     "lr": "learning rate (SGD)",
@@ -205,6 +205,10 @@ _HELP = {
     "negatives": "sampled negatives per positive",
     "negative_sampling": "how negatives are drawn",
     "early_stopping": "with validation: stop after N epochs without improvement",
+    "samples": "Gibbs: posterior samples kept and averaged",
+    "burn_in": "Gibbs: sweeps discarded before the kept samples",
+    "thin": "Gibbs: sweeps per kept sample",
+    "implicit_features": "Gibbs: add each user's rated items and each item's raters as features",
     "device": "auto (CUDA when available), cpu, cuda or cuda:N",
     "seed": "random seed",
 }

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     best = f", best epoch {est.best_epoch_}" if est.best_epoch_ is not None else ""
     print(
         f"trained {hp['solver'].upper()} with {hp['factors']} factors for {ran} "
-        f"{'sweep' if hp['solver'] == 'als' else 'epoch'}{'s' if ran != 1 else ''} in {took:.1f} s{best}"
+        f"{'sweep' if hp['solver'] in ('als', 'gibbs') else 'epoch'}{'s' if ran != 1 else ''} in {took:.1f} s{best}"
     )
     curves = est.history_
     if test is not None:

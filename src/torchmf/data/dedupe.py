@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from torchmf.data.checks import show, where
+from torchmf.data.csr import count_repeats
 from torchmf.errors import DataError
 
 __all__ = ["dedupe"]
@@ -23,6 +24,8 @@ def dedupe(
     user_col: str,
     item_col: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    if len(users) and count_repeats(users, items, int(users.max()) + 1, n_items) == 0:
+        return users, items, values, ts  # linear check; the sort below runs only when pairs repeat
     key = users * n_items + items
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]

@@ -4,7 +4,8 @@ For ALS-trained models the user's factors are a linear function of their own
 interactions, so the score of item ``i`` splits exactly into one term per
 interacted item ``j`` (Hu, Koren & Volinsky 2008, section 5):
 ``score_i = sum_j (q_i^T W_u q_j) * target_uj`` with ``W_u`` the inverse of the
-user's regularised normal matrix. Other solvers have no closed form; their
+user's regularised normal matrix. Other solvers (and Gibbs sampling, whose
+rows average many posterior draws) have no closed form; their
 contributions are the item-item dot products ``q_i . q_j`` averaged over the
 user's items (how much each of them "pulls" toward ``i``).
 """
@@ -56,7 +57,7 @@ def explain(est: Any, user: Hashable, item: Hashable, k: int = 10) -> pd.DataFra
             lam = ials_penalty(torch.tensor(float(len(mine)), dtype=torch.float64), Q.shape[0], s)
             A = s.unobserved_weight * (Q.T @ Q) + Q_u.T @ ((c - s.unobserved_weight)[:, None] * Q_u)
             target = c
-        elif hp["loss"] == "mse":
+        elif hp["loss"] == "mse" and hp["solver"] in ("als", "sgd"):  # ridge-shaped user rows
             exponent = hp["reg_exponent"] if hp["solver"] == "als" else 1.0
             lam = hp["reg"] * float(len(mine)) ** exponent
             A = Q_u.T @ Q_u

@@ -8,7 +8,6 @@ values at the edges and holds the fitted state.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Hashable, Mapping
@@ -42,13 +41,14 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
 
     Parameters
     ----------
-    factors : int, default 48
-        Latent dimension ``d``.
+    factors : int, optional
+        Latent dimension ``d``: 48, or 10 for ``solver="gibbs"``.
     epochs : int, optional
         Epochs (SGD) or full sweeps, users then items (ALS).
-    solver : {"als", "sgd"}, optional
-        Closed-form alternating least squares or minibatch SGD. Default: "als"
-        for ``mse`` and ``ials``, "sgd" for the sampled-negative losses.
+    solver : {"als", "sgd", "gibbs"}, optional
+        Closed-form alternating least squares, minibatch SGD, or (``mse``
+        only) Bayesian MF by Gibbs sampling. Default: "als" for ``mse`` and
+        ``ials``, "sgd" for the sampled-negative losses.
     loss : {"mse", "ials", "bpr", "logistic", "warp"}, default "mse"
         ``mse``: squared error on explicit ratings. ``ials``: weighted squared
         loss over all pairs with confidence from the values (Hu et al. 2008),
@@ -91,6 +91,13 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         With a validation set: stop after this many epochs without
         improvement of validation RMSE (mse) or NDCG@10 (implicit losses).
         The best epoch's weights are always restored.
+    samples, burn_in, thin : int, optional
+        Gibbs: keep ``samples`` posterior draws (default 200), one every ``thin``
+        sweeps (2) after ``burn_in`` (100); ``epochs`` defaults to that chain
+        length. Embeddings are ``samples * factors`` wide (the draws side by side).
+    implicit_features : bool, optional
+        Gibbs: add each user's rated items and each item's raters as features
+        (Rendle et al. 2019's flipped SVD++); default False.
     device : str, default "auto"
         "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
     seed : int, default 0
@@ -114,7 +121,7 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
 
     def __init__(
         self,
-        factors: int = 48,
+        factors: int | None = None,
         epochs: int | None = None,
         solver: str | None = None,
         loss: str = "mse",
@@ -134,6 +141,10 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         negatives: int | None = None,
         negative_sampling: str = "uniform",
         early_stopping: int | None = None,
+        samples: int | None = None,
+        burn_in: int | None = None,
+        thin: int | None = None,
+        implicit_features: bool | None = None,
         device: str = "auto",
         seed: int = 0,
         verbose: bool = True,
@@ -200,7 +211,7 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
                 f"early_stopping={hp['early_stopping']} needs validation data to watch: pass "
                 "fit(train, validation=...) (CLI: --validation FRACTION), or leave early_stopping=None"
             )
-        if hp["early_stopping"] is not None and hp["early_stopping"] >= hp["epochs"]:
+        if hp["early_stopping"] is not None and hp["epochs"] is not None and hp["early_stopping"] >= hp["epochs"]:
             log.warning("early_stopping=%d can never stop a %d-epoch fit; the best epoch is still restored",
                         hp["early_stopping"], hp["epochs"])
         data = train.compact()
@@ -213,8 +224,10 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
                 validation.values, data.rating_range(), device,
             )
         log.info("fitting %s on %s", self, data)
-        model, history, best = fit_model(data, hp, device, val)
-        self._install(model, hp, data.user_map, data.item_map, data.implicit, data.rating_range(), history, best)
+        extras: dict[str, Any] = {}
+        model, history, best = fit_model(data, hp, device, val, extras=extras)
+        self._install(model, hp, data.user_map, data.item_map, data.implicit, data.rating_range(), history, best,
+                      extras)
         self._set_seen(data.users, data.items, data.values)
         return self
 
@@ -328,7 +341,7 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         return cls.from_state(load_state(path, device=device, mmap=mmap))
 
     # ------------------------------------------------------------------ predict
-    def predict(self, users: Any, items: Any, unknown: str = "error") -> float | np.ndarray:
+    def predict(self, users: Any, items: Any, unknown: str = "error", return_std: bool = False) -> Any:
         """Predicted ratings for (user, item) pairs of raw ids.
 
         Parameters
@@ -337,11 +350,15 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         unknown : {"error", "fallback"}
             For an id not seen in fit: raise :class:`UnknownIdError`, or
             predict the global mean plus whichever bias is known.
+        return_std : bool
+            ``solver="gibbs"`` only: also return the posterior standard deviation of
+            each pair's score over the kept samples (NaN for a pair with an unknown id).
 
         Returns
         -------
         float for a single pair, else numpy.ndarray of float32, shape (n,);
-        clipped to the training rating range for rating models.
+        clipped to the training rating range for rating models. With
+        ``return_std``, a (mean, std) pair of those.
         """
         if unknown not in ("error", "fallback"):
             raise ValueError(f"unknown must be 'error' or 'fallback', got {unknown!r}")
@@ -362,12 +379,20 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         if not self.is_ranking:  # ratings live in the training range; ranking scores are raw
             score = score.clamp(*self.rating_range_)
         out = score.float().cpu().numpy()
-        return float(out[0]) if is_scalar(users) and is_scalar(items) else out
+        std = self._posterior_std(uc, ic, known_u & known_i) if return_std else None
+        if is_scalar(users) and is_scalar(items):
+            return (float(out[0]), float(std[0])) if return_std else float(out[0])
+        return (out, std) if return_std else out
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> MatrixFactorization:
-        new = copy.copy(self)
-        for name, value in vars(self).items():
-            setattr(new, name, copy.deepcopy(value, memo))
-        return new
+    def _posterior_std(self, u: torch.Tensor, i: torch.Tensor, known: torch.Tensor) -> np.ndarray:
+        from torchmf.solvers.gibbs_draws import posterior_std
+
+        if "samples" not in self.extras_:
+            raise ValueError(f"return_std=True needs a model sampled by solver='gibbs', not {self._hp['solver']!r}")
+        m = self.model
+        with torch.no_grad():
+            std = posterior_std(m.user_embs.weight[u], m.item_embs.weight[i], int(self.extras_["samples"]))
+        return torch.where(known, std, torch.nan).float().cpu().numpy()
+
 
 

@@ -29,7 +29,10 @@ _MAX_INIT_STD = 10.0
 # effective parameters are always complete, JSON-serialisable numbers/strings.
 _NEUTRAL: dict[str, Any] = {
     "lr": 0.0, "reg_bias": 0.0, "optimizer": "sgd", "alpha": 0.0, "unobserved_weight": 0.0, "negatives": 0,
+    "samples": 0, "burn_in": 0, "thin": 0, "implicit_features": False,
 }
+# Defaults every solver shares unless its own ``defaults`` say otherwise.
+_SHARED: dict[str, Any] = {"factors": 48}
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Params:
     Attributes mirror :class:`~torchmf.MatrixFactorization`'s arguments.
     """
 
-    factors: int = 48
+    factors: int | None = None
     epochs: int | None = None
     solver: str | None = None
     loss: str = "mse"
@@ -59,6 +62,10 @@ class Params:
     negatives: int | None = None
     negative_sampling: str = "uniform"
     early_stopping: int | None = None
+    samples: int | None = None
+    burn_in: int | None = None
+    thin: int | None = None
+    implicit_features: bool | None = None
     device: str = "auto"
     seed: int = 0
     verbose: bool = True
@@ -83,7 +90,7 @@ def _is_num(v: Any) -> bool:
 
 def validate(p: Params) -> None:
     """Raise ``ValueError`` naming the first invalid hyperparameter (or both of a bad pair)."""
-    _check(_is_int(p.factors) and p.factors > 0, "factors", p.factors, "a positive integer")
+    _check(p.factors is None or (_is_int(p.factors) and p.factors > 0), "factors", p.factors, "a positive integer")
     _check(p.epochs is None or (_is_int(p.epochs) and p.epochs > 0), "epochs", p.epochs, "a positive integer")
     names = solvers.solver_names()
     _check(p.solver is None or p.solver in names, "solver", p.solver, f"one of {names}")
@@ -115,6 +122,14 @@ def validate(p: Params) -> None:
         p.early_stopping is None or (_is_int(p.early_stopping) and p.early_stopping > 0),
         "early_stopping", p.early_stopping, "None or a positive integer (patience in epochs)",
     )
+    _check(p.samples is None or (_is_int(p.samples) and p.samples > 0), "samples", p.samples, "a positive integer")
+    _check(p.burn_in is None or (_is_int(p.burn_in) and p.burn_in >= 0), "burn_in", p.burn_in,
+           "a non-negative integer")
+    _check(p.thin is None or (_is_int(p.thin) and p.thin > 0), "thin", p.thin, "a positive integer")
+    _check(p.implicit_features is None or isinstance(p.implicit_features, bool), "implicit_features",
+           p.implicit_features, "True, False or None")
+    if p.implicit_features and solvers.get_solver(p.loss, p.solver).name != "gibbs":
+        raise ValueError("implicit_features=True needs solver='gibbs' (the only solver that samples them)")
     _check(_is_int(p.seed) and 0 <= p.seed <= _MAX_SEED, "seed", p.seed, "an integer from 0 to 2**63 - 1")
     _check(isinstance(p.verbose, bool), "verbose", p.verbose, "True or False")
     _check(isinstance(p.device, str), "device", p.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -132,7 +147,7 @@ def resolve(p: Params) -> dict[str, Any]:
     out = {name: getattr(p, name) for name in Params.names()}
     cls = solvers.get_solver(p.loss, p.solver)
     out["solver"] = cls.name
-    for name, default in {**_NEUTRAL, **cls.defaults[p.loss]}.items():
+    for name, default in {**_SHARED, **_NEUTRAL, **cls.defaults[p.loss]}.items():
         if out[name] is None:
             out[name] = default
     return out

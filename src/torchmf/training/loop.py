@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from torchmf.data.interactions import Interactions
-from torchmf.device import check_memory
+from torchmf.device import check_memory, thread_policy
 from torchmf.nn.mf import MFModel
 from torchmf.solvers import get_solver
 from torchmf.training.monitor import Monitor
@@ -46,6 +46,13 @@ def new_model(data: Interactions, hp: dict[str, Any], device: torch.device) -> M
     return model.to(device)
 
 
+def _kernel_work(hp: dict[str, Any], n_interactions: int) -> int:
+    """Elements one kernel call touches, for the thread policy: a minibatch (SGD family) or all pairs (ALS)."""
+    if hp["solver"] == "sgd" and hp["batch_size"]:
+        return hp["batch_size"] * (1 + (hp["negatives"] or 0)) * hp["factors"]
+    return n_interactions * hp["factors"]
+
+
 def _snapshot(model: MFModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -56,6 +63,7 @@ def fit_model(
     device: torch.device,
     validation: Validation | None = None,
     model: MFModel | None = None,
+    extras: dict[str, Any] | None = None,
 ) -> tuple[MFModel, list[dict[str, float]], int | None]:
     """Train on ``data`` (compacted) with the solver that ``hp`` names.
 
@@ -71,6 +79,9 @@ def fit_model(
         Held-out pairs: RMSE for rating losses, NDCG@10 for ranking losses.
     model : MFModel, optional
         Warm start: train this model (in place, on ``device``) instead of a fresh one.
+    extras : dict, optional
+        Filled with the solver's ``extras`` (JSON-able metadata, e.g. the width of
+        embeddings a solver rewrote in ``finish``) when it has any.
 
     Returns
     -------
@@ -109,10 +120,14 @@ def fit_model(
         verbose=hp["verbose"],
         desc=f"torchmf {hp['loss']}/{hp['solver']}" if solver_cls.ranking else f"torchmf {hp['solver']}",
     )
-    with torch.no_grad():
+    # intra-op threads matched to the free cores and to each kernel's work (device.thread_policy)
+    with torch.no_grad(), thread_policy(_kernel_work(hp, len(data)), device) as threads:
         for epoch in range(1, hp["epochs"] + 1):
+            threads.refresh()
             if monitor.end_epoch(epoch, solver.epoch()):
                 break
         monitor.finish()
         solver.finish()
+    if extras is not None:
+        extras.update(getattr(solver, "extras", {}))
     return model, monitor.history, monitor.best_epoch
