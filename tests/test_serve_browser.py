@@ -19,7 +19,7 @@ ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
 ]
-TIMEOUT_MS = 20_000
+TIMEOUT_MS = 60_000  # generous: CI boxes can be busy
 
 
 @pytest.fixture(scope="module")
