@@ -174,7 +174,11 @@ def test_estimator_fits_the_posterior_mean_layout(gibbs_model, gibbs_data) -> No
     hp = gibbs_model.effective_params
     assert (hp["solver"], hp["factors"], hp["samples"], hp["burn_in"], hp["epochs"]) == ("gibbs", 3, 6, 4, 10)
     assert gibbs_model.user_factors.shape == (40, 18) and gibbs_model.item_factors.shape == (30, 18)
-    assert gibbs_model.extras_ == {"embedding_dim": 18, "samples": 6, "rank": 3}
+    extras = gibbs_model.extras_
+    assert {k: extras[k] for k in ("embedding_dim", "samples", "rank")} == {
+        "embedding_dim": 18, "samples": 6, "rank": 3,
+    }
+    assert "ranker" in extras  # rating models rank by an interaction component by default (rank_by)
     assert len(gibbs_model.history_) == 10
     users, items = gibbs_data.user_map.raw(gibbs_data.users), gibbs_data.item_map.raw(gibbs_data.items)
     pred = gibbs_model.predict(users, items)

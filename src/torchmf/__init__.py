@@ -33,6 +33,7 @@ _LAZY = {
     "read_ratings": "torchmf.data",
     "MatrixFactorization": "torchmf.estimator",
     "ModelState": "torchmf.estimator",
+    "autotune": "torchmf.evaluation",
     "cross_validate": "torchmf.evaluation",
     "evaluate": "torchmf.evaluation",
     "grid_search": "torchmf.evaluation",
@@ -45,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torchmf import datasets, metrics, split
     from torchmf.data import IdMap, Interactions, read_ratings
     from torchmf.estimator import MatrixFactorization, ModelState
-    from torchmf.evaluation import cross_validate, evaluate, grid_search, optuna_search
+    from torchmf.evaluation import autotune, cross_validate, evaluate, grid_search, optuna_search
     from torchmf.nn import MFModel
 
     load = MatrixFactorization.load
@@ -81,6 +82,7 @@ __all__ = [
     "TrainingError",
     "UnknownIdError",
     "__version__",
+    "autotune",
     "cross_validate",
     "datasets",
     "evaluate",

@@ -198,8 +198,9 @@ _HELP = {
     "biases": "fit a global mean and user/item biases",
     "init_std": "standard deviation of the initial factors",
     "cg_steps": "ALS conjugate-gradient steps, 0 = exact solve",
-    "alpha": "iALS confidence scale",
-    "confidence": "iALS confidence of a value",
+    "alpha": "iALS confidence scale (unset: chosen from the values, see --confidence)",
+    "confidence": "iALS confidence of a value (unset: log scaled to the median for heavy-tailed counts, else linear)",
+    "rank_by": "what a rating model's lists rank by: an iALS component on the same pairs, or the predicted rating",
     "confidence_eps": "iALS log-confidence epsilon",
     "unobserved_weight": "iALS weight of unobserved pairs",
     "negatives": "sampled negatives per positive",
@@ -214,7 +215,7 @@ _HELP = {
 }
 # where the valid values of a string hyperparameter come from
 _CHOICES = {"solver": "solvers.solver_names", "loss": "solvers.losses", "optimizer": "OPTIMIZERS",
-            "confidence": "CONFIDENCE", "negative_sampling": "SAMPLING"}
+            "confidence": "CONFIDENCE", "negative_sampling": "SAMPLING", "rank_by": "RANK_BY"}
 _METAVAR = {int: "N", float: "X", str: "NAME"}
 
 
@@ -286,6 +287,9 @@ def per_loss_defaults(name: str) -> str:
         for loss in solvers.losses():
             by_solver.setdefault(solvers.default_solver(loss), []).append(loss)
         return ", ".join(f"{s} ({', '.join(losses)})" for s, losses in by_solver.items())
+    if name == "rank_by":
+        rating = [lo for lo in solvers.losses() if not solvers.is_ranking_loss(lo)]
+        return f"interactions ({', '.join(rating)}), scores (the ranking losses)"
     groups: dict[str, list[str]] = {}
     for loss in solvers.losses():
         names = solvers.solvers_for(loss)

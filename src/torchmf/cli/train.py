@@ -9,7 +9,7 @@ from typing import Any
 from torchmf.cli import common
 from torchmf.cli.plot import plot_histories, prepare_plot
 
-__all__ = ["add_parser", "holdout", "validation_metrics"]
+__all__ = ["add_parser", "holdout", "run_auto", "validation_metrics"]
 
 _DESCRIPTION = """\
 Train a matrix-factorization model on a ratings file and save it to a folder.
@@ -25,6 +25,7 @@ examples:
   torchmf train u.data -o model --columns user,item,rating,timestamp --factors 64 --epochs 10
   torchmf train plays.tsv -o model --user-col listener --item-col artist --implicit
   torchmf train ratings.csv -o model --validation 0.2 --plot curves.png
+  torchmf train ratings.csv -o model --auto 60        # tune with Optuna for 60 s, then refit
 """
 
 
@@ -45,6 +46,14 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         type=float,
         help="hold out this fraction of each user's interactions: report validation metrics, choose the number "
              "of epochs (with --early-stopping), then refit on all the data for that many epochs (e.g. 0.2)",
+    )
+    p.add_argument(
+        "--auto",
+        metavar="SECONDS",
+        type=float,
+        help="tune the hyperparameters of the loss and solver with Optuna (torchmf.autotune) within this many "
+             "seconds, search and refit together, on a validation split carved from DATA; other "
+             "hyperparameter options set the values that are not searched",
     )
     p.add_argument("--no-refit", dest="refit", action="store_false",
                    help="with --validation: save the model fitted on the training part instead of refitting")
@@ -86,7 +95,11 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         prepare_plot(args.plot)  # fail before training, not after
     est = common.estimator_from_args(args)
+    if args.auto is not None:
+        check_auto(args)
     data = common.read_data(args.data, args)
+    if args.auto is not None:
+        return run_auto(args, est, data)
     kind = "implicit" if data.implicit else "explicit"
     print(f"read {len(data):,} {kind} interactions from {args.data}: {data.n_users:,} users x {data.n_items:,} items")
     train, test = data, None
@@ -119,6 +132,39 @@ def run(args: argparse.Namespace) -> int:
     print(f"model saved to {args.output}")
     if args.plot:
         where = plot_histories(args.plot, [curves], [""])
+        print(f"learning curves written to {where}")
+    return 0
+
+
+def check_auto(args: argparse.Namespace) -> None:
+    if not args.auto > 0:
+        raise common.CLIError(f"--auto must be a positive number of seconds, got {args.auto:g}")
+    if args.validation is not None:
+        raise common.CLIError("--auto carves its own validation split; leave out --validation")
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise common.CLIError("--auto needs optuna: pip install 'torchmf[tune]'") from None
+
+
+def run_auto(args: argparse.Namespace, est: Any, data: Any) -> int:
+    """``--auto SECONDS``: autotune, report the trials, save the refitted best model."""
+    from torchmf.evaluation.autotune import autotune
+
+    kind = "implicit" if data.implicit else "explicit"
+    print(f"read {len(data):,} {kind} interactions from {args.data}: {data.n_users:,} users x {data.n_items:,} items")
+    p = est.get_params()
+    model = autotune(est, data, budget_s=args.auto, seed=p["seed"], k=args.k, verbose=p["verbose"])
+    info = model.extras_["autotune"]
+    states = model.tuning_["state"].value_counts().to_dict()
+    print(f"tuned {model.effective_params['solver'].upper()} ({p['loss']}) in {info['seconds']:.1f} s of "
+          f"{args.auto:g}: {info['trials']} trials ({', '.join(f'{n} {s}' for s, n in states.items())})")
+    best = ", ".join(f"{k}={common.plain(v)}" for k, v in info["params"].items())
+    print(f"best: {best}, {info['epochs']} epochs; validation {info['metric']} {info['validation']:.4f}")
+    model.save(args.output)
+    print(f"refitted on all {len(data):,} interactions; model saved to {args.output}")
+    if args.plot:
+        where = plot_histories(args.plot, [model.history_], [""])
         print(f"learning curves written to {where}")
     return 0
 

@@ -103,17 +103,22 @@ class FoldInMixin:
         """
         m = self.model
         w, items, values = fold_in_row(self, user, ratings)
+        rank_row = self._fold_in_ranker(items)  # a rating model's ranking component, if any
         if user in self.user_map:
             row = self.user_map.index(user)
         else:
             self.user_map = self.user_map.extend([user])
             row = len(self.user_map) - 1
             m.resize(len(self.user_map))
+            if rank_row is not None:
+                self._ranker.resize(len(self.user_map))
             self.seen_indptr_ = np.append(self.seen_indptr_, self.seen_indptr_[-1])
         with torch.no_grad():
             m.user_embs.weight[row] = w[: m.embedding_dim]
             if m.biases:
                 m.user_bias.weight[row, 0] = w[-1]
+            if rank_row is not None:
+                self._ranker.user_embs.weight[row] = rank_row
         start, end = self.seen_indptr_[row], self.seen_indptr_[row + 1]
         self.seen_indices_ = np.concatenate([self.seen_indices_[:start], items, self.seen_indices_[end:]])
         self.seen_values_ = np.concatenate([self.seen_values_[:start], values, self.seen_values_[end:]])

@@ -18,14 +18,17 @@ import pandas as pd
 import torch
 
 from torchmf import solvers
-from torchmf.checks import check_k, is_scalar, to_id_array
+from torchmf.checks import check_k
 from torchmf.data.convert import as_interactions
 from torchmf.data.interactions import Interactions
+from torchmf.data.profile import counts_guard, value_profile
 from torchmf.device import resolve_device
 from torchmf.errors import DataError, NotFittedError
 from torchmf.estimator import params as hparams
 from torchmf.estimator.foldin import FoldInMixin
 from torchmf.estimator.persistence import load_state, save_state
+from torchmf.estimator.predict import PredictMixin
+from torchmf.estimator.ranker import fit_ranker, ranker_from_state, ranker_tensors
 from torchmf.estimator.ranking import RankingMixin
 from torchmf.estimator.state import ModelState
 from torchmf.nn.mf import MFModel
@@ -36,7 +39,7 @@ __all__ = ["MatrixFactorization"]
 log = logging.getLogger(__name__)
 
 
-class MatrixFactorization(RankingMixin, FoldInMixin):
+class MatrixFactorization(PredictMixin, RankingMixin, FoldInMixin):
     """Matrix factorization recommender: fit, predict, recommend, save.
 
     Parameters
@@ -79,9 +82,13 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         ALS: conjugate-gradient steps per solve; 0 solves exactly (Cholesky).
     alpha : float, optional
         iALS: confidence ``1 + alpha * transform(value)`` of observed pairs.
-    confidence : {"linear", "log"}, default "linear"
-        iALS: ``transform(v) = v`` or ``log(1 + v / confidence_eps)``.
-    confidence_eps : float, default 1.0
+    confidence : {"linear", "log"}, optional
+        iALS: ``transform(v) = v`` or ``log(1 + v / confidence_eps)``. Default
+        from the data (:func:`torchmf.data.profile.confidence_defaults`): binary
+        data and ratings ``"linear"``, ``alpha=1``; heavy-tailed counts ``"log"``
+        with ``confidence_eps`` = the median count, ``alpha = 1 / log 2``.
+    confidence_eps : float, optional
+        See ``confidence``.
     unobserved_weight : float, optional
         iALS: weight of every unobserved pair.
     negatives : int, optional
@@ -98,6 +105,12 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
     implicit_features : bool, optional
         Gibbs: add each user's rated items and each item's raters as features
         (Rendle et al. 2019's flipped SVD++); default False.
+    rank_by : {"interactions", "scores"}, optional
+        What a rating model's lists (``recommend``, ``similar_items``, ...) rank
+        by. ``"interactions"`` (default for ``mse``): an iALS component trained
+        on the same pairs plus a small share of the predicted rating
+        (:mod:`torchmf.estimator.ranker`); ``predict`` is unchanged.
+        ``"scores"``: the predicted rating (as ranking losses always do).
     device : str, default "auto"
         "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
     seed : int, default 0
@@ -135,8 +148,8 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         init_std: float = 0.1,
         cg_steps: int = 3,
         alpha: float | None = None,
-        confidence: str = "linear",
-        confidence_eps: float = 1.0,
+        confidence: str | None = None,
+        confidence_eps: float | None = None,
         unobserved_weight: float | None = None,
         negatives: int | None = None,
         negative_sampling: str = "uniform",
@@ -145,6 +158,7 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         burn_in: int | None = None,
         thin: int | None = None,
         implicit_features: bool | None = None,
+        rank_by: str | None = None,
         device: str = "auto",
         seed: int = 0,
         verbose: bool = True,
@@ -153,6 +167,7 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         self._params = hparams.Params(**given)
         hparams.validate(self._params)
         self._model: MFModel | None = None
+        self._ranker: MFModel | None = None
         self.index_: Index | None = None
         self.history_: list[dict[str, float]] = []
         self.best_epoch_: int | None = None
@@ -205,7 +220,9 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
             raise DataError("cannot fit on empty interactions")
         if validation is not None:
             validation = as_interactions(validation, "validation")
-        hp = hparams.resolve(self._params)
+        data = train.compact()
+        profile = value_profile(data.values)
+        hp = hparams.resolve(self._params, profile)
         if hp["early_stopping"] is not None and validation is None:
             raise ValueError(
                 f"early_stopping={hp['early_stopping']} needs validation data to watch: pass "
@@ -214,7 +231,6 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
         if hp["early_stopping"] is not None and hp["epochs"] is not None and hp["early_stopping"] >= hp["epochs"]:
             log.warning("early_stopping=%d can never stop a %d-epoch fit; the best epoch is still restored",
                         hp["early_stopping"], hp["epochs"])
-        data = train.compact()
         device = resolve_device(hp["device"])
         val = None
         if validation is not None:
@@ -225,16 +241,20 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
             )
         log.info("fitting %s on %s", self, data)
         extras: dict[str, Any] = {}
-        model, history, best = fit_model(data, hp, device, val, extras=extras)
+        with counts_guard(profile, hp["loss"], solvers.is_ranking_loss(hp["loss"])):
+            model, history, best = fit_model(data, hp, device, val, extras=extras)
+        ranker = None
+        if hp["rank_by"] == "interactions":
+            ranker, extras["ranker"] = fit_ranker(data, hp, device)
         self._install(model, hp, data.user_map, data.item_map, data.implicit, data.rating_range(), history, best,
-                      extras)
+                      extras, ranker)
         self._set_seen(data.users, data.items, data.values)
         return self
 
     def _install(self, model: MFModel, hp: dict[str, Any], user_map: Any, item_map: Any, implicit: bool,
                  rating_range: tuple[float, float], history: list[dict[str, float]], best: int | None,
-                 extras: dict[str, Any] | None = None) -> None:
-        self._model, self._hp = model, hp
+                 extras: dict[str, Any] | None = None, ranker: MFModel | None = None) -> None:
+        self._model, self._hp, self._ranker = model, hp, ranker
         self.user_map, self.item_map = user_map, item_map
         self.implicit_, self.rating_range_ = bool(implicit), (float(rating_range[0]), float(rating_range[1]))
         self.history_, self.best_epoch_ = history, best
@@ -307,13 +327,16 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
     def to(self, device: str | torch.device) -> MatrixFactorization:
         """Move the weights to ``device`` ("auto", "cpu", "cuda", "cuda:N"); returns self."""
         self.model.to(resolve_device(device))
+        if self._ranker is not None:
+            self._ranker.to(resolve_device(device))
         return self
 
     def to_state(self) -> ModelState:
         """The fitted model as a :class:`ModelState` (tensors shared, not copied)."""
         return ModelState(
             params=self.get_params(), effective_params=dict(self._hp),
-            tensors=dict(self.model.state_dict()), user_map=self.user_map, item_map=self.item_map,
+            tensors={**self.model.state_dict(), **ranker_tensors(self._ranker)},
+            user_map=self.user_map, item_map=self.item_map,
             seen_indptr=self.seen_indptr_, seen_indices=self.seen_indices_, seen_values=self.seen_values_,
             rating_range=self.rating_range_,
             implicit=self.implicit_, history=list(self.history_), best_epoch=self.best_epoch_,
@@ -324,8 +347,9 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
     def from_state(cls, state: ModelState) -> MatrixFactorization:
         """An estimator holding ``state`` (tensors shared, not copied)."""
         est = cls(**{k: v for k, v in state.params.items() if k in hparams.Params.names()})
+        ranker = ranker_from_state(state)
         est._install(state.build_model(), dict(state.effective_params), state.user_map, state.item_map,
-                     state.implicit, state.rating_range, list(state.history), state.best_epoch, state.extras)
+                     state.implicit, state.rating_range, list(state.history), state.best_epoch, state.extras, ranker)
         est.seen_indptr_, est.seen_indices_, est.seen_values_ = state.seen_indptr, state.seen_indices, state.seen_values
         est.index_ = state.index
         return est
@@ -339,60 +363,3 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
     def load(cls, path: str | os.PathLike, device: str = "auto", mmap: bool = False) -> MatrixFactorization:
         """Read a model folder written by :meth:`save` (also available as ``torchmf.load``)."""
         return cls.from_state(load_state(path, device=device, mmap=mmap))
-
-    # ------------------------------------------------------------------ predict
-    def predict(self, users: Any, items: Any, unknown: str = "error", return_std: bool = False) -> Any:
-        """Predicted ratings for (user, item) pairs of raw ids.
-
-        Parameters
-        ----------
-        users, items : raw id, or array-like of raw ids, shape (n,)
-        unknown : {"error", "fallback"}
-            For an id not seen in fit: raise :class:`UnknownIdError`, or
-            predict the global mean plus whichever bias is known.
-        return_std : bool
-            ``solver="gibbs"`` only: also return the posterior standard deviation of
-            each pair's score over the kept samples (NaN for a pair with an unknown id).
-
-        Returns
-        -------
-        float for a single pair, else numpy.ndarray of float32, shape (n,);
-        clipped to the training rating range for rating models. With
-        ``return_std``, a (mean, std) pair of those.
-        """
-        if unknown not in ("error", "fallback"):
-            raise ValueError(f"unknown must be 'error' or 'fallback', got {unknown!r}")
-        m = self.model
-        u_raw, i_raw = to_id_array(users), to_id_array(items)
-        if len(u_raw) != len(i_raw):
-            raise ValueError(f"users and items differ in length: {len(u_raw)} vs {len(i_raw)}")
-        missing = "error" if unknown == "error" else "ignore"
-        ut = torch.as_tensor(self.user_map.indices(u_raw, missing=missing), device=self.device)
-        it = torch.as_tensor(self.item_map.indices(i_raw, missing=missing), device=self.device)
-        known_u, known_i = ut >= 0, it >= 0
-        uc, ic = ut.clamp_min(0), it.clamp_min(0)  # -1 (unknown) falls back to mean + known bias
-        with torch.no_grad():
-            score = (m.user_embs.weight[uc] * m.item_embs.weight[ic]).sum(1) * (known_u & known_i)
-            if m.biases:
-                score = score + m.global_bias
-                score = score + m.user_bias.weight[uc, 0] * known_u + m.item_bias.weight[ic, 0] * known_i
-        if not self.is_ranking:  # ratings live in the training range; ranking scores are raw
-            score = score.clamp(*self.rating_range_)
-        out = score.float().cpu().numpy()
-        std = self._posterior_std(uc, ic, known_u & known_i) if return_std else None
-        if is_scalar(users) and is_scalar(items):
-            return (float(out[0]), float(std[0])) if return_std else float(out[0])
-        return (out, std) if return_std else out
-
-    def _posterior_std(self, u: torch.Tensor, i: torch.Tensor, known: torch.Tensor) -> np.ndarray:
-        from torchmf.solvers.gibbs_draws import posterior_std
-
-        if "samples" not in self.extras_:
-            raise ValueError(f"return_std=True needs a model sampled by solver='gibbs', not {self._hp['solver']!r}")
-        m = self.model
-        with torch.no_grad():
-            std = posterior_std(m.user_embs.weight[u], m.item_embs.weight[i], int(self.extras_["samples"]))
-        return torch.where(known, std, torch.nan).float().cpu().numpy()
-
-
-

@@ -156,9 +156,10 @@ def _read_index(folder: Path, entry: Any, state: ModelState) -> Index | None:
         log.warning("%s: the model has an approximate index but faiss is not installed "
                     "(pip install 'torchmf[ann]'); using exact search", folder)
         return None
-    if index.n_items != state.n_items or getattr(index, "dim", state.factors) != state.factors:
+    width = state.query_width
+    if index.n_items != state.n_items or getattr(index, "dim", width) != width:
         raise ModelFileError(f"{folder}: the approximate index covers {index.n_items} items of width "
-                             f"{getattr(index, 'dim', '?')}, the model has {state.n_items} of width {state.factors}")
+                             f"{getattr(index, 'dim', '?')}, the model has {state.n_items} of width {width}")
     return index
 
 

@@ -18,6 +18,7 @@ import torch
 
 from torchmf.checks import check_k, is_scalar, to_id_array
 from torchmf.estimator.foldin import fold_in_row
+from torchmf.estimator.ranker import RANKER, fold_in_ranker, ranker_index, ranker_queries
 from torchmf.retrieval import ExactIndex, Index, csr_rows, csr_union
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,9 @@ class RankingMixin:
 
     def _queries(self, user_indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         m, rows = self.model, torch.as_tensor(user_indices, device=self.device)
+        if self._ranker is not None:  # a rating model ranking by interactions (torchmf.estimator.ranker)
+            weight = self.extras_[RANKER]["rating_weight"]
+            return ranker_queries(self._ranker.user_embs.weight[rows], m.user_embs.weight[rows], weight), None
         offsets = (m.global_bias + m.user_bias.weight[rows, 0]) if m.biases else None
         return m.user_embs.weight[rows], offsets
 
@@ -54,13 +58,14 @@ class RankingMixin:
         """
         from torchmf.retrieval.hnsw import build_hnsw
 
-        m = self.model
+        self.model  # noqa: B018 - raises before fit
         if kind != "hnsw":
             raise ValueError(f"kind must be 'hnsw', got {kind!r}")
         if "recall_queries" in params:
             raise TypeError("build_index samples the model's own users for recall; recall_queries is not accepted")
-        bias = m.item_bias.weight[:, 0] if m.biases else None
-        self.index_ = build_hnsw(m.item_embs.weight, bias, recall_queries=m.user_embs.weight, **params)
+        exact = self._exact_index()  # what the model ranks by: with a ranking component, its vectors
+        queries, _ = self._queries(np.arange(len(self.user_map)))
+        self.index_ = build_hnsw(exact.item_vectors, exact.item_bias, recall_queries=queries, **params)
         return self.index_
 
     def _index(self, approximate: bool) -> Index:
@@ -70,7 +75,20 @@ class RankingMixin:
             log.warning("the approximate index covers %d items, the model has %d: using exact search",
                         index.n_items, self.model.num_items)
             index = None
-        return ExactIndex.from_model(self.model) if index is None else index
+        return self._exact_index() if index is None else index
+
+    def _exact_index(self) -> ExactIndex:
+        """Exact search over the items as the ranking scores them."""
+        if self._ranker is not None:
+            return ranker_index(self.model, self._ranker, self.extras_[RANKER]["rating_weight"])
+        return ExactIndex.from_model(self.model)
+
+    def _fold_in_ranker(self, items: np.ndarray) -> torch.Tensor | None:
+        """A visitor's row of the ranking component (None without one), shape (d_rank,)."""
+        if self._ranker is None:
+            return None
+        counts = np.bincount(self.seen_indices_, minlength=len(self.item_map))
+        return fold_in_ranker(self._ranker, self.extras_[RANKER], items, counts)
 
     def top_k(
         self,
@@ -140,9 +158,13 @@ class RankingMixin:
         pandas.DataFrame
             One user: columns ``item, score``, best first. Many users: columns
             ``user, rank, item, score`` (rank 1 = best). Fewer than ``k`` rows
-            per user when fewer items are eligible. ``score`` is the model's raw
-            score, not clipped to the rating range (clipping would tie the top
-            of the list); :meth:`predict` clips.
+            per user when fewer items are eligible. ``score`` is the ranking
+            score: for a rating model with ``rank_by="interactions"`` (the
+            default) the ranking component's score
+            (:mod:`torchmf.estimator.ranker`), not a rating; with
+            ``rank_by="scores"`` the raw predicted rating, not clipped to the
+            rating range (clipping would tie the top of the list). Use
+            :meth:`predict` for ratings.
         """
         k = check_k(k)
         self.model  # noqa: B018 - raises before fit
@@ -165,6 +187,10 @@ class RankingMixin:
     def similar_items(self, item: Hashable, k: int = 10) -> pd.DataFrame:
         """Items closest to ``item`` by cosine similarity of their factors.
 
+        For a rating model with ``rank_by="interactions"`` (the default) the
+        factors of its ranking component (items chosen by the same users),
+        so items with one or two ratings do not crowd the list.
+
         Returns
         -------
         pandas.DataFrame
@@ -173,7 +199,8 @@ class RankingMixin:
         k = check_k(k)
         self.model  # noqa: B018 - raises before fit
         idx = self.item_map.index(item)
-        top_i, top_s = ExactIndex.from_model(self.model).similar(np.array([idx]), k)
+        index = ExactIndex.from_model(self.model if self._ranker is None else self._ranker)
+        top_i, top_s = index.similar(np.array([idx]), k)
         return pd.DataFrame({"item": self.item_map.raw(top_i[0]), "score": top_s[0]})
 
     def recommend_for(
@@ -208,13 +235,16 @@ class RankingMixin:
         self.model  # noqa: B018 - raises before fit
         w, seen, _ = fold_in_row(self, "the visitor", interactions)
         d = self.model.embedding_dim
-        offsets = None
-        if self.model.biases:
+        query, offsets = w[:d].reshape(1, d), None
+        rank_row = self._fold_in_ranker(seen)
+        if rank_row is not None:
+            query = ranker_queries(rank_row.reshape(1, -1), query, self.extras_[RANKER]["rating_weight"])
+        elif self.model.biases:
             offsets = (self.model.global_bias + w[d]).reshape(1)
         exclude = (np.array([0, len(seen)]), seen) if exclude_seen else None
         cand = None if items is None else self.item_map.indices(to_id_array(items))
         top_items, top_scores = self._index(approximate).search(
-            w[:d].reshape(1, d), min(k, len(self.item_map)), offsets=offsets, exclude=exclude, candidates=cand
+            query, min(k, len(self.item_map)), offsets=offsets, exclude=exclude, candidates=cand
         )
         return self._frame(np.array([None], dtype=object), top_items, top_scores, single=True)
 

@@ -18,6 +18,9 @@ from torchmf.retrieval.base import Index
 
 __all__ = ["ModelState"]
 
+# owners of MFModel.state_dict() names ("" is the global bias); other prefixes belong to features
+_MODEL_PARTS = ("", "user_embs", "item_embs", "user_bias", "item_bias")
+
 
 @dataclass
 class ModelState:
@@ -32,7 +35,10 @@ class ModelState:
     tensors : dict of str to torch.Tensor
         ``MFModel.state_dict()``: ``user_embs.weight`` (n_users, d),
         ``item_embs.weight`` (n_items, d) and, with biases,
-        ``user_bias.weight`` (n_users, 1), ``item_bias.weight`` (n_items, 1), ``global_bias`` ().
+        ``user_bias.weight`` (n_users, 1), ``item_bias.weight`` (n_items, 1), ``global_bias`` ();
+        names under another prefix belong to a feature (``ranker.*``: the
+        ranking component of :mod:`torchmf.estimator.ranker`) and are not
+        part of :meth:`build_model`'s model.
     user_map, item_map : IdMap
     seen_indptr : numpy.ndarray of int64, shape (n_users + 1,)
     seen_indices : numpy.ndarray of int64, shape (n_seen,)
@@ -82,6 +88,12 @@ class ModelState:
         return int(self.tensors["user_embs.weight"].shape[1])
 
     @property
+    def query_width(self) -> int:
+        """Width of the vectors recommendations rank by: ``factors``, plus the ranking component's (``ranker.*``)."""
+        extra = self.tensors.get("ranker.user_embs.weight")
+        return self.factors + (0 if extra is None else int(extra.shape[1]))
+
+    @property
     def biases(self) -> bool:
         return "global_bias" in self.tensors
 
@@ -96,6 +108,8 @@ class ModelState:
         model = MFModel(0, 0, self.factors, biases=self.biases)
         for name, t in self.tensors.items():
             owner, _, attr = name.rpartition(".")
+            if owner.split(".")[0] not in _MODEL_PARTS:  # a feature's tensors (e.g. "ranker.*"), not the MFModel's
+                continue
             module = model.get_submodule(owner) if owner else model
             setattr(module, attr, torch.nn.Parameter(t, requires_grad=False))
         model.user_embs.num_embeddings = self.n_users

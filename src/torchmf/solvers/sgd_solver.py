@@ -41,6 +41,11 @@ class SGDSolver:
             "biases": True,
         },
     }
+    # What torchmf.autotune searches: (kind, low, high[, "log"]); epochs come from early stopping.
+    search_space: ClassVar[dict[str, tuple]] = {
+        "factors": ("int", 8, 256, "log"), "lr": ("float", 0.002, 0.05, "log"),
+        "reg": ("float", 0.01, 0.5, "log"), "reg_bias": ("float", 0.001, 0.2, "log"),
+    }
 
     def __init__(self, model: MFModel, data: Interactions, hp: dict[str, Any], device: torch.device) -> None:
         if hp["batch_size"] is None:

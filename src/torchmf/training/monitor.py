@@ -8,20 +8,43 @@ the maths.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from torchmf.errors import TrainingError
 
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "epoch_hook"]
 
 log = logging.getLogger(__name__)
+
+# called with each epoch's history row; True stops the fit (kept as early stopping would keep it)
+_EPOCH_HOOK: contextvars.ContextVar[Callable[[dict[str, float]], bool] | None] = contextvars.ContextVar(
+    "torchmf_epoch_hook", default=None
+)
+
+
+@contextlib.contextmanager
+def epoch_hook(hook: Callable[[dict[str, float]], bool]) -> Iterator[None]:
+    """Call ``hook(row)`` after every epoch of every fit inside the ``with`` block.
+
+    ``row`` is the epoch's history row (``epoch``, ``train_loss``, ``val_*``);
+    a True return stops that fit after this epoch, keeping the best epoch's
+    weights as early stopping does. Used by searches to prune trials and keep
+    to a time budget.
+    """
+    token = _EPOCH_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _EPOCH_HOOK.reset(token)
 
 
 class Monitor:
@@ -103,6 +126,9 @@ class Monitor:
             elif self.patience is not None and self.best_epoch is not None and epoch - self.best_epoch >= self.patience:
                 stop = True
         self.history.append(row)
+        hook = _EPOCH_HOOK.get()
+        if hook is not None and hook(row):
+            stop = True
         self._bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "epoch"})
         self._bar.update(1)
         if self._lines:
