@@ -122,17 +122,17 @@ def test_a_broken_model_leaves_the_old_one_serving(tmp_path, two_models):
     with live_server(create_app(path, load="now", watch=True, watch_interval=0.05)) as base:
 
         def corrupt_and_reload() -> None:
-            weights = path / "model.safetensors"
+            weights = next(path.glob("weights-*.safetensors"))  # the format-2 content-addressed weights file
             weights.write_bytes(weights.read_bytes()[:-16])  # a truncated copy
             r = httpx.post(f"{base}/v1/admin/reload", timeout=30)
             assert r.status_code == 409
-            assert "checksum mismatch" in r.json()["error"] and f"still serving {v_old}" in r.json()["error"]
+            assert "truncated or modified" in r.json()["error"] and f"still serving {v_old}" in r.json()["error"]
 
         results, versions, errors = _under_load(base, corrupt_and_reload)
         assert errors == [] and set(results) == {200} and versions == {v_old}
         ready = httpx.get(f"{base}/health/ready")
         assert ready.status_code == 200 and ready.json()["version"] == v_old
-        assert "checksum mismatch" in ready.json()["last_reload_error"]
+        assert "truncated or modified" in ready.json()["last_reload_error"]
         assert ready.json()["failed_reloads"] >= 1
         metrics = httpx.get(f"{base}/metrics").text
         failures = re.search(r"^torchmf_model_reload_failures_total (\S+)$", metrics, re.M)
