@@ -19,6 +19,7 @@ from torchmf.serve.batcher import MicroBatcher
 from torchmf.serve.schemas import (
     BatchRecommendations,
     Error,
+    Explanation,
     ItemSearchResult,
     Limits,
     ModelInfo,
@@ -164,6 +165,22 @@ def add_routes(
         if title is not None:
             out["title"] = title
         return _json(lm, out)
+
+    @router.get("/explain/{user}/{item}", response_model=Explanation, responses=_NOT_FOUND, tags=["explain"])
+    async def explain(lm: Model, user: Annotated[str, Path(description="user id")],
+                      item: Annotated[str, Path(description="item id")], k: K = 10) -> Any:
+        """Which of the user's own items contributed most to their score of the item (``model.explain``)."""
+        m = lm.model
+        u, i = _resolve(m.user_map, user), _resolve(m.item_map, item)
+        df = await run_in_threadpool(m.explain, u, i, k)
+        rows = []
+        for it, c, v in zip(df["item"].tolist(), df["contribution"].tolist(), df["value"].tolist(), strict=True):
+            row: dict[str, Any] = {"item": it, "contribution": _num(c), "value": _num(v)}
+            title = _title(lm, it)
+            if title is not None:
+                row["title"] = title
+            rows.append(row)
+        return _json(lm, {"user": u, "item": i, "items": rows})
 
     @router.get("/model", response_model=ModelInfo, tags=["model"])
     async def model_info(lm: Model) -> Any:

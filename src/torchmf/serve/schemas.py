@@ -91,6 +91,19 @@ class SimilarItems(BaseModel):
     items: list[ScoredItem]
 
 
+class Contribution(BaseModel):
+    item: Id = Field(description="one of the user's own training items")
+    contribution: float = Field(description="its share of the user's score of the explained item")
+    value: float = Field(description="the interaction's training value")
+    title: str | None = Field(None, description="present when the service was started with --items")
+
+
+class Explanation(BaseModel):
+    user: Id
+    item: Id
+    items: list[Contribution] = Field(description="largest contribution first")
+
+
 class ItemHit(BaseModel):
     item: Id
     title: str | None = None
