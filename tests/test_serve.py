@@ -297,7 +297,7 @@ def test_explorer_page_is_served(client):
 # ---------------------------------------------------------------------- micro-batching
 def test_batcher_scores_concurrent_requests_in_one_call(model):
     sizes = []
-    batcher = MicroBatcher(max_wait=1.0, on_batch=sizes.append)  # a long window: all 12 arrive within it, even on a loaded CI box
+    batcher = MicroBatcher(max_wait=1.0, on_batch=sizes.append)  # a long window, even on a loaded box
 
     async def many():
         return await asyncio.gather(*[batcher.top_k(model, u, 3 + u % 4, exclude_seen=u % 2 == 0) for u in range(12)])
