@@ -103,3 +103,11 @@ def test_train_validation_refits_on_all_data(setup) -> None:
     assert f"{info['model']['validation rmse']}"[:5] in printed  # one number for validation RMSE
     no_refit = torchmf("train", ratings, "-o", work / "norefit", "--validation", "0.2", "--no-refit", *FAST)
     assert "refitted" not in ok(no_refit) and len(tm.load(work / "norefit").seen_indices_) < 360
+
+
+def test_ranking_model_validation_shows_ranking_metrics_only(setup) -> None:
+    # issue 13 item 4: an iALS model trained on valued data printed RMSE of raw values; ranking metrics only now
+    work, ratings, _ = setup
+    out = ok(torchmf("train", ratings, "-o", work / "ials", "--loss", "ials", "--validation", "0.2", *FAST))
+    metrics = out[out.index("validation metrics"):]
+    assert "ndcg@10" in metrics and "rmse" not in metrics and "mae" not in metrics
