@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from torchmf.nn.mf import MFModel
 
 __all__ = [
-    "Solver", "default_solver", "get_solver", "is_ranking_loss", "losses", "register", "solver_names", "solvers_for",
+    "Solver", "default_solver", "get_solver", "is_ranking_loss", "load_solver_state", "losses", "register",
+    "solver_names", "solver_state", "solvers_for",
 ]
 
 
@@ -59,6 +60,12 @@ class Solver(Protocol):
 
     def finish(self) -> None:
         """Called once after the last epoch (and after the best epoch was restored)."""
+
+    # Optional, for resumable training (torchmf.training.checkpoint): a solver that keeps
+    # state across epochs beyond the model's weights (an RNG, optimiser buffers, carried
+    # scores) defines ``state_dict() -> dict[str, torch.Tensor]`` and
+    # ``load_state_dict(state)`` so that a resumed fit continues bit-identically on the CPU.
+    # Solvers whose next epoch depends only on the weights (ALS) need neither.
 
     @classmethod
     def fold_in(
@@ -169,3 +176,16 @@ def is_ranking_loss(loss: str) -> bool:
         if lo == loss:
             return bool(cls.ranking)
     raise ValueError(f"loss must be one of {losses()}, got {loss!r}")
+
+
+def solver_state(solver: Solver) -> dict[str, torch.Tensor]:
+    """The solver's state beyond the model's weights (empty when it keeps none), for checkpoints."""
+    get = getattr(solver, "state_dict", None)
+    return dict(get()) if get is not None else {}
+
+
+def load_solver_state(solver: Solver, state: dict[str, torch.Tensor]) -> None:
+    """Put back :func:`solver_state`'s result; a no-op for solvers without state."""
+    put = getattr(solver, "load_state_dict", None)
+    if put is not None:
+        put(state)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from torchmf.nn.mf import MFModel
 from torchmf.solvers import get_solver
 from torchmf.training.monitor import Monitor
 from torchmf.training.validation import VAL_K, RankingValidation, Validation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torchmf.training.checkpoint import Checkpointer
 
 __all__ = ["fit_model", "new_model"]
 
@@ -56,6 +59,7 @@ def fit_model(
     device: torch.device,
     validation: Validation | None = None,
     model: MFModel | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> tuple[MFModel, list[dict[str, float]], int | None]:
     """Train on ``data`` (compacted) with the solver that ``hp`` names.
 
@@ -71,6 +75,10 @@ def fit_model(
         Held-out pairs: RMSE for rating losses, NDCG@10 for ranking losses.
     model : MFModel, optional
         Warm start: train this model (in place, on ``device``) instead of a fresh one.
+    checkpoint : Checkpointer, optional
+        Writes a resumable checkpoint every few epochs and, when resuming,
+        restores the model, solver and monitor from the newest one before the
+        first epoch (:mod:`torchmf.training.checkpoint`).
 
     Returns
     -------
@@ -109,10 +117,18 @@ def fit_model(
         verbose=hp["verbose"],
         desc=f"torchmf {hp['loss']}/{hp['solver']}" if solver_cls.ranking else f"torchmf {hp['solver']}",
     )
+    start, stop = 1, False
+    if checkpoint is not None:
+        with torch.no_grad():
+            start = checkpoint.restore(model, solver, monitor) + 1
+        stop = checkpoint.stopped
     with torch.no_grad():
-        for epoch in range(1, hp["epochs"] + 1):
-            if monitor.end_epoch(epoch, solver.epoch()):
+        for epoch in range(start, hp["epochs"] + 1):
+            if stop:
                 break
+            stop = monitor.end_epoch(epoch, solver.epoch())
+            if checkpoint is not None:
+                checkpoint.after_epoch(epoch, model, solver, monitor, stop)
         monitor.finish()
         solver.finish()
     return model, monitor.history, monitor.best_epoch

@@ -113,6 +113,17 @@ class Monitor:
             log.debug("epoch %d: %s", epoch, row)
         return stop
 
+    def state(self) -> tuple[dict[str, Any], Any]:
+        """What a resumed fit needs: ``({"best_epoch", "best_value"}, best weights or None)``."""
+        return {"best_epoch": self.best_epoch, "best_value": self._best_value}, self._best_state
+
+    def resume(self, history: list[dict[str, float]], meta: dict[str, Any], best_state: Any) -> None:
+        """Continue after a checkpoint: its history, best epoch and best weights."""
+        self.history = list(history)
+        self.best_epoch, self._best_value = meta["best_epoch"], float(meta["best_value"])
+        self._best_state = best_state
+        self._bar.update(len(self.history))
+
     def finish(self) -> None:
         """Close the bar and restore the best epoch's weights, if validating."""
         self._bar.close()
