@@ -243,10 +243,11 @@ class MatrixFactorization(RankingMixin, FoldInMixin):
     def partial_fit(self, new_interactions: Interactions | Mapping, epochs: int | None = None) -> MatrixFactorization:
         """Add interactions to the fitted model: new ids grow it, touched rows are re-solved, the rest kept.
 
-        ALS/iALS re-solve the touched users and items in closed form (``epochs``
-        alternations, default 2); SGD losses run ``epochs`` passes (default 5)
-        over the new pairs plus as many old ones. A pair already seen takes the
-        new value. See :mod:`torchmf.estimator.update`. Returns self.
+        ALS/iALS re-solve the new rows, then the touched users and items in
+        closed form (``epochs`` alternations, default 1); SGD losses run
+        ``epochs`` passes (default 2) over the new pairs plus four times as many
+        old ones. A pair already seen takes the new value. See
+        :mod:`torchmf.estimator.update`. Returns self.
         """
         update.partial_fit(self, new_interactions, epochs)
         return self

@@ -12,16 +12,21 @@ already there takes the new value: the last value wins) and then re-solves only
 the *touched* rows, those of users and items that occur in ``new``, with the
 other rows as the warm start:
 
-* ALS (``mse``) and iALS: ``epochs`` alternations (default 2) of exact
-  closed-form solves (Cholesky), touched users then touched items, each row on
-  *all* its merged interactions, with the training penalty (``reg * n **
-  reg_exponent``; iALS's unobserved term over every item). Untouched rows keep
-  their factors.
+* ALS (``mse``) and iALS: first the new rows alone (new users, new items,
+  new users again: cheap, and it gives them sensible factors before their
+  known neighbours are re-solved against them), then ``epochs`` alternations
+  (default 1) of touched users then touched items, each row on *all* its
+  merged interactions, with the training solve (``cg_steps`` warm-started CG
+  steps; exact with ``cg_steps=0``) and the training penalty (``reg * n **
+  reg_exponent``; iALS's unobserved term over every item). Untouched rows
+  keep their factors.
 * SGD losses (``mse`` with ``solver="sgd"``, ``bpr``, ``logistic``, ``warp``):
-  ``epochs`` passes (default 5) of the solver over the new interactions plus an
-  equally large uniform sample of the old ones (seeded), so the rows the new
-  data touches do not drift away from what the old data taught them. The
-  optimiser starts afresh.
+  for ``mse`` the new rows first get the same ridge solves (SGD's per-rating
+  L2 is ALS's weighted lambda), then ``epochs`` passes (default 2) of the
+  solver run over the new interactions plus four times as many old ones
+  (a uniform sample, seeded), so the rows the new data touches do not drift
+  away from what the old data taught them (more passes over the small set
+  overfit it: ``benchmarks/partial_fit.py``). The optimiser starts afresh.
 
 The global bias stays at the value it was fitted with, and the approximate
 index (``index_``) is dropped: it indexes the old item factors.
@@ -32,6 +37,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,10 +47,11 @@ from torchmf.data.convert import as_interactions
 from torchmf.data.csr import csr_order
 from torchmf.data.idmap import IdMap
 from torchmf.data.interactions import Interactions
+from torchmf.device import prefer_csr
 from torchmf.errors import DataError, UnknownIdError
 from torchmf.nn.mf import MFModel
 from torchmf.solvers import get_solver
-from torchmf.solvers.als import als_half_sweep
+from torchmf.solvers.als import als_half_sweep, als_side
 from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_side
 from torchmf.solvers.ragged import bucketize
 from torchmf.solvers.sgd import model_tables
@@ -58,9 +65,9 @@ __all__ = ["checkpointer", "extend_map", "partial_fit", "seen_csr", "validation_
 
 log = logging.getLogger(__name__)
 
-ALS_ALTERNATIONS = 2  # default ``epochs`` of partial_fit for ALS and iALS
-SGD_PASSES = 5  # default ``epochs`` of partial_fit for the SGD solvers
-OLD_SAMPLE_RATIO = 1.0  # old interactions replayed per new one by SGD updates
+ALS_ALTERNATIONS = 1  # default ``epochs`` of partial_fit for ALS and iALS
+SGD_PASSES = 2  # default ``epochs`` of partial_fit for the SGD solvers
+OLD_SAMPLE_RATIO = 4.0  # old interactions replayed per new one by SGD updates
 
 
 def seen_csr(users: np.ndarray, items: np.ndarray, values: np.ndarray, n_users: int, n_items: int
@@ -160,8 +167,12 @@ def warm_start(est: MatrixFactorization, train: Interactions, hp: dict[str, Any]
 
 
 def partial_fit(est: MatrixFactorization, new_interactions: Any, epochs: int | None = None) -> None:
-    """Add ``new_interactions`` to the fitted ``est`` in place (see the module docstring)."""
-    model = est.model
+    """Add ``new_interactions`` to the fitted ``est`` in place (see the module docstring).
+
+    The update works on a copy of the weights and installs it at the end, so
+    an error leaves ``est`` as it was.
+    """
+    model = copy.deepcopy(est.model)
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     new = as_interactions(new_interactions, "new_interactions")
@@ -187,15 +198,18 @@ def partial_fit(est: MatrixFactorization, new_interactions: Any, epochs: int | N
     gen = torch.Generator().manual_seed(hp["seed"])
     model.grow(n_users, n_items, hp["init_std"], gen)
     touched_u, touched_i = np.unique(nu), np.unique(ni)
+    new_users, new_items = np.arange(len(est.user_map), n_users), np.arange(len(est.item_map), n_items)
     with torch.no_grad():
         if hp["solver"] == "als":
             epochs = ALS_ALTERNATIONS if epochs is None else epochs
-            _resolve_rows(model, merged, hp, touched_u, touched_i, epochs)
+            _resolve_rows(model, merged, hp, touched_u, touched_i, new_users, new_items, epochs)
         else:
             epochs = SGD_PASSES if epochs is None else epochs
+            if hp["loss"] == "mse":  # ridge starts for the new rows: SGD's per-rating L2 is ALS's weighted lambda
+                _resolve_rows(model, merged, hp, touched_u, touched_i, new_users, new_items, 0)
             _sgd_passes(model, merged, new_rows=keep >= len(old_u), hp=hp, epochs=epochs, gen=gen)
     n_new_u, n_new_i = n_users - len(est.user_map), n_items - len(est.item_map)
-    est.user_map, est.item_map = user_map, item_map
+    est._model, est.user_map, est.item_map = model, user_map, item_map
     est.seen_indptr_, est.seen_indices_, est.seen_values_ = seen_csr(
         merged.users, merged.items, merged.values, n_users, n_items)
     est.rating_range_ = (min(est.rating_range_[0], lo), max(est.rating_range_[1], hi))
@@ -218,39 +232,60 @@ def _side(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, touched: np.ndar
 
 
 def _resolve_rows(model: MFModel, data: Interactions, hp: dict[str, Any], touched_u: np.ndarray,
-                  touched_i: np.ndarray, alternations: int) -> None:
-    """Exact closed-form re-solves of the touched rows, all their merged entries, the rest fixed."""
+                  touched_i: np.ndarray, new_u: np.ndarray, new_i: np.ndarray, alternations: int) -> None:
+    """Closed-form re-solves of rows on all their merged entries, the other side fixed.
+
+    First the new rows alone (users, items, users: cheap, and it gives them
+    sensible factors before their known neighbours are re-solved against
+    them), then ``alternations`` of touched users then touched items. Each
+    solve is the training one (``cg_steps`` warm-started CG steps, or exact
+    with ``cg_steps=0``) with the training penalty.
+    """
     dev = model.user_embs.weight.device
     t = model_tables(model)
     implicit = hp["loss"] == "ials"
     vals = confidence(data.values, hp["alpha"], hp["confidence"], hp["confidence_eps"]) if implicit else data.values
-    sides = []
-    for rows, cols, touched, n_rows, n_cols, mine, other in (
-        (data.users, data.items, touched_u, data.n_users, data.n_items, ("P", "bu"), ("Q", "bi")),
-        (data.items, data.users, touched_i, data.n_items, data.n_users, ("Q", "bi"), ("P", "bu")),
-    ):
-        r, c, v = _side(rows, cols, vals, touched, n_rows)
-        idx = torch.as_tensor(touched, device=dev)
+    settings = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], hp["cg_steps"])
+    mu = float(model.global_bias) if model.biases else 0.0
+    width = hp["factors"] + int(model.biases)
+    by_side = {"user": (data.users, data.items, data.n_users, data.n_items, ("P", "bu"), ("Q", "bi")),
+               "item": (data.items, data.users, data.n_items, data.n_users, ("Q", "bi"), ("P", "bu"))}
+
+    def solver_for(side: str, rows_to_solve: np.ndarray) -> Callable[[], None]:
+        rows, cols, n_rows, n_cols, (f, b), (of, ob) = by_side[side]
+        r, c, v = _side(rows, cols, vals, rows_to_solve, n_rows)
+        idx = torch.as_tensor(rows_to_solve, device=dev)
         if implicit:
-            s = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], 0)
-            layout: Any = ials_side(r, c, v, len(touched), n_cols, hp["factors"], dev, s)
+            layout: Any = ials_side(r, c, v, len(rows_to_solve), n_cols, hp["factors"], dev, settings)
+        elif hp["cg_steps"] > 0 and prefer_csr(len(r), len(rows_to_solve), n_cols, width, t["P"].element_size(), dev):
+            layout = als_side(r, c, v, len(rows_to_solve), n_cols, dev, t["P"].dtype)
         else:
-            layout = bucketize(r, c, v, len(touched), n_cols, dev)
-        sides.append((layout, idx, mine, other))
-    for _ in range(alternations):
-        for layout, idx, (f, b), (of, ob) in sides:
+            layout = bucketize(r, c, v, len(rows_to_solve), n_cols, dev)
+
+        def solve() -> None:
             rows_f = t[f][idx]
-            if implicit:
-                ials_half_sweep(layout, rows_f, t[of], IALSSettings(hp["reg"], hp["reg_exponent"],
-                                                                     hp["unobserved_weight"], 0))
-                t[f][idx] = rows_f
-                continue
             rows_b = t[b][idx] if b in t else None
-            als_half_sweep(layout, rows_f, rows_b, t[of], t.get(ob), float(model.global_bias) if model.biases else 0.0,
-                           hp["reg"], hp["reg_bias"], cg_steps=0, reg_exponent=hp["reg_exponent"])
+            if implicit:
+                ials_half_sweep(layout, rows_f, t[of], settings)
+            else:
+                als_half_sweep(layout, rows_f, rows_b, t[of], t.get(ob), mu, hp["reg"], hp["reg_bias"],
+                               cg_steps=hp["cg_steps"], reg_exponent=hp["reg_exponent"])
             t[f][idx] = rows_f
             if rows_b is not None:
                 t[b][idx] = rows_b
+
+        return solve
+
+    if len(new_u) and len(new_i):
+        first_u, first_i = solver_for("user", new_u), solver_for("item", new_i)
+        for step in (first_u, first_i, first_u):
+            step()
+    if alternations < 1:
+        return
+    users, items = solver_for("user", touched_u), solver_for("item", touched_i)
+    for _ in range(alternations):
+        users()
+        items()
 
 
 def _sgd_passes(model: MFModel, merged: Interactions, new_rows: np.ndarray, hp: dict[str, Any], epochs: int,
