@@ -41,7 +41,7 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
 def build_parser(options: bool = True) -> argparse.ArgumentParser:
     """The ``torchmf`` parser; ``options=False`` leaves out the hyperparameter options (they need torch),
     enough for the top-level ``--help`` and ``--version``."""
-    from torchmf.cli import common, demo, explore, index, query, train, tune
+    from torchmf.cli import common, demo, explore, index, query, train, tune, update
     from torchmf.version import __version__
 
     common.HYPERPARAMETER_OPTIONS = options
@@ -61,6 +61,7 @@ def build_parser(options: bool = True) -> argparse.ArgumentParser:
     demo.add_parser(sub, parents)
     index.add_parser(sub, parents)
     explore.add_parsers(sub, parents)
+    update.add_parser(sub, parents)
     return parser
 
 
