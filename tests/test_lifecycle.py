@@ -208,7 +208,7 @@ def test_partial_fit_drops_the_stale_index_and_survives_a_save(small, tmp_path):
 
 # ---------------------------------------------------------------------- warm start
 def test_warm_start_continues_from_the_current_factors(small):
-    old, new = _split_new(small)
+    old, _ = _split_new(small)
     est = make(epochs=4).fit(small)
     cold_first = make(epochs=1).fit(small).history_[0]["train_loss"]
     est.set_params(epochs=1).fit(small, warm_start=True)
@@ -252,7 +252,7 @@ def test_cli_train_checkpoints_and_resumes(small, tmp_path):
     assert (tmp_path / "b.ckpt" / "epoch-000003" / "manifest.json").is_file()
     code, _, err = cli(*args, "-o", tmp_path / "c", "--checkpoint-dir", tmp_path / "b.ckpt", "--resume")
     assert code == 0, err
-    a, c = MatrixFactorization.load(tmp_path / "a", device="cpu"), MatrixFactorization.load(tmp_path / "c", device="cpu")
+    a, c = (MatrixFactorization.load(tmp_path / name, device="cpu") for name in "ac")
     assert same(weights(a), weights(c))
     code, _, err = cli(*args, "-o", tmp_path / "d", "--checkpoint-every", "0")
     assert code == 2 and "--checkpoint-every" in err
