@@ -17,7 +17,7 @@ other rows as the warm start:
   known neighbours are re-solved against them), then ``epochs`` alternations
   (default 1) of touched users then touched items, each row on *all* its
   merged interactions, with the training solve (``cg_steps`` warm-started CG
-  steps; exact with ``cg_steps=0``) and the training penalty (``reg * n **
+  steps, one fewer in the alternations; exact with ``cg_steps=0``) and the training penalty (``reg * n **
   reg_exponent``; iALS's unobserved term over every item). Untouched rows
   keep their factors.
 * SGD losses (``mse`` with ``solver="sgd"``, ``bpr``, ``logistic``, ``warp``):
@@ -238,26 +238,27 @@ def _resolve_rows(model: MFModel, data: Interactions, hp: dict[str, Any], touche
     First the new rows alone (users, items, users: cheap, and it gives them
     sensible factors before their known neighbours are re-solved against
     them), then ``alternations`` of touched users then touched items. Each
-    solve is the training one (``cg_steps`` warm-started CG steps, or exact
-    with ``cg_steps=0``) with the training penalty.
+    solve is the training one (``cg_steps`` warm-started CG steps, one fewer
+    for the touched rows, which start near their optimum; exact with
+    ``cg_steps=0``) with the training penalty.
     """
     dev = model.user_embs.weight.device
     t = model_tables(model)
     implicit = hp["loss"] == "ials"
     vals = confidence(data.values, hp["alpha"], hp["confidence"], hp["confidence_eps"]) if implicit else data.values
-    settings = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], hp["cg_steps"])
     mu = float(model.global_bias) if model.biases else 0.0
     width = hp["factors"] + int(model.biases)
     by_side = {"user": (data.users, data.items, data.n_users, data.n_items, ("P", "bu"), ("Q", "bi")),
                "item": (data.items, data.users, data.n_items, data.n_users, ("Q", "bi"), ("P", "bu"))}
 
-    def solver_for(side: str, rows_to_solve: np.ndarray) -> Callable[[], None]:
+    def solver_for(side: str, rows_to_solve: np.ndarray, steps: int = hp["cg_steps"]) -> Callable[[], None]:
         rows, cols, n_rows, n_cols, (f, b), (of, ob) = by_side[side]
         r, c, v = _side(rows, cols, vals, rows_to_solve, n_rows)
+        settings_k = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], steps)
         idx = torch.as_tensor(rows_to_solve, device=dev)
         if implicit:
-            layout: Any = ials_side(r, c, v, len(rows_to_solve), n_cols, hp["factors"], dev, settings)
-        elif hp["cg_steps"] > 0 and prefer_csr(len(r), len(rows_to_solve), n_cols, width, t["P"].element_size(), dev):
+            layout: Any = ials_side(r, c, v, len(rows_to_solve), n_cols, hp["factors"], dev, settings_k)
+        elif steps > 0 and prefer_csr(len(r), len(rows_to_solve), n_cols, width, t["P"].element_size(), dev):
             layout = als_side(r, c, v, len(rows_to_solve), n_cols, dev, t["P"].dtype)
         else:
             layout = bucketize(r, c, v, len(rows_to_solve), n_cols, dev)
@@ -266,10 +267,10 @@ def _resolve_rows(model: MFModel, data: Interactions, hp: dict[str, Any], touche
             rows_f = t[f][idx]
             rows_b = t[b][idx] if b in t else None
             if implicit:
-                ials_half_sweep(layout, rows_f, t[of], settings)
+                ials_half_sweep(layout, rows_f, t[of], settings_k)
             else:
                 als_half_sweep(layout, rows_f, rows_b, t[of], t.get(ob), mu, hp["reg"], hp["reg_bias"],
-                               cg_steps=hp["cg_steps"], reg_exponent=hp["reg_exponent"])
+                               cg_steps=steps, reg_exponent=hp["reg_exponent"])
             t[f][idx] = rows_f
             if rows_b is not None:
                 t[b][idx] = rows_b
@@ -282,7 +283,9 @@ def _resolve_rows(model: MFModel, data: Interactions, hp: dict[str, Any], touche
             step()
     if alternations < 1:
         return
-    users, items = solver_for("user", touched_u), solver_for("item", touched_i)
+    # known rows start near their optimum: one CG step fewer than training (same accuracy on ML-100k)
+    k = max(1, hp["cg_steps"] - 1) if hp["cg_steps"] > 0 else 0
+    users, items = solver_for("user", touched_u, k), solver_for("item", touched_i, k)
     for _ in range(alternations):
         users()
         items()
