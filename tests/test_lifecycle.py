@@ -269,3 +269,12 @@ def test_cli_update(small, tmp_path):
     assert len(m2.user_map) == small.n_users and len(m2.seen_indices_) == len(small)
     code, _, err = cli("update", tmp_path / "missing", tmp_path / "new.csv", "-o", tmp_path / "m3")
     assert code == 2 and err.startswith("torchmf: error:")
+
+
+def test_a_solver_without_checkpoint_support_is_refused(small, tmp_path, monkeypatch):
+    from torchmf.solvers.als_solver import ALSSolver
+
+    monkeypatch.delattr(ALSSolver, "state_dict")  # as a solver registered from outside might lack it
+    with pytest.raises(ValueError, match="does not support checkpoints"):
+        make().fit(small, checkpoint_dir=tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -52,9 +52,13 @@ from torchmf.errors import DataError, UnknownIdError
 from torchmf.nn.mf import MFModel
 from torchmf.solvers import get_solver
 from torchmf.solvers.als import als_half_sweep, als_side
+from torchmf.solvers.als_solver import ALSSolver
 from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_side
+from torchmf.solvers.ials_solver import IALSSolver
+from torchmf.solvers.pairwise_solver import PairwiseSolver
 from torchmf.solvers.ragged import bucketize
 from torchmf.solvers.sgd import model_tables
+from torchmf.solvers.sgd_solver import SGDSolver
 
 if TYPE_CHECKING:  # pragma: no cover
     from torchmf.estimator.mf import MatrixFactorization
@@ -64,6 +68,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["checkpointer", "extend_map", "partial_fit", "seen_csr", "validation_for", "warm_start"]
 
 log = logging.getLogger(__name__)
+
+_UPDATABLE = (ALSSolver, IALSSolver, SGDSolver, PairwiseSolver)  # the solvers partial_fit knows how to update
 
 ALS_ALTERNATIONS = 1  # default ``epochs`` of partial_fit for ALS and iALS
 SGD_PASSES = 2  # default ``epochs`` of partial_fit for the SGD solvers
@@ -182,6 +188,9 @@ def partial_fit(est: MatrixFactorization, new_interactions: Any, epochs: int | N
         have, got = ("implicit", "explicit") if est.implicit_ else ("explicit", "implicit")
         raise DataError(f"partial_fit: the model was trained on {have} data, the new interactions are {got}")
     hp = est._hp
+    if get_solver(hp["loss"], hp["solver"]) not in _UPDATABLE:
+        raise ValueError(f"partial_fit supports the ALS, iALS and SGD solvers, not solver={hp['solver']!r} "
+                         f"for loss={hp['loss']!r}; refit on all the data instead")
     lo, hi = new.rating_range()
     user_map, item_map, nu, ni = _remap(new, est.user_map, est.item_map)
     n_users, n_items = len(user_map), len(item_map)

@@ -61,11 +61,11 @@ class Solver(Protocol):
     def finish(self) -> None:
         """Called once after the last epoch (and after the best epoch was restored)."""
 
-    # Optional, for resumable training (torchmf.training.checkpoint): a solver that keeps
-    # state across epochs beyond the model's weights (an RNG, optimiser buffers, carried
-    # scores) defines ``state_dict() -> dict[str, torch.Tensor]`` and
-    # ``load_state_dict(state)`` so that a resumed fit continues bit-identically on the CPU.
-    # Solvers whose next epoch depends only on the weights (ALS) need neither.
+    # Optional, for resumable training (torchmf.training.checkpoint): a solver that can be
+    # checkpointed defines ``state_dict() -> dict[str, torch.Tensor]`` (its state beyond the
+    # model's weights: an RNG, optimiser buffers, carried scores; empty for ALS, whose next
+    # sweep depends only on the weights) and ``load_state_dict(state)``, so that a resumed fit
+    # continues bit-identically on the CPU. Fits with other solvers refuse checkpoint_dir.
 
     @classmethod
     def fold_in(
@@ -179,13 +179,21 @@ def is_ranking_loss(loss: str) -> bool:
 
 
 def solver_state(solver: Solver) -> dict[str, torch.Tensor]:
-    """The solver's state beyond the model's weights (empty when it keeps none), for checkpoints."""
+    """The solver's state beyond the model's weights, for checkpoints.
+
+    Raises
+    ------
+    ValueError
+        When the solver does not support checkpoints (defines no ``state_dict``).
+    """
     get = getattr(solver, "state_dict", None)
-    return dict(get()) if get is not None else {}
+    if get is None or not hasattr(solver, "load_state_dict"):
+        raise ValueError(f"solver {type(solver).name!r} does not support checkpoints "
+                         "(it defines no state_dict/load_state_dict); fit without checkpoint_dir")
+    return dict(get())
 
 
 def load_solver_state(solver: Solver, state: dict[str, torch.Tensor]) -> None:
-    """Put back :func:`solver_state`'s result; a no-op for solvers without state."""
-    put = getattr(solver, "load_state_dict", None)
-    if put is not None:
-        put(state)
+    """Put back :func:`solver_state`'s result (ValueError for solvers without checkpoint support)."""
+    solver_state(solver)  # the same check
+    solver.load_state_dict(state)  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ import torch
 from torchmf.data.interactions import Interactions
 from torchmf.device import check_memory
 from torchmf.nn.mf import MFModel
-from torchmf.solvers import get_solver
+from torchmf.solvers import get_solver, solver_state
 from torchmf.training.monitor import Monitor
 from torchmf.training.validation import VAL_K, RankingValidation, Validation
 
@@ -119,6 +119,7 @@ def fit_model(
     )
     start, stop = 1, False
     if checkpoint is not None:
+        solver_state(solver)  # a solver that cannot be checkpointed fails before the first epoch
         with torch.no_grad():
             start = checkpoint.restore(model, solver, monitor) + 1
         stop = checkpoint.stopped
