@@ -22,6 +22,7 @@ import pytest
 
 COMMANDS = [
     "train", "predict", "recommend", "similar", "info", "evaluate", "cv", "tune", "demo", "index", "split", "explain",
+    "update",
 ]
 FAST = ["--factors", "4", "--epochs", "2"]
 

@@ -41,7 +41,7 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
 def build_parser(options: bool = True) -> argparse.ArgumentParser:
     """The ``torchmf`` parser; ``options=False`` leaves out the hyperparameter options (they need torch),
     enough for the top-level ``--help`` and ``--version``."""
-    from torchmf.cli import common, demo, explore, index, query, serve, train, tune
+    from torchmf.cli import common, demo, explore, index, query, serve, train, tune, update
     from torchmf.version import __version__
 
     common.HYPERPARAMETER_OPTIONS = options
@@ -62,6 +62,7 @@ def build_parser(options: bool = True) -> argparse.ArgumentParser:
     index.add_parser(sub, parents)
     explore.add_parsers(sub, parents)
     serve.add_parser(sub, parents)
+    update.add_parser(sub, parents)
     return parser
 
 

@@ -61,6 +61,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--plot", metavar="FILE.png", help="write learning curves (loss, validation error per epoch)")
     common.add_reading_options(p)
     common.add_hyperparameters(p)
+    add_checkpoint_options(p)
     p.set_defaults(func=run)
 
 
@@ -94,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         check_fraction(args.validation)
     if args.plot:
         prepare_plot(args.plot)  # fail before training, not after
+    checkpoint_kwargs(args)  # fail before reading the data, not after
     est = common.estimator_from_args(args)
     if args.auto is not None:
         check_auto(args)
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             f"{len(train):,} for training, {len(test):,} for validation"
         )
     start = time.perf_counter()
-    est.fit(train, validation=test)
+    est.fit(train, validation=test, **checkpoint_kwargs(args))
     took = time.perf_counter() - start
     hp = est.effective_params
     ran = len(est.history_)
@@ -186,3 +188,29 @@ def refit(est: Any, data: Any, metrics: dict[str, Any], fraction: float) -> Any:
 
 def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
+
+
+# ---------------------------------------------------------------------- resumable training
+def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint-dir``, ``--checkpoint-every``, ``--resume`` (the distributed fit's names)."""
+    g = parser.add_argument_group(
+        "resumable training",
+        "Checkpoints are written atomically; an interrupted run (Ctrl-C, kill) started again with --resume "
+        "continues from the last complete one and ends with the same model (bitwise on the CPU). With "
+        "--validation they cover the holdout fit, not the refit.",
+    )
+    g.add_argument("--checkpoint-dir", metavar="DIR", help="where checkpoints go (default: MODEL_DIR.ckpt)")
+    g.add_argument("--checkpoint-every", type=int, metavar="K", help="write a resumable checkpoint every K epochs "
+                   "(default 1 when --checkpoint-dir or --resume is given)")
+    g.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+
+
+def checkpoint_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``fit`` keyword arguments from the checkpoint options (none when none was given)."""
+    every, folder = args.checkpoint_every, args.checkpoint_dir
+    if every is None and folder is None and not args.resume:
+        return {}
+    if every is not None and every < 1:
+        raise common.CLIError(f"--checkpoint-every must be a positive integer, got {every}")
+    return {"checkpoint_dir": folder or f"{str(args.output).rstrip('/')}.ckpt", "checkpoint_every": every or 1,
+            "resume": args.resume}

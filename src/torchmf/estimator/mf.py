@@ -25,6 +25,7 @@ from torchmf.data.profile import counts_guard, value_profile
 from torchmf.device import resolve_device
 from torchmf.errors import DataError, NotFittedError
 from torchmf.estimator import params as hparams
+from torchmf.estimator import update
 from torchmf.estimator.foldin import FoldInMixin
 from torchmf.estimator.persistence import load_state, save_state
 from torchmf.estimator.predict import PredictMixin
@@ -197,7 +198,9 @@ class MatrixFactorization(PredictMixin, RankingMixin, FoldInMixin):
         return f"MatrixFactorization({', '.join(f'{k}={v!r}' for k, v in given.items())})"
 
     # ------------------------------------------------------------------ fit
-    def fit(self, train: Interactions | Mapping, validation: Interactions | None = None) -> MatrixFactorization:
+    def fit(self, train: Interactions | Mapping, validation: Interactions | None = None, *, warm_start: bool = False,
+            checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+            resume: bool = False) -> MatrixFactorization:
         """Train on ``train``; optionally monitor a validation metric on ``validation``.
 
         Parameters
@@ -208,12 +211,22 @@ class MatrixFactorization(PredictMixin, RankingMixin, FoldInMixin):
         validation : Interactions, optional
             Raw ids are matched to the training ids; pairs unknown to training
             are left out. RMSE for rating losses, NDCG@10 for ranking losses.
+        warm_start : bool
+            Start from the current factors instead of a fresh initialisation;
+            ``train`` must hold every id the model knows and may add new ones
+            (see :func:`torchmf.estimator.update.warm_start`).
+        checkpoint_dir : str or os.PathLike, optional
+            Write a resumable checkpoint there every ``checkpoint_every`` epochs (default 1).
+        resume : bool
+            Continue from the newest checkpoint in ``checkpoint_dir`` (same data
+            and settings, else an error): on the CPU the result is bitwise that
+            of an uninterrupted fit. See :mod:`torchmf.training.checkpoint`.
 
         Returns
         -------
         self
         """
-        from torchmf.training import Validation, fit_model  # training is only needed to fit
+        from torchmf.training import fit_model  # training is only needed to fit
 
         train = as_interactions(train, "train")
         if len(train) == 0:
@@ -232,17 +245,14 @@ class MatrixFactorization(PredictMixin, RankingMixin, FoldInMixin):
             log.warning("early_stopping=%d can never stop a %d-epoch fit; the best epoch is still restored",
                         hp["early_stopping"], hp["epochs"])
         device = resolve_device(hp["device"])
-        val = None
-        if validation is not None:
-            val = Validation(
-                data.user_map.indices(validation.user_map.raw(validation.users), missing="ignore"),
-                data.item_map.indices(validation.item_map.raw(validation.items), missing="ignore"),
-                validation.values, data.rating_range(), device,
-            )
+        data, model = update.warm_start(self, train, hp) if warm_start else (data, None)
+        ckpt = update.checkpointer(checkpoint_dir, checkpoint_every, resume, hp, data)
         log.info("fitting %s on %s", self, data)
         extras: dict[str, Any] = {}
         with counts_guard(profile, hp["loss"], solvers.is_ranking_loss(hp["loss"])):
-            model, history, best = fit_model(data, hp, device, val, extras=extras)
+            model, history, best = fit_model(data, hp, device, update.validation_for(data, validation, device),
+                                             model=None if model is None else model.to(device), checkpoint=ckpt,
+                                             extras=extras)
         ranker = None
         if hp["rank_by"] == "interactions":
             ranker, extras["ranker"] = fit_ranker(data, hp, device)
@@ -263,11 +273,20 @@ class MatrixFactorization(PredictMixin, RankingMixin, FoldInMixin):
         self.files_: dict[str, bytes] = {}  # extra files saved with the model (a refit drops them)
 
     def _set_seen(self, users: np.ndarray, items: np.ndarray, values: np.ndarray) -> None:
-        from torchmf.data.csr import csr_order
+        self.seen_indptr_, self.seen_indices_, self.seen_values_ = update.seen_csr(
+            users, items, values, len(self.user_map), len(self.item_map))
 
-        self.seen_indptr_, order = csr_order(users, items, len(self.user_map), len(self.item_map))
-        self.seen_indices_ = items[order].astype(np.int64)
-        self.seen_values_ = np.asarray(values, dtype=np.float32)[order]
+    def partial_fit(self, new_interactions: Interactions | Mapping, epochs: int | None = None) -> MatrixFactorization:
+        """Add interactions to the fitted model: new ids grow it, touched rows are re-solved, the rest kept.
+
+        ALS/iALS re-solve the new rows, then the touched users and items in
+        closed form (``epochs`` alternations, default 1); SGD losses run
+        ``epochs`` passes (default 2) over the new pairs plus four times as many
+        old ones. A pair already seen takes the new value. See
+        :mod:`torchmf.estimator.update`. Returns self.
+        """
+        update.partial_fit(self, new_interactions, epochs)
+        return self
 
     # ------------------------------------------------------------------ state
     @property

@@ -121,3 +121,26 @@ class MFModel(nn.Module):
             grown = torch.cat([w, w.new_zeros(extra, w.shape[1])])
             table.weight = nn.Parameter(grown)
             table.num_embeddings = num_users
+
+    def grow(self, num_users: int, num_items: int, init_std: float = 0.1,
+             generator: torch.Generator | None = None) -> None:
+        """Grow both sides' tables to ``num_users`` and ``num_items`` rows (incremental updates).
+
+        Existing rows are kept. New embedding rows are drawn from N(0, init_std)
+        with ``generator`` (on the CPU, users first, as at construction) and new
+        bias rows start at zero. Shrinking is not supported: smaller sizes leave
+        a side as it is.
+        """
+        for n, table, bias in ((num_users, self.user_embs, "user_bias"), (num_items, self.item_embs, "item_bias")):
+            extra = n - table.num_embeddings
+            if extra <= 0:
+                continue
+            w = table.weight.data
+            new = torch.empty(extra, w.shape[1], dtype=w.dtype).normal_(0.0, init_std, generator=generator)
+            table.weight = nn.Parameter(torch.cat([w, new.to(w.device)]), requires_grad=table.weight.requires_grad)
+            table.num_embeddings = n
+            if self.biases:
+                b = getattr(self, bias)
+                bw = b.weight.data
+                b.weight = nn.Parameter(torch.cat([bw, bw.new_zeros(extra, 1)]), requires_grad=b.weight.requires_grad)
+                b.num_embeddings = n

@@ -105,9 +105,11 @@ class MicroBatcher:
 
     # ------------------------------------------------------------------ scoring thread
     def _run(self) -> None:
+        first = True  # the request that started this thread may already be queued: still an idle start
         while True:
             with self._cond:
-                idle = not self._pending  # nothing queued while the last batch was scored
+                idle = first or not self._pending  # nothing queued while the last batch was scored
+                first = False
                 while not self._pending and not self._stopped:
                     self._cond.wait()
                 if self._stopped:

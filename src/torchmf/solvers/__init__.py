@@ -10,9 +10,11 @@ from torchmf.solvers.base import (
     default_solver,
     get_solver,
     is_ranking_loss,
+    load_solver_state,
     losses,
     register,
     solver_names,
+    solver_state,
     solvers_for,
 )
 from torchmf.solvers.gibbs_solver import GibbsSolver
@@ -21,7 +23,8 @@ from torchmf.solvers.pairwise_solver import PairwiseSolver
 from torchmf.solvers.sgd_solver import SGDSolver
 
 __all__ = [
-    "Solver", "default_solver", "get_solver", "is_ranking_loss", "losses", "register", "solver_names", "solvers_for",
+    "Solver", "default_solver", "get_solver", "is_ranking_loss", "load_solver_state", "losses", "register",
+    "solver_names", "solver_state", "solvers_for",
 ]
 
 # The registry: (loss, solver) pairs; a loss's first solver is its default.

@@ -71,6 +71,13 @@ class ALSSolver:
     def finish(self) -> None:
         pass
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Nothing beyond the weights: the next sweep depends only on them (checkpoints opt in by defining this)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
     @classmethod
     def fold_in(cls, model: MFModel, items: torch.Tensor, values: torch.Tensor, hp: dict[str, Any],
                 item_counts: np.ndarray | None) -> torch.Tensor:

@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from torchmf.nn.mf import MFModel
 
 __all__ = [
-    "Solver", "default_solver", "get_solver", "is_ranking_loss", "losses", "register", "solver_names", "solvers_for",
+    "Solver", "default_solver", "get_solver", "is_ranking_loss", "load_solver_state", "losses", "register",
+    "solver_names", "solver_state", "solvers_for",
 ]
 
 
@@ -65,6 +66,12 @@ class Solver(Protocol):
 
     def finish(self) -> None:
         """Called once after the last epoch (and after the best epoch was restored)."""
+
+    # Optional, for resumable training (torchmf.training.checkpoint): a solver that can be
+    # checkpointed defines ``state_dict() -> dict[str, torch.Tensor]`` (its state beyond the
+    # model's weights: an RNG, optimiser buffers, carried scores; empty for ALS, whose next
+    # sweep depends only on the weights) and ``load_state_dict(state)``, so that a resumed fit
+    # continues bit-identically on the CPU. Fits with other solvers refuse checkpoint_dir.
 
     @classmethod
     def fold_in(
@@ -175,3 +182,24 @@ def is_ranking_loss(loss: str) -> bool:
         if lo == loss:
             return bool(cls.ranking)
     raise ValueError(f"loss must be one of {losses()}, got {loss!r}")
+
+
+def solver_state(solver: Solver) -> dict[str, torch.Tensor]:
+    """The solver's state beyond the model's weights, for checkpoints.
+
+    Raises
+    ------
+    ValueError
+        When the solver does not support checkpoints (defines no ``state_dict``).
+    """
+    get = getattr(solver, "state_dict", None)
+    if get is None or not hasattr(solver, "load_state_dict"):
+        raise ValueError(f"solver {type(solver).name!r} does not support checkpoints "
+                         "(it defines no state_dict/load_state_dict); fit without checkpoint_dir")
+    return dict(get())
+
+
+def load_solver_state(solver: Solver, state: dict[str, torch.Tensor]) -> None:
+    """Put back :func:`solver_state`'s result (ValueError for solvers without checkpoint support)."""
+    solver_state(solver)  # the same check
+    solver.load_state_dict(state)  # type: ignore[attr-defined]

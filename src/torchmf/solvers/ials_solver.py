@@ -120,6 +120,13 @@ class IALSSolver:
     def finish(self) -> None:
         pass
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The scores carried into the next sweep (bit-identical resume needs them, not a recomputation)."""
+        return {} if self.carried is None else {"carried": self.carried}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.carried = state["carried"].to(self.P.device) if "carried" in state else None
+
     @classmethod
     def fold_in(cls, model: MFModel, items: torch.Tensor, values: torch.Tensor, hp: dict[str, Any],
                 item_counts: np.ndarray | None) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["OPTIMIZERS", "RowOptimizer", "make_optimizer"]
+__all__ = ["OPTIMIZERS", "RowOptimizer", "load_training_state", "make_optimizer", "training_state"]
 
 
 class RowOptimizer:
@@ -32,6 +32,19 @@ class RowOptimizer:
     def step(self, name: str, rows: torch.Tensor, grad: torch.Tensor) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The optimiser's state as named tensors (empty for plain SGD), for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back what :meth:`state_dict` returned (copied into the existing buffers)."""
+        mine = self.state_dict()
+        missing = sorted(set(mine) - set(state))
+        if missing:
+            raise KeyError(f"optimizer state lacks {missing[0]!r}")
+        for key, t in mine.items():
+            t.copy_(state[key].to(t.device, t.dtype))
+
 
 class SGD(RowOptimizer):
     """Plain SGD: ``w[row] -= lr * g`` for each occurrence of a row (Funk-SVD)."""
@@ -49,6 +62,9 @@ class Adagrad(RowOptimizer):
         super().__init__(tables, lr)
         self.eps = eps
         self.acc = {k: torch.zeros_like(v) for k, v in tables.items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"acc.{k}": v for k, v in self.acc.items()}
 
     def step(self, name: str, rows: torch.Tensor, grad: torch.Tensor) -> None:
         acc = self.acc[name]
@@ -68,6 +84,16 @@ class Adam(RowOptimizer):
         self.m = {k: torch.zeros_like(v) for k, v in tables.items()}
         self.v = {k: torch.zeros_like(v) for k, v in tables.items()}
         self.t = {k: 0 for k in tables}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        steps = torch.tensor([self.t[k] for k in self.tables], dtype=torch.int64)
+        return {**{f"m.{k}": v for k, v in self.m.items()}, **{f"v.{k}": v for k, v in self.v.items()}, "t": steps}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if "t" not in state:
+            raise KeyError("optimizer state lacks 't'")
+        self.t = dict(zip(self.tables, (int(x) for x in state["t"].tolist()), strict=True))
+        super().load_state_dict({**state, "t": torch.zeros(len(self.tables), dtype=torch.int64)})
 
     def step(self, name: str, rows: torch.Tensor, grad: torch.Tensor) -> None:
         dense = torch.zeros_like(self.tables[name]).index_add_(0, rows, grad)
@@ -111,3 +137,22 @@ def make_optimizer(name: str, tables: dict[str, torch.Tensor], lr: float) -> Row
         return OPTIMIZERS[name](tables, lr)
     except KeyError:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {name!r}") from None
+
+
+def training_state(generator: torch.Generator, opt: RowOptimizer) -> dict[str, torch.Tensor]:
+    """An SGD-family solver's state beyond the model: its RNG and its optimiser's buffers.
+
+    Returns
+    -------
+    dict of str -> torch.Tensor
+        ``rng`` (the generator's state, uint8) and ``opt.<name>`` per optimiser buffer.
+    """
+    return {"rng": generator.get_state(), **{f"opt.{k}": v for k, v in opt.state_dict().items()}}
+
+
+def load_training_state(generator: torch.Generator, opt: RowOptimizer, state: dict[str, torch.Tensor]) -> None:
+    """Put back what :func:`training_state` returned, so the next epoch continues bit-identically."""
+    if "rng" not in state:
+        raise KeyError("solver state lacks 'rng'")
+    generator.set_state(state["rng"].to("cpu", torch.uint8))
+    opt.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("opt.")})

@@ -16,7 +16,7 @@ import torch
 
 from torchmf.nn.mf import MFModel
 from torchmf.solvers.losses import PAIRWISE
-from torchmf.solvers.optim import make_optimizer
+from torchmf.solvers.optim import RowOptimizer, make_optimizer
 from torchmf.solvers.sgd import model_tables
 
 __all__ = ["NegativeSampler", "PairwiseSettings", "fold_in_pairwise", "make_pairwise_epoch"]
@@ -151,6 +151,7 @@ def make_pairwise_epoch(
     items: torch.Tensor,
     settings: PairwiseSettings,
     generator: torch.Generator,
+    opt: RowOptimizer | None = None,
 ) -> Callable[[], float]:
     """Return a function that runs one epoch and returns the mean loss per positive.
 
@@ -164,6 +165,9 @@ def make_pairwise_epoch(
     settings : PairwiseSettings
     generator : torch.Generator
         On the same device; drives permutations and negative sampling.
+    opt : RowOptimizer, optional
+        The optimiser over ``model_tables(model)`` (the caller keeps it to
+        checkpoint its state); built from ``settings`` when None.
     """
     n_items = model.num_items
     sampler = NegativeSampler(users, items, n_items, settings.sampling, generator)
@@ -172,7 +176,8 @@ def make_pairwise_epoch(
         keep = ~full[users]
         users, items = users[keep], items[keep]
     tables = model_tables(model)
-    opt = make_optimizer(settings.optimizer, tables, settings.lr)
+    if opt is None:
+        opt = make_optimizer(settings.optimizer, tables, settings.lr)
     P, Q = tables["P"], tables["Q"]
     loss_fn = PAIRWISE[settings.loss]
     reg, bs, N = settings.reg, settings.batch_size, settings.negatives

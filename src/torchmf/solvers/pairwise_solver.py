@@ -19,7 +19,9 @@ import torch
 
 from torchmf.data.interactions import Interactions
 from torchmf.nn.mf import MFModel
+from torchmf.solvers.optim import load_training_state, make_optimizer, training_state
 from torchmf.solvers.pairwise import PairwiseSettings, fold_in_pairwise, make_pairwise_epoch
+from torchmf.solvers.sgd import model_tables
 from torchmf.solvers.sgd_solver import auto_batch_size
 
 __all__ = ["PairwiseSolver"]
@@ -56,7 +58,8 @@ class PairwiseSolver:
             hp["loss"], hp["lr"], hp["reg"], hp["batch_size"], hp["optimizer"], hp["negatives"],
             hp["negative_sampling"],
         )
-        self._run_epoch = make_pairwise_epoch(model, users, items, settings, gen)
+        self.gen, self.opt = gen, make_optimizer(hp["optimizer"], model_tables(model), hp["lr"])
+        self._run_epoch = make_pairwise_epoch(model, users, items, settings, gen, self.opt)
 
     def epoch(self) -> float:
         return self._run_epoch()
@@ -66,6 +69,13 @@ class PairwiseSolver:
 
     def finish(self) -> None:
         pass
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """RNG and optimiser state (the model's weights are checkpointed separately)."""
+        return training_state(self.gen, self.opt)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        load_training_state(self.gen, self.opt, state)
 
     @classmethod
     def fold_in(cls, model: MFModel, items: torch.Tensor, values: torch.Tensor, hp: dict[str, Any],

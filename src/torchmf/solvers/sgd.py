@@ -18,7 +18,7 @@ import torch
 
 from torchmf.nn.mf import MFModel
 from torchmf.solvers.losses import mse
-from torchmf.solvers.optim import make_optimizer
+from torchmf.solvers.optim import RowOptimizer, make_optimizer
 
 __all__ = ["SGDSettings", "make_sgd_epoch", "model_tables"]
 
@@ -54,6 +54,7 @@ def make_sgd_epoch(
     values: torch.Tensor,
     settings: SGDSettings,
     generator: torch.Generator,
+    opt: RowOptimizer | None = None,
 ) -> Callable[[], float]:
     """Return a function that runs one epoch and returns the mean training loss.
 
@@ -67,9 +68,13 @@ def make_sgd_epoch(
     settings : SGDSettings
     generator : torch.Generator
         On the same device; drives the per-epoch permutation.
+    opt : RowOptimizer, optional
+        The optimiser over :func:`model_tables` (the caller keeps it to checkpoint
+        its state); built from ``settings`` when None.
     """
     tables = model_tables(model)
-    opt = make_optimizer(settings.optimizer, tables, settings.lr)
+    if opt is None:
+        opt = make_optimizer(settings.optimizer, tables, settings.lr)
     mu = float(model.global_bias.detach()) if model.biases else 0.0
     reg, reg_b, bs = settings.reg, settings.reg_bias, settings.batch_size
     P, Q = tables["P"], tables["Q"]

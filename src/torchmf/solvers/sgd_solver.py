@@ -10,7 +10,8 @@ import torch
 from torchmf.data.interactions import Interactions
 from torchmf.nn.mf import MFModel
 from torchmf.solvers.als_solver import ridge_fold_in
-from torchmf.solvers.sgd import SGDSettings, make_sgd_epoch
+from torchmf.solvers.optim import load_training_state, make_optimizer, training_state
+from torchmf.solvers.sgd import SGDSettings, make_sgd_epoch, model_tables
 
 __all__ = ["SGDSolver", "auto_batch_size"]
 
@@ -56,7 +57,8 @@ class SGDSolver:
         values = torch.as_tensor(data.values, device=device)
         gen = torch.Generator(device=device).manual_seed(hp["seed"])
         settings = SGDSettings(hp["lr"], hp["reg"], hp["reg_bias"], hp["batch_size"], hp["optimizer"])
-        self._run_epoch = make_sgd_epoch(model, users, items, values, settings, gen)
+        self.gen, self.opt = gen, make_optimizer(hp["optimizer"], model_tables(model), hp["lr"])
+        self._run_epoch = make_sgd_epoch(model, users, items, values, settings, gen, self.opt)
 
     def epoch(self) -> float:
         return self._run_epoch()
@@ -66,6 +68,13 @@ class SGDSolver:
 
     def finish(self) -> None:
         pass
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """RNG and optimiser state (the model's weights are checkpointed separately)."""
+        return training_state(self.gen, self.opt)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        load_training_state(self.gen, self.opt, state)
 
     @classmethod
     def fold_in(cls, model: MFModel, items: torch.Tensor, values: torch.Tensor, hp: dict[str, Any],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,9 +17,12 @@ import torch
 from torchmf.data.interactions import Interactions
 from torchmf.device import check_memory, thread_policy
 from torchmf.nn.mf import MFModel
-from torchmf.solvers import get_solver
+from torchmf.solvers import get_solver, solver_state
 from torchmf.training.monitor import Monitor, baseline_loss, divergence_cause
 from torchmf.training.validation import VAL_K, RankingValidation, Validation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torchmf.training.checkpoint import Checkpointer
 
 __all__ = ["fit_model", "new_model"]
 
@@ -70,6 +73,7 @@ def fit_model(
     validation: Validation | None = None,
     model: MFModel | None = None,
     extras: dict[str, Any] | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> tuple[MFModel, list[dict[str, float]], int | None]:
     """Train on ``data`` (compacted) with the solver that ``hp`` names.
 
@@ -88,6 +92,10 @@ def fit_model(
     extras : dict, optional
         Filled with the solver's ``extras`` (JSON-able metadata, e.g. the width of
         embeddings a solver rewrote in ``finish``) when it has any.
+    checkpoint : Checkpointer, optional
+        Writes a resumable checkpoint every few epochs and, when resuming,
+        restores the model, solver and monitor from the newest one before the
+        first epoch (:mod:`torchmf.training.checkpoint`).
 
     Returns
     -------
@@ -128,12 +136,21 @@ def fit_model(
         verbose=hp["verbose"],
         desc=f"torchmf {hp['loss']}/{hp['solver']}" if solver_cls.ranking else f"torchmf {hp['solver']}",
     )
+    start, stop = 1, False
+    if checkpoint is not None:
+        solver_state(solver)  # a solver that cannot be checkpointed fails before the first epoch
+        with torch.no_grad():
+            start = checkpoint.restore(model, solver, monitor) + 1
+        stop = checkpoint.stopped
     # intra-op threads matched to the free cores and to each kernel's work (device.thread_policy)
     with torch.no_grad(), thread_policy(_kernel_work(hp, len(data)), device) as threads:
-        for epoch in range(1, hp["epochs"] + 1):
+        for epoch in range(start, hp["epochs"] + 1):
             threads.refresh()
-            if monitor.end_epoch(epoch, solver.epoch()):
+            if stop:
                 break
+            stop = monitor.end_epoch(epoch, solver.epoch())
+            if checkpoint is not None:
+                checkpoint.after_epoch(epoch, model, solver, monitor, stop)
         monitor.finish()
         solver.finish()
     if extras is not None:

@@ -233,6 +233,22 @@ class Monitor:
         advice = f"{cause}; otherwise {self.divergence_hint}" if cause else self.divergence_hint
         raise TrainingError(f"training diverged at epoch {epoch} ({why}); {advice}")
 
+    def state(self) -> tuple[dict[str, Any], Any]:
+        """What a resumed fit needs: ``({"best_epoch", "best_value"}, best weights or None)``."""
+        return {"best_epoch": self.best_epoch, "best_value": self._best_value}, self._best_state
+
+    def resume(self, history: list[dict[str, float]], meta: dict[str, Any], best_state: Any) -> None:
+        """Continue after a checkpoint: its history, best epoch and best weights."""
+        self.history = list(history)
+        self.best_epoch, self._best_value = meta["best_epoch"], float(meta["best_value"])
+        self._best_state = best_state
+        # the growth streak the divergence check counts, as it stood after the checkpoint's last epoch
+        self._growing = 0
+        for prev, row in zip(self.history, self.history[1:], strict=False):
+            above = self.baseline is not None and row["train_loss"] > self.baseline
+            self._growing = self._growing + 1 if above and row["train_loss"] > prev["train_loss"] else 0
+        self._bar.update(len(self.history))
+
     def finish(self) -> None:
         """Close the bar and restore the best epoch's weights, if validating."""
         self._bar.close()

@@ -1,0 +1,116 @@
+"""Incremental updates (issue 14): ``partial_fit`` of held-back rows against a full refit.
+
+Protocol (issue 14's target): take a training set, hold back a random 10 % of
+its users (all their interactions) and the interactions of a random 5 % of its
+items (seed 0), fit on the rest, then ``partial_fit`` the held-back rows (new
+users, new items, and new interactions of known users) and compare with a
+full refit on the whole training set:
+
+- explicit: default ``MatrixFactorization()`` (ALS) and ``solver="sgd"`` on
+  ML-100k u1.base, u1.test RMSE (target: within 0.003 of the refit);
+- implicit: default ``loss="ials"`` on the issue-4 protocol (every rating an
+  interaction, ``user_split(data, 0.2, min_interactions=5, seed=0)``), NDCG@10
+  on its test part (target: within 0.005);
+
+and the time of ``partial_fit`` against the full fit's (target: <= 20 %).
+Times (wall and process CPU) are the best of ``--rounds`` runs on 2 threads.
+
+    TORCHMF_DATA_HOME=/path/to/data python benchmarks/partial_fit.py [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import torchmf
+from torchmf.data.split import user_split
+
+DATA_HOME = os.environ.get("TORCHMF_DATA_HOME", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def hold_back(data: torchmf.Interactions, seed: int = 0) -> tuple[np.ndarray, int, int]:
+    """Boolean mask of held-back rows: every row of 10 % of the users and of 5 % of the items."""
+    rng = np.random.default_rng(seed)
+    users = rng.choice(data.n_users, size=round(0.10 * data.n_users), replace=False)
+    items = rng.choice(data.n_items, size=round(0.05 * data.n_items), replace=False)
+    held = np.isin(data.users, users) | np.isin(data.items, items)
+    return held, len(users), len(items)
+
+
+def rmse(model: torchmf.MatrixFactorization, test: torchmf.Interactions) -> float:
+    pred = model.predict(test.user_map.raw(test.users), test.item_map.raw(test.items), unknown="fallback")
+    return float(np.sqrt(np.mean((pred - test.values) ** 2)))
+
+
+def ndcg(model: torchmf.MatrixFactorization, test: torchmf.Interactions) -> float:
+    return float(torchmf.evaluate(model, test, k=10)["ndcg@10"])
+
+
+def timed(fn: Any, rounds: int) -> tuple[Any, float, float]:
+    """``fn()``'s result, its best wall time and its best process CPU time over ``rounds`` runs."""
+    wall = cpu = float("inf")
+    out = None
+    for _ in range(rounds):
+        t, c = time.perf_counter(), time.process_time()
+        out = fn()
+        wall, cpu = min(wall, time.perf_counter() - t), min(cpu, time.process_time() - c)
+    return out, wall, cpu
+
+
+def compare(name: str, train: torchmf.Interactions, test: torchmf.Interactions, metric: Any, rounds: int,
+            **params: Any) -> dict[str, Any]:
+    held, n_u, n_i = hold_back(train)
+    base, extra = train.subset(~held), train.subset(held)
+
+    def make() -> torchmf.MatrixFactorization:
+        return torchmf.MatrixFactorization(verbose=False, device="cpu", **params)
+
+    full, t_full, c_full = timed(lambda: make().fit(train), rounds)
+    before = make().fit(base)
+    m_before = metric(before, test)
+
+    def update() -> torchmf.MatrixFactorization:
+        return copy.deepcopy(before).partial_fit(extra)  # each round starts from the same fitted model
+
+    updated, t_upd, c_upd = timed(update, rounds)
+    m_full, m_upd = metric(full, test), metric(updated, test)
+    return {
+        "case": name, "held_rows": int(held.sum()), "held_users": n_u, "held_items": n_i,
+        "metric_full_refit": round(m_full, 5), "metric_before_update": round(m_before, 5),
+        "metric_partial_fit": round(m_upd, 5), "delta": round(m_upd - m_full, 5),
+        "full_fit_s": round(t_full, 3), "partial_fit_s": round(t_upd, 3), "time_ratio": round(t_upd / t_full, 3),
+        "full_fit_cpu_s": round(c_full, 3), "partial_fit_cpu_s": round(c_upd, 3), "cpu_ratio": round(c_upd / c_full, 3),
+        "updates": updated.extras_["updates"][-1],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3, help="timed runs per fit (best kept)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-sgd", action="store_true", help="leave out the (slow) SGD case")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    train, test = torchmf.datasets.load_movielens_fold(1, data_home=DATA_HOME)
+    rows = [compare("u1 RMSE, ALS (default)", train, test, rmse, args.rounds)]
+    if not args.skip_sgd:
+        rows.append(compare("u1 RMSE, SGD", train, test, rmse, args.rounds, solver="sgd"))
+    data = torchmf.datasets.load_movielens("100k", data_home=DATA_HOME)
+    data = torchmf.Interactions.from_arrays(data.user_map.raw(data.users), data.item_map.raw(data.items))
+    itrain, itest = user_split(data, 0.2, min_interactions=5, seed=0)
+    rows.append(compare("implicit NDCG@10, iALS", itrain, itest, ndcg, args.rounds, loss="ials"))
+    for row in rows:
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+"""Model lifecycle behind the facade: incremental updates (``partial_fit``), warm starts, checkpoint settings.
+
+:meth:`MatrixFactorization.partial_fit` and the ``warm_start`` / ``checkpoint_*``
+arguments of :meth:`MatrixFactorization.fit` are thin wrappers over these functions.
+
+Incremental updates
+-------------------
+``partial_fit(new)`` appends new users and items to the id maps and grows the
+tables (new rows drawn like a fresh fit's, from a generator seeded with the
+model's ``seed``; new biases zero), merges ``new`` into the seen index (a pair
+already there takes the new value: the last value wins) and then re-solves only
+the *touched* rows, those of users and items that occur in ``new``, with the
+other rows as the warm start:
+
+* ALS (``mse``) and iALS: first the new rows alone (new users, new items,
+  new users again: cheap, and it gives them sensible factors before their
+  known neighbours are re-solved against them), then ``epochs`` alternations
+  (default 1) of touched users then touched items, each row on *all* its
+  merged interactions, with the training solve (``cg_steps`` warm-started CG
+  steps, one fewer in the alternations; exact with ``cg_steps=0``) and the training penalty (``reg * n **
+  reg_exponent``; iALS's unobserved term over every item). Untouched rows
+  keep their factors.
+* SGD losses (``mse`` with ``solver="sgd"``, ``bpr``, ``logistic``, ``warp``):
+  for ``mse`` the new rows first get the same ridge solves (SGD's per-rating
+  L2 is ALS's weighted lambda), then ``epochs`` passes (default 2) of the
+  solver run over the new interactions plus four times as many old ones
+  (a uniform sample, seeded), so the rows the new data touches do not drift
+  away from what the old data taught them (more passes over the small set
+  overfit it: ``benchmarks/partial_fit.py``). The optimiser starts afresh.
+
+The global bias stays at the value it was fitted with, and the approximate
+index (``index_``) is dropped: it indexes the old item factors.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from torchmf.data.convert import as_interactions
+from torchmf.data.csr import csr_order
+from torchmf.data.idmap import IdMap
+from torchmf.data.interactions import Interactions
+from torchmf.device import prefer_csr
+from torchmf.errors import DataError, UnknownIdError
+from torchmf.nn.mf import MFModel
+from torchmf.solvers import get_solver
+from torchmf.solvers.als import als_half_sweep, als_side
+from torchmf.solvers.als_solver import ALSSolver
+from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_side
+from torchmf.solvers.ials_solver import IALSSolver
+from torchmf.solvers.pairwise_solver import PairwiseSolver
+from torchmf.solvers.ragged import bucketize
+from torchmf.solvers.sgd import model_tables
+from torchmf.solvers.sgd_solver import SGDSolver
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torchmf.estimator.mf import MatrixFactorization
+    from torchmf.training import Validation
+    from torchmf.training.checkpoint import Checkpointer
+
+__all__ = ["checkpointer", "extend_map", "partial_fit", "seen_csr", "validation_for", "warm_start"]
+
+log = logging.getLogger(__name__)
+
+_UPDATABLE = (ALSSolver, IALSSolver, SGDSolver, PairwiseSolver)  # the solvers partial_fit knows how to update
+
+ALS_ALTERNATIONS = 1  # default ``epochs`` of partial_fit for ALS and iALS
+SGD_PASSES = 2  # default ``epochs`` of partial_fit for the SGD solvers
+OLD_SAMPLE_RATIO = 4.0  # old interactions replayed per new one by SGD updates
+
+
+def seen_csr(users: np.ndarray, items: np.ndarray, values: np.ndarray, n_users: int, n_items: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The seen index: ``(indptr (n_users + 1,), items (n,), values (n,) float32)``, CSR sorted within rows."""
+    indptr, order = csr_order(users, items, n_users, n_items)
+    return indptr, np.asarray(items, dtype=np.int64)[order], np.asarray(values, dtype=np.float32)[order]
+
+
+def validation_for(data: Interactions, validation: Interactions | None, device: torch.device) -> Validation | None:
+    """``validation`` as index pairs of the compacted training ``data`` (pairs unknown to it left out)."""
+    from torchmf.training import Validation
+
+    if validation is None:
+        return None
+    return Validation(
+        data.user_map.indices(validation.user_map.raw(validation.users), missing="ignore"),
+        data.item_map.indices(validation.item_map.raw(validation.items), missing="ignore"),
+        validation.values, data.rating_range(), device,
+    )
+
+
+def checkpointer(folder: str | os.PathLike | None, every: int | None, resume: bool, hp: dict[str, Any],
+                 data: Interactions) -> Checkpointer | None:
+    """The fit's :class:`~torchmf.training.checkpoint.Checkpointer`, or None without ``checkpoint_dir``.
+
+    ``checkpoint_every`` defaults to 1; giving it, or ``resume``, without a folder is a ValueError.
+    """
+    from torchmf.training.checkpoint import Checkpointer
+
+    if folder is None:
+        if every is not None or resume:
+            raise ValueError("checkpoint_every and resume need checkpoint_dir (the folder checkpoints go to)")
+        return None
+    return Checkpointer(folder, 1 if every is None else every, resume, hp, data)
+
+
+def extend_map(known: IdMap, raw: np.ndarray) -> tuple[IdMap, np.ndarray]:
+    """``known`` with the ids of ``raw`` it lacks appended, and the index of each of ``raw``.
+
+    An id given as a string where the map holds the integer (or the reverse)
+    is matched to the known id (:meth:`IdMap.resolve`), as the CLI does.
+    """
+    raw = np.asarray(raw, dtype=object)
+    for pos in [p for p, r in enumerate(raw.tolist()) if r not in known]:
+        try:
+            raw[pos] = known.resolve(raw[pos])
+        except UnknownIdError:
+            pass
+    grown = known.extend(raw)
+    return grown, grown.indices(raw)
+
+
+def _remap(data: Interactions, user_map: IdMap, item_map: IdMap) -> tuple[IdMap, IdMap, np.ndarray, np.ndarray]:
+    """``data``'s pairs as indices of ``user_map`` / ``item_map`` extended with its new ids."""
+    data = data.compact()
+    users_map, u_lookup = extend_map(user_map, data.user_map.raw(np.arange(data.n_users)))
+    items_map, i_lookup = extend_map(item_map, data.item_map.raw(np.arange(data.n_items)))
+    return users_map, items_map, u_lookup[data.users], i_lookup[data.items]
+
+
+def warm_start(est: MatrixFactorization, train: Interactions, hp: dict[str, Any]) -> tuple[Interactions, MFModel]:
+    """Data and starting model for ``fit(train, warm_start=True)``.
+
+    The model's ids keep their rows; ``train`` must contain every one of them
+    (it may add new users and items, which get fresh rows). The factors are a
+    copy of the current ones; with biases the global bias is reset to the mean
+    of ``train``.
+
+    Raises
+    ------
+    NotFittedError
+        Before a first fit.
+    DataError
+        When ``train`` lacks a user or item the model knows (name the first).
+    ValueError
+        When ``factors`` or ``biases`` differ from the fitted model's.
+    """
+    model = est.model
+    if hp["factors"] != model.embedding_dim or bool(hp["biases"]) != model.biases:
+        raise ValueError(f"warm_start needs the fitted model's factors={model.embedding_dim} and "
+                         f"biases={model.biases}; got factors={hp['factors']}, biases={hp['biases']}")
+    user_map, item_map, users, items = _remap(train, est.user_map, est.item_map)
+    for kind, idx, known, grown in (("user", users, est.user_map, user_map), ("item", items, est.item_map, item_map)):
+        absent = np.flatnonzero(np.bincount(idx, minlength=len(grown))[: len(known)] == 0)
+        if len(absent):
+            raise DataError(f"warm_start: the training data lacks {kind} {known.ids[absent[0]]!r} "
+                            f"({len(absent)} {kind}s of the fitted model in all); the data must contain every id "
+                            "the model knows (use partial_fit to add interactions to a model instead)")
+    values = train.compact().values
+    data = Interactions(users, items, values, user_map, item_map, implicit=train.implicit)
+    model = copy.deepcopy(model).cpu()
+    model.grow(len(user_map), len(item_map), hp["init_std"], torch.Generator().manual_seed(hp["seed"]))
+    if model.biases:
+        model.global_bias.data.fill_(float(np.mean(values, dtype=np.float64)))
+    return data, model
+
+
+def partial_fit(est: MatrixFactorization, new_interactions: Any, epochs: int | None = None) -> None:
+    """Add ``new_interactions`` to the fitted ``est`` in place (see the module docstring).
+
+    The update works on a copy of the weights and installs it at the end, so
+    an error leaves ``est`` as it was.
+    """
+    model = copy.deepcopy(est.model)
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    new = as_interactions(new_interactions, "new_interactions")
+    if len(new) == 0:
+        raise DataError("partial_fit: no new interactions")
+    if new.implicit != est.implicit_:
+        have, got = ("implicit", "explicit") if est.implicit_ else ("explicit", "implicit")
+        raise DataError(f"partial_fit: the model was trained on {have} data, the new interactions are {got}")
+    hp = est._hp
+    if get_solver(hp["loss"], hp["solver"]) not in _UPDATABLE:
+        raise ValueError(f"partial_fit supports the ALS, iALS and SGD solvers, not solver={hp['solver']!r} "
+                         f"for loss={hp['loss']!r}; refit on all the data instead")
+    lo, hi = new.rating_range()
+    user_map, item_map, nu, ni = _remap(new, est.user_map, est.item_map)
+    n_users, n_items = len(user_map), len(item_map)
+    # merge: old pairs then new ones; the last occurrence of a pair wins
+    old_u = np.repeat(np.arange(len(est.user_map), dtype=np.int64), np.diff(est.seen_indptr_))
+    all_u = np.concatenate([old_u, nu])
+    all_i = np.concatenate([est.seen_indices_, ni])
+    all_v = np.concatenate([est.seen_values_, new.compact().values])
+    key = all_u * n_items + all_i
+    _, first_rev = np.unique(key[::-1], return_index=True)
+    keep = np.sort(len(key) - 1 - first_rev)
+    merged = Interactions(all_u[keep], all_i[keep], all_v[keep], user_map, item_map, implicit=est.implicit_)
+
+    gen = torch.Generator().manual_seed(hp["seed"])
+    model.grow(n_users, n_items, hp["init_std"], gen)
+    touched_u, touched_i = np.unique(nu), np.unique(ni)
+    new_users, new_items = np.arange(len(est.user_map), n_users), np.arange(len(est.item_map), n_items)
+    with torch.no_grad():
+        if hp["solver"] == "als":
+            epochs = ALS_ALTERNATIONS if epochs is None else epochs
+            _resolve_rows(model, merged, hp, touched_u, touched_i, new_users, new_items, epochs)
+        else:
+            epochs = SGD_PASSES if epochs is None else epochs
+            if hp["loss"] == "mse":  # ridge starts for the new rows: SGD's per-rating L2 is ALS's weighted lambda
+                _resolve_rows(model, merged, hp, touched_u, touched_i, new_users, new_items, 0)
+            _sgd_passes(model, merged, new_rows=keep >= len(old_u), hp=hp, epochs=epochs, gen=gen)
+    n_new_u, n_new_i = n_users - len(est.user_map), n_items - len(est.item_map)
+    if getattr(est, "_ranker", None) is not None:  # the interaction component ranks new ids too: refit it
+        from torchmf.estimator.ranker import fit_ranker
+
+        est._ranker, est.extras_["ranker"] = fit_ranker(merged, hp, est.device)
+    est._model, est.user_map, est.item_map = model, user_map, item_map
+    est.seen_indptr_, est.seen_indices_, est.seen_values_ = seen_csr(
+        merged.users, merged.items, merged.values, n_users, n_items)
+    est.rating_range_ = (min(est.rating_range_[0], lo), max(est.rating_range_[1], hi))
+    est.index_ = None  # it indexes the old item factors
+    est.extras_.setdefault("updates", []).append({
+        "interactions": len(new), "new_users": n_new_u, "new_items": n_new_i,
+        "touched_users": len(touched_u), "touched_items": len(touched_i), "epochs": epochs,
+    })
+    log.info("partial_fit: %d interactions, %d new users, %d new items, %d touched users, %d touched items",
+             len(new), n_new_u, n_new_i, len(touched_u), len(touched_i))
+
+
+def _side(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, touched: np.ndarray, n_rows: int
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries of the ``touched`` rows, those rows renumbered 0..len(touched)-1."""
+    renumber = np.full(n_rows, -1, dtype=np.int64)
+    renumber[touched] = np.arange(len(touched))
+    sel = renumber[rows] >= 0
+    return renumber[rows[sel]], cols[sel], vals[sel]
+
+
+def _resolve_rows(model: MFModel, data: Interactions, hp: dict[str, Any], touched_u: np.ndarray,
+                  touched_i: np.ndarray, new_u: np.ndarray, new_i: np.ndarray, alternations: int) -> None:
+    """Closed-form re-solves of rows on all their merged entries, the other side fixed.
+
+    First the new rows alone (users, items, users: cheap, and it gives them
+    sensible factors before their known neighbours are re-solved against
+    them), then ``alternations`` of touched users then touched items. Each
+    solve is the training one (``cg_steps`` warm-started CG steps, one fewer
+    for the touched rows, which start near their optimum; exact with
+    ``cg_steps=0``) with the training penalty.
+    """
+    dev = model.user_embs.weight.device
+    t = model_tables(model)
+    implicit = hp["loss"] == "ials"
+    vals = confidence(data.values, hp["alpha"], hp["confidence"], hp["confidence_eps"]) if implicit else data.values
+    mu = float(model.global_bias) if model.biases else 0.0
+    width = hp["factors"] + int(model.biases)
+    by_side = {"user": (data.users, data.items, data.n_users, data.n_items, ("P", "bu"), ("Q", "bi")),
+               "item": (data.items, data.users, data.n_items, data.n_users, ("Q", "bi"), ("P", "bu"))}
+
+    def solver_for(side: str, rows_to_solve: np.ndarray, steps: int = hp["cg_steps"]) -> Callable[[], None]:
+        rows, cols, n_rows, n_cols, (f, b), (of, ob) = by_side[side]
+        r, c, v = _side(rows, cols, vals, rows_to_solve, n_rows)
+        settings_k = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], steps)
+        idx = torch.as_tensor(rows_to_solve, device=dev)
+        if implicit:
+            layout: Any = ials_side(r, c, v, len(rows_to_solve), n_cols, hp["factors"], dev, settings_k)
+        elif steps > 0 and prefer_csr(len(r), len(rows_to_solve), n_cols, width, t["P"].element_size(), dev):
+            layout = als_side(r, c, v, len(rows_to_solve), n_cols, dev, t["P"].dtype)
+        else:
+            layout = bucketize(r, c, v, len(rows_to_solve), n_cols, dev)
+
+        def solve() -> None:
+            rows_f = t[f][idx]
+            rows_b = t[b][idx] if b in t else None
+            if implicit:
+                ials_half_sweep(layout, rows_f, t[of], settings_k)
+            else:
+                als_half_sweep(layout, rows_f, rows_b, t[of], t.get(ob), mu, hp["reg"], hp["reg_bias"],
+                               cg_steps=steps, reg_exponent=hp["reg_exponent"])
+            t[f][idx] = rows_f
+            if rows_b is not None:
+                t[b][idx] = rows_b
+
+        return solve
+
+    if len(new_u) and len(new_i):
+        first_u, first_i = solver_for("user", new_u), solver_for("item", new_i)
+        for step in (first_u, first_i, first_u):
+            step()
+    if alternations < 1:
+        return
+    # known rows start near their optimum: one CG step fewer than training (same accuracy on ML-100k)
+    k = max(1, hp["cg_steps"] - 1) if hp["cg_steps"] > 0 else 0
+    users, items = solver_for("user", touched_u, k), solver_for("item", touched_i, k)
+    for _ in range(alternations):
+        users()
+        items()
+
+
+def _sgd_passes(model: MFModel, merged: Interactions, new_rows: np.ndarray, hp: dict[str, Any], epochs: int,
+                gen: torch.Generator) -> None:
+    """``epochs`` passes of the SGD solver over the new pairs plus a seeded sample of old ones."""
+    new_idx, old_idx = np.flatnonzero(new_rows), np.flatnonzero(~new_rows)
+    n_old = min(len(old_idx), round(OLD_SAMPLE_RATIO * len(new_idx)))
+    pick = torch.randperm(len(old_idx), generator=gen)[:n_old].numpy()
+    rows = np.sort(np.concatenate([new_idx, old_idx[pick]]))
+    sub = merged.subset(rows)
+    run = {**hp, "epochs": epochs}
+    solver = get_solver(hp["loss"], hp["solver"])(model, sub, run, model.user_embs.weight.device)
+    for _ in range(epochs):
+        solver.epoch()
+    solver.finish()
