@@ -1,0 +1,253 @@
+"""What every rank runs: read its shard, train, checkpoint, and (rank 0) save the model folder.
+
+:func:`run_job` is the same code under ``torchrun``, under the local launcher
+(:mod:`torchmf.distributed.launch`), under Ray and under Spark: the world comes
+from the environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
+``MASTER_PORT``), the job from a :class:`JobConfig`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from torchmf.data.csr import csr_order
+from torchmf.device import resolve_device
+from torchmf.distributed import comm
+from torchmf.distributed.als import make_als_sweep, make_ials_sweep
+from torchmf.distributed.checkpoint import load_checkpoint, save_checkpoint
+from torchmf.distributed.io import ReadOptions, Shard, load_shard
+from torchmf.distributed.sgd import DSGD
+from torchmf.errors import ModelFileError
+from torchmf.estimator import params as hparams
+from torchmf.nn.mf import MFModel
+from torchmf.solvers.monitor import Monitor
+from torchmf.solvers.sgd import model_tables
+
+__all__ = ["ERRORS_ENV", "JobConfig", "init_world", "run_job", "under_launcher"]
+
+log = logging.getLogger(__name__)
+
+# seconds a collective waits for the slowest rank before failing the job
+DEFAULT_TIMEOUT = 50.0
+# test hook: "RANK:EPOCH:exit|hang" makes that rank crash or hang at the start of that epoch
+FAULT_ENV = "TORCHMF_DIST_FAULT"
+# folder where a failing rank started by the local launcher leaves its one-line report
+ERRORS_ENV = "TORCHMF_DIST_ERRORS"
+
+
+@dataclass
+class JobConfig:
+    """A distributed fit, as plain JSON-able fields.
+
+    Attributes
+    ----------
+    data : str
+        A ratings file or a folder of part files.
+    output : str
+        Model folder rank 0 writes.
+    params : dict
+        Estimator hyperparameters as given (``MatrixFactorization.get_params()``).
+    read : dict
+        :class:`~torchmf.distributed.io.ReadOptions` fields.
+    overwrite : bool
+    timeout : float
+        Collective timeout in seconds.
+    checkpoint_every : int, optional
+        Write a checkpoint every this many epochs.
+    checkpoint_dir : str, optional
+        Where checkpoints go (default: ``output + ".ckpt"``).
+    resume : bool
+        Continue from the latest complete checkpoint, if any.
+    """
+
+    data: str
+    output: str
+    params: dict[str, Any] = field(default_factory=dict)
+    read: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+    checkpoint_every: int | None = None
+    checkpoint_dir: str | None = None
+    resume: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def under_launcher() -> bool:
+    """True inside a process started by torchrun (or any launcher setting RANK and WORLD_SIZE)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_world(timeout: float, device: torch.device) -> bool:
+    """Join the process group the environment describes; False when there is none (one process)."""
+    if dist.is_initialized():
+        return False
+    if not under_launcher() or (int(os.environ["WORLD_SIZE"]) == 1 and "MASTER_ADDR" not in os.environ):
+        return False
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    return True
+
+
+def _check(hp: dict[str, Any], cfg: JobConfig) -> None:
+    if hp["early_stopping"] is not None:
+        raise ValueError("early_stopping needs a validation set, which the distributed fit does not take")
+    if cfg.checkpoint_every is not None and (not isinstance(cfg.checkpoint_every, int) or cfg.checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every must be a positive integer, got {cfg.checkpoint_every!r}")
+    if not (isinstance(cfg.timeout, (int, float)) and cfg.timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {cfg.timeout!r}")
+
+
+def _fault(epoch: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    r, e, kind = spec.split(":")
+    if int(r) == comm.rank() and int(e) == epoch:
+        log.warning("fault injection: rank %s %s at epoch %d", r, kind, epoch)
+        if kind == "exit":
+            os._exit(17)
+        time.sleep(3600)
+
+
+def _init_model(shard: Shard, hp: dict[str, Any], device: torch.device) -> MFModel:
+    """The single-process initialisation: full tables drawn from a seeded CPU generator (then used by block)."""
+    gen = torch.Generator().manual_seed(hp["seed"])
+    model = MFModel(shard.n_users, shard.n_items, hp["factors"], biases=hp["biases"], init_std=hp["init_std"],
+                    generator=gen)
+    if hp["biases"]:
+        with torch.no_grad():
+            model.global_bias.fill_(shard.value_sum / shard.n_total)
+    model.to(device)
+    model.requires_grad_(False)
+    return model
+
+
+def run_job(cfg: JobConfig) -> None:
+    """Run one rank of the job (collective: every rank calls it with the same config)."""
+    hp = hparams.resolve(hparams.Params(**cfg.params))
+    _check(hp, cfg)
+    device = resolve_device(hp["device"])
+    owns_world = init_world(cfg.timeout, device)
+    try:
+        _run(cfg, hp, device)
+    finally:
+        if owns_world:
+            dist.destroy_process_group()
+
+
+def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
+    t0 = time.perf_counter()
+    comm.agree(lambda: _check_output(cfg) if comm.rank() == 0 else None, "checking the output folder")
+    shard = load_shard(cfg.data, ReadOptions(**cfg.read))
+    log.info("rank %d: %d + %d interactions by user + item block (%.1f s)", comm.rank(), len(shard.by_user[0]),
+             len(shard.by_item[0]), time.perf_counter() - t0)
+    if hp["batch_size"] is None:
+        hp["batch_size"] = hparams.auto_batch_size(hp["loss"], shard.n_total)
+    model = _init_model(shard, hp, device)
+    t = model_tables(model)
+    if hp["loss"] == "ials":
+        sweep = make_ials_sweep(shard, t, hp, device)
+    elif hp["solver"] == "als":
+        sweep = make_als_sweep(shard, t, hp, float(model.global_bias) if hp["biases"] else 0.0, device)
+    else:
+        dsgd = DSGD(shard, model, hp, device)
+    sgd = hp["solver"] == "sgd"
+    full = {k: (model.user_bias.weight.data if k == "bu" else model.item_bias.weight.data if k == "bi" else v)
+            for k, v in t.items()}
+    bounds = {"P": shard.user_bounds, "Q": shard.item_bounds}
+    ckpt_dir = cfg.checkpoint_dir or f"{cfg.output}.ckpt"
+    start, history = 1, []
+    if cfg.resume:
+        got = comm.agree(lambda: load_checkpoint(ckpt_dir, full, hp), "reading the checkpoint")
+        if got is not None:
+            start, history = got[0] + 1, got[1]
+            log.info("resuming after epoch %d from %s", got[0], ckpt_dir)
+    monitor = Monitor(
+        hp["epochs"], snapshot=lambda: None, restore=lambda state: None,
+        divergence_hint=f"lower lr (now {hp['lr']}) or raise reg (now {hp['reg']})" if sgd
+        else f"raise reg (now {hp['reg']})",
+        verbose=hp["verbose"] and comm.rank() == 0, desc=f"torchmf {hp['loss']}/{hp['solver']} x{comm.world()}",
+    )
+    monitor.history = history
+    with torch.no_grad():
+        for epoch in range(start, hp["epochs"] + 1):
+            _fault(epoch)
+            loss = dsgd.epoch(epoch) if sgd else sweep()
+            monitor.end_epoch(epoch, loss)
+            if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < hp["epochs"]:
+                if sgd:
+                    dsgd.gather()
+                save_checkpoint(ckpt_dir, epoch, full, bounds, monitor.history, hp)
+    monitor.finish()
+    if sgd:
+        dsgd.gather()
+    seen = _gather_seen(shard)
+    # nobody returns before the model folder exists (or rank 0's error is everyone's)
+    comm.agree(lambda: _save(cfg, hp, shard, model, monitor.history, seen) if comm.rank() == 0 else None,
+               "saving the model")
+    log.info("rank %d: done in %.1f s, %d bytes sent", comm.rank(), time.perf_counter() - t0, comm.stats.sent)
+
+
+def _check_output(cfg: JobConfig) -> None:
+    if os.path.exists(cfg.output) and not cfg.overwrite:
+        raise ModelFileError(f"{cfg.output}: exists; pass overwrite=True (CLI: --overwrite) to replace it")
+
+
+def _gather_seen(shard: Shard) -> tuple[np.ndarray, np.ndarray] | None:
+    """The seen-items CSR of all users on rank 0 (None elsewhere): each rank's user block in order."""
+    lo, hi = shard.users_of(comm.rank())
+    users, items, _ = shard.by_user
+    indptr, order = csr_order(users - lo, items, hi - lo, shard.n_items)
+    counts = torch.from_numpy(np.diff(indptr))
+    indices = torch.from_numpy(items[order].astype(np.int64))
+    if comm.world() == 1:
+        return indptr, indices.numpy()
+    all_counts = comm.all_gather_rows(counts)
+    all_indices = _gather_to_root(indices)
+    if comm.rank() != 0:
+        return None
+    counts_np = torch.cat(all_counts).numpy()
+    return np.concatenate([[0], np.cumsum(counts_np)]).astype(np.int64), torch.cat(all_indices).numpy()
+
+
+def _gather_to_root(t: torch.Tensor) -> list[torch.Tensor]:
+    """Variable-length 1-D tensors gathered on rank 0 only (the seen index can be large)."""
+    sizes = comm.all_gather_rows(torch.tensor([t.numel()]))
+    longest = max(int(s) for s in sizes)
+    padded = t.new_zeros(longest)
+    padded[: t.numel()] = t
+    out = [t.new_empty(longest) for _ in range(comm.world())] if comm.rank() == 0 else None
+    if comm.rank() != 0:
+        comm.stats.add(padded.numel() * padded.element_size())
+    dist.gather(padded, out, dst=0)
+    return [] if out is None else [o[: int(s)] for o, s in zip(out, sizes, strict=True)]
+
+
+def _save(cfg: JobConfig, hp: dict[str, Any], shard: Shard, model: MFModel, history: list[dict[str, float]],
+          seen: tuple[np.ndarray, np.ndarray]) -> None:
+    """Rank 0: the usual model folder, through the estimator's own save."""
+    from torchmf.estimator.mf import MatrixFactorization
+
+    _check_output(cfg)
+    est = MatrixFactorization(**cfg.params)
+    est._model = model.to("cpu")
+    est._hp = hp
+    est.user_map, est.item_map = shard.user_map, shard.item_map
+    est.implicit_ = shard.implicit
+    est.rating_range_ = shard.rating_range
+    est.history_, est.best_epoch_ = history, None
+    est.seen_indptr_, est.seen_indices_ = seen
+    est.save(cfg.output)

@@ -1,0 +1,137 @@
+"""Start N local ranks (subprocesses on 127.0.0.1) and turn their failure into one error naming a rank.
+
+The ranks are ordinary ``python -m torchmf.distributed.worker`` processes with
+the environment torchrun would give them (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR=127.0.0.1``, ``MASTER_PORT`` = a free port), so
+the local launcher, torchrun, Ray and Spark all run the same code. Nothing is
+pickled: the job travels as a JSON file.
+
+When one rank fails the launcher waits a few seconds for the others to notice
+(a dead peer closes its sockets; a hung one makes their collectives time out),
+stops whoever is left, and raises one error, chosen in this order:
+
+1. a rank's own error (bad input, divergence, ...), as that rank reported it;
+2. a rank that died without reporting (killed, crashed);
+3. a rank still running after the others failed on a collective (hung);
+4. otherwise the first collective failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from torchmf.distributed.job import ERRORS_ENV, JobConfig
+from torchmf.errors import DataError, ModelFileError, TrainingError
+
+__all__ = ["free_port", "spawn"]
+
+log = logging.getLogger(__name__)
+
+# seconds the others get to exit by themselves once one rank has failed
+_GRACE = 5.0
+_POLL = 0.1
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rank_env(r: int, world: int, port: int, errors: str) -> dict[str, str]:
+    env = dict(os.environ)
+    threads = max(1, (os.cpu_count() or 1) // world)
+    env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=env.get("OMP_NUM_THREADS",
+                                                                                        str(threads)))
+    env[ERRORS_ENV] = errors
+    # the worker imports the same torchmf as this process (a source checkout on PYTHONPATH included)
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def spawn(cfg: JobConfig, world_size: int) -> None:
+    """Run ``cfg`` on ``world_size`` local ranks; returns when all succeeded.
+
+    Raises
+    ------
+    DataError, ModelFileError
+        A rank's input or output error (message names the rank).
+    TrainingError
+        Any other failure: a rank that diverged, died, hung or timed out.
+    """
+    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
+        raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+    with tempfile.TemporaryDirectory(prefix="torchmf-dist-") as tmp:
+        config = Path(tmp, "job.json")
+        config.write_text(json.dumps(cfg.to_dict()))
+        errors = Path(tmp, "errors")
+        errors.mkdir()
+        port = free_port()
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "torchmf.distributed.worker", str(config)],
+                             env=_rank_env(r, world_size, port, str(errors)))
+            for r in range(world_size)
+        ]
+        try:
+            _supervise(procs, errors)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+
+
+def _supervise(procs: list[subprocess.Popen], errors: Path) -> None:
+    failed_at = None
+    while True:
+        codes = [p.poll() for p in procs]
+        if all(c == 0 for c in codes):
+            return
+        if failed_at is None and any(c not in (None, 0) for c in codes):
+            failed_at = time.monotonic()
+        if failed_at is not None and (all(c is not None for c in codes) or time.monotonic() - failed_at > _GRACE):
+            break
+        time.sleep(_POLL)
+    codes = [p.poll() for p in procs]
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    raise _blame(codes, errors)
+
+
+def _blame(codes: list[int | None], errors: Path) -> Exception:
+    """The one error to report (see the module docstring); ``codes[r]`` None: still running at the end."""
+    reports = {}
+    for f in errors.glob("rank-*.json"):
+        info = json.loads(f.read_text())
+        reports[int(info["rank"])] = info
+    own = [reports[r] for r in sorted(reports) if not reports[r]["collective"]]
+    if own:
+        info = own[0]
+        kind = {"DataError": DataError, "ModelFileError": ModelFileError}.get(info["type"], TrainingError)
+        if info["type"] == "ValueError":
+            return ValueError(info["message"])
+        return kind(info["message"])
+    for r, c in enumerate(codes):
+        if c not in (None, 0) and r not in reports:
+            how = f"killed by signal {signal.Signals(-c).name}" if c < 0 else f"exited with code {c}"
+            return TrainingError(f"rank {r} died ({how}) without reporting an error; the other ranks stopped")
+    hung = [r for r, c in enumerate(codes) if c is None]
+    if hung:
+        return TrainingError(f"rank {hung[0]} stopped responding: the other ranks' collectives timed out waiting "
+                             "for it; it was stopped")
+    first = reports[min(reports)] if reports else {"message": "a rank failed"}
+    return TrainingError(str(first["message"]))
