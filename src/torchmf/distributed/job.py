@@ -25,7 +25,7 @@ from torchmf.distributed import comm
 from torchmf.distributed.als import make_als_sweep, make_ials_sweep
 from torchmf.distributed.checkpoint import load_checkpoint, save_checkpoint
 from torchmf.distributed.io import ReadOptions, Shard, load_shard
-from torchmf.distributed.sgd import DSGD
+from torchmf.distributed.sgd import DSGD, PairwiseSGD
 from torchmf.errors import ModelFileError
 from torchmf.estimator import params as hparams
 from torchmf.nn.mf import MFModel
@@ -162,8 +162,10 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
         sweep = make_ials_sweep(shard, t, hp, device)
     elif hp["solver"] == "als":
         sweep = make_als_sweep(shard, t, hp, float(model.global_bias) if hp["biases"] else 0.0, device)
-    else:
+    elif hp["loss"] == "mse":
         dsgd = DSGD(shard, model, hp, device)
+    else:
+        dsgd = PairwiseSGD(shard, model, hp, device)
     sgd = hp["solver"] == "sgd"
     full = {k: (model.user_bias.weight.data if k == "bu" else model.item_bias.weight.data if k == "bi" else v)
             for k, v in t.items()}
