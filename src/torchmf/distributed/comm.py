@@ -124,6 +124,8 @@ def exchange(columns: Sequence[np.ndarray], dest: np.ndarray) -> list[np.ndarray
 
 def _encode(ids: np.ndarray) -> torch.Tensor:
     """Raw ids as one uint8 tensor: int64 bytes, or UTF-8 strings each ending in a NUL byte."""
+    if len(ids) == 0:
+        return torch.empty(0, dtype=torch.uint8)
     if ids.dtype.kind in "iu":
         return torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64).view(np.uint8))
     text = "\0".join(str(x) for x in ids) + ("\0" if len(ids) else "")

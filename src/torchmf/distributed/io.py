@@ -207,8 +207,10 @@ def _combine_repeats(cols: list[np.ndarray], n_items: int, policy: str, path: st
         return cols
     if policy == "error":
         j = order[int(np.flatnonzero(dup)[0]) + 1]
+        u, i = (m.raw([x])[0] for m, x in ((user_map, users[j]), (item_map, items[j])))
+        u, i = (x.item() if isinstance(x, np.generic) else x for x in (u, i))
         raise DataError(
-            f"{path}: repeated (user, item) pair ({user_map.raw([users[j]])[0]!r}, {item_map.raw([items[j]])[0]!r}) "
+            f"{path}: repeated (user, item) pair ({u!r}, {i!r}) "
             "in two part files; pass duplicates='last' or 'sum' to combine repeats (CLI: --duplicates)"
         )
     if policy == "mean":

@@ -1,10 +1,13 @@
 """Start N local ranks (subprocesses on 127.0.0.1) and turn their failure into one error naming a rank.
 
-The ranks are ordinary ``python -m torchmf.distributed.worker`` processes with
-the environment torchrun would give them (``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``, ``MASTER_ADDR=127.0.0.1``, ``MASTER_PORT`` = a free port), so
-the local launcher, torchrun, Ray and Spark all run the same code. Nothing is
-pickled: the job travels as a JSON file.
+Each rank runs :func:`torchmf.distributed.worker.main` with the environment
+torchrun would give it (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR=127.0.0.1``, ``MASTER_PORT`` = a free port), so the local
+launcher, torchrun, Ray and Spark all run the same code. Ranks are forked
+from a ``multiprocessing`` fork server that has imported torch and torchmf
+once (per parent process), so starting a job costs no imports after the
+first; the job itself travels as a JSON file (the fork server is handed only
+its path and the environment, strings).
 
 When one rank fails the launcher waits a few seconds for the others to notice
 (a dead peer closes its sockets; a hung one makes their collectives time out),
@@ -20,11 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 import os
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -79,24 +81,37 @@ def spawn(cfg: JobConfig, world_size: int) -> None:
         errors = Path(tmp, "errors")
         errors.mkdir()
         port = free_port()
-        procs = [
-            subprocess.Popen([sys.executable, "-m", "torchmf.distributed.worker", str(config)],
-                             env=_rank_env(r, world_size, port, str(errors)))
-            for r in range(world_size)
-        ]
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["torchmf.distributed.worker"])
+        procs = [ctx.Process(target=_rank_main, args=(str(config), _rank_env(r, world_size, port, str(errors))),
+                             name=f"torchmf-rank-{r}") for r in range(world_size)]
+        for p in procs:
+            p.start()
         try:
             _supervise(procs, errors)
         finally:
             for p in procs:
-                if p.poll() is None:
+                if p.exitcode is None:
                     p.kill()
-                    p.wait()
+                p.join()
 
 
-def _supervise(procs: list[subprocess.Popen], errors: Path) -> None:
+def _rank_main(config: str, env: dict[str, str]) -> None:
+    """One rank, in a process forked from the fork server: the launcher's environment, then the worker."""
+    os.environ.clear()
+    os.environ.update(env)
+    import torch
+
+    from torchmf.distributed.worker import main
+
+    torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    os._exit(main([config]))
+
+
+def _supervise(procs: list, errors: Path) -> None:
     failed_at = None
     while True:
-        codes = [p.poll() for p in procs]
+        codes = [p.exitcode for p in procs]
         if all(c == 0 for c in codes):
             return
         if failed_at is None and any(c not in (None, 0) for c in codes):
@@ -104,11 +119,11 @@ def _supervise(procs: list[subprocess.Popen], errors: Path) -> None:
         if failed_at is not None and (all(c is not None for c in codes) or time.monotonic() - failed_at > _GRACE):
             break
         time.sleep(_POLL)
-    codes = [p.poll() for p in procs]
+    codes = [p.exitcode for p in procs]
     for p in procs:
-        if p.poll() is None:
+        if p.exitcode is None:
             p.kill()
-            p.wait()
+            p.join()
     raise _blame(codes, errors)
 
 
