@@ -37,8 +37,8 @@ import torchmf
 from torchmf.data.idmap import IdMap
 from torchmf.data.interactions import Interactions
 from torchmf.device import resolve_device
-from torchmf.estimator.params import auto_batch_size
-from torchmf.estimator.training import _ials_epoch, _pairwise_epoch
+from torchmf.solvers import get_solver
+from torchmf.solvers.sgd_solver import auto_batch_size
 
 
 def load_data(args: argparse.Namespace) -> Interactions:
@@ -98,7 +98,7 @@ def main() -> None:
         hp = MatrixFactorizationDefaults(loss=loss, factors=args.factors)
         hp["batch_size"] = hp["batch_size"] or auto_batch_size(loss, len(data))  # as fit() resolves it
         model = fresh_model(data, hp).to(device)
-        epoch = _pairwise_epoch(model, data, hp, device)
+        epoch = get_solver(loss)(model, data, hp, device).epoch
         best, median = timed(epoch, args.repeat)
         rate = len(data) / best / 1e6
         print(f"{loss} epoch ({hp['optimizer']}, negatives={hp['negatives']}, batch {hp['batch_size']}): "
@@ -110,7 +110,7 @@ def time_ials(args: argparse.Namespace, data: Interactions, device: torch.device
     hp = MatrixFactorizationDefaults(loss="ials", factors=args.factors)
     model = fresh_model(data, hp).to(device)
     t = time.perf_counter()
-    sweep = _ials_epoch(model, data, hp, device)
+    sweep = get_solver("ials")(model, data, hp, device).epoch
     print(f"iALS setup (CSR and/or gathered layout of both sides): {time.perf_counter() - t:.2f} s")
     best, median = timed(sweep, args.repeat)
     print(f"iALS sweep, {args.factors} factors, cg_steps={hp['cg_steps']}: min {best:.3f} s, median {median:.3f} s")

@@ -22,7 +22,6 @@ import torchmf
 from torchmf import Interactions, MatrixFactorization
 from torchmf import device as device_module
 from torchmf.nn.mf import MFModel
-from torchmf.solvers import cg as cg_module
 from torchmf.solvers import ials as ials_module
 from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_loss, ials_side
 from torchmf.solvers.losses import bpr, logistic, warp
@@ -90,9 +89,9 @@ def test_every_loss_recommends_only_in_group_unseen(fitted, blocks):
 def test_ials_recovers_the_blocks_on_either_layout(blocks, monkeypatch, layout):
     """Whichever layout ``ials_side`` picks for a data set, the fit gets the same answer."""
     if layout == "csr":
-        monkeypatch.setattr(cg_module, "_CSR_MIN_MEAN_DEGREE", 0)
+        monkeypatch.setattr(device_module, "_CSR_MIN_MEAN_DEGREE", 0)
     else:
-        monkeypatch.setattr(cg_module, "_CSR_MAX_OTHER_BYTES", 0)
+        monkeypatch.setattr(device_module, "_CSR_MAX_OTHER_BYTES", 0)
     data = blocks[0]
     model = MatrixFactorization(**LOSSES["ials"], seed=0, verbose=False).fit(data)
     for u in range(data.n_users):
@@ -106,7 +105,7 @@ def test_ials_fit_on_csr_matches_plain_half_sweeps(blocks, monkeypatch):
     Reference: the same initial factors (the estimator's seeded init) swept by
     plain :func:`ials_half_sweep` calls that compute every product themselves.
     """
-    monkeypatch.setattr(cg_module, "_CSR_MIN_MEAN_DEGREE", 0)  # both sides on the CSR layout
+    monkeypatch.setattr(device_module, "_CSR_MIN_MEAN_DEGREE", 0)  # both sides on the CSR layout
     data = blocks[0]
     model = MatrixFactorization(loss="ials", factors=3, epochs=4, seed=0, verbose=False, device="cpu").fit(data)
     hp = model.effective_params

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from torchmf import MatrixFactorization, TrainingError
-from torchmf.solvers import cg as cg_module
+from torchmf import device as device_module
 from torchmf.solvers.als import als_half_sweep, als_side, ridge_rows
 from torchmf.solvers.losses import bpr, logistic, mse, warp
 from torchmf.solvers.optim import OPTIMIZERS, SGD, Adagrad, Adam, SparseAdam, make_optimizer
@@ -41,7 +41,7 @@ def fit(kwargs: dict, train) -> MatrixFactorization:
     kwargs = dict(kwargs)
     with pytest.MonkeyPatch.context() as mp:
         if kwargs.pop(BUCKETS, False):
-            mp.setattr(cg_module, "_CSR_MAX_OTHER_BYTES", 0)
+            mp.setattr(device_module, "_CSR_MAX_OTHER_BYTES", 0)
         return MatrixFactorization(**kwargs).fit(train)
 
 

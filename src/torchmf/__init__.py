@@ -22,9 +22,10 @@ from torchmf.errors import (
     UnknownIdError,
 )
 from torchmf.estimator import MatrixFactorization
-from torchmf.estimator.persistence import load_model as load
 from torchmf.evaluation import cross_validate, evaluate, grid_search, optuna_search
 from torchmf.nn import MFModel
+
+load = MatrixFactorization.load
 
 __version__ = "0.1.0"
 

@@ -9,9 +9,11 @@ thresholds below on the CPU).
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-__all__ = ["EXACT_BLOCK_BYTES", "MIN_CHUNK_ENTRIES", "chunk_bytes", "prefer_csr", "resolve_device"]
+__all__ = ["EXACT_BLOCK_BYTES", "MIN_CHUNK_ENTRIES", "check_memory", "chunk_bytes", "prefer_csr", "resolve_device"]
 
 # The CSR layout reads the other side's factors at random and pays a little
 # per row: it wins while those factors stay in cache and rows are not too
@@ -71,3 +73,28 @@ def prefer_csr(nnz: int, n_nonempty_rows: int, n_other: int, width: int, itemsiz
 def chunk_bytes(device: torch.device) -> int:
     """Bytes of gathered factors per chunk on the gathered layout."""
     return _CHUNK_BYTES_CUDA if device.type == "cuda" else _CHUNK_BYTES_CPU
+
+
+def check_memory(nbytes: int, device: torch.device, what: str) -> None:
+    """Refuse an allocation of ``nbytes`` that cannot fit, before trying it.
+
+    Compares with the device's total memory (CUDA) or the machine's physical
+    memory (CPU), so a typo such as ``factors=10**9`` is a clear error instead
+    of an out-of-memory crash minutes later.
+
+    Raises
+    ------
+    ValueError
+        Naming ``what`` and the sizes.
+    """
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - platforms without sysconf
+            return
+    if nbytes > total:
+        raise ValueError(
+            f"{what} needs {nbytes / 2**30:.1f} GiB, more than the {total / 2**30:.1f} GiB of memory on {device}"
+        )

@@ -138,9 +138,9 @@ def read_ids(path: str) -> list[str]:
 # ---------------------------------------------------------------------- models
 def load_model(path: str) -> Any:
     """Load a saved model on the CPU (ModelFileError names what is wrong)."""
-    from torchmf.estimator.persistence import load_model as _load
+    from torchmf.estimator.mf import MatrixFactorization
 
-    return _load(path, device="cpu")
+    return MatrixFactorization.load(path, device="cpu")
 
 
 def resolve_id(idmap: Any, text: str, fallback: bool = False) -> Hashable:
@@ -186,9 +186,9 @@ _HELP = {
     "device": "auto (CUDA when available), cpu, cuda or cuda:N",
     "seed": "random seed",
 }
-# params-module constants listing the valid values of a string hyperparameter
-_CHOICES = {"solver": "SOLVERS", "loss": "LOSSES", "optimizer": "OPTIMIZERS", "confidence": "CONFIDENCE",
-            "negative_sampling": "SAMPLING"}
+# where the valid values of a string hyperparameter come from
+_CHOICES = {"solver": "solvers.solver_names", "loss": "solvers.losses", "optimizer": "OPTIMIZERS",
+            "confidence": "CONFIDENCE", "negative_sampling": "SAMPLING"}
 _METAVAR = {int: "N", float: "X", str: "NAME"}
 
 
@@ -219,7 +219,10 @@ def add_hyperparameters(parser: argparse.ArgumentParser) -> None:
     for name, typ, default in _hp_specs():
         flag = "--" + name.replace("_", "-")
         text = _HELP.get(name, f"see MatrixFactorization's {name}")
-        choices = getattr(params_module, _CHOICES.get(name, ""), None)
+        source = _CHOICES.get(name, "")
+        choices = getattr(params_module.solvers, source.split(".")[1])() if "." in source else getattr(
+            params_module, source, None
+        )
         if choices:
             text += ": " + ", ".join(sorted(choices) if isinstance(choices, dict) else choices)
         if default is not None:

@@ -160,7 +160,7 @@ def info(args: argparse.Namespace) -> int:
         "feedback": "implicit" if model.implicit_ else "explicit",
         "epochs run": len(hist),
     }
-    if not model.implicit_ and model.effective_params.get("loss", "mse") == "mse":
+    if not model.is_ranking:
         summary["rating range"] = [common.plain(float(x)) for x in model.rating_range_]
     if hist:
         summary["train loss (first, last)"] = [common.plain(hist[i]["train_loss"]) for i in (0, -1)]

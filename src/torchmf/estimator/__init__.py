@@ -1,6 +1,7 @@
-"""The estimator layer: :class:`MatrixFactorization` and its persistence."""
+"""The estimator layer: :class:`MatrixFactorization`, :class:`ModelState` and their persistence."""
 
 from torchmf.estimator.mf import MatrixFactorization
-from torchmf.estimator.persistence import load_model
+from torchmf.estimator.persistence import load_state, save_state
+from torchmf.estimator.state import ModelState
 
-__all__ = ["MatrixFactorization", "load_model"]
+__all__ = ["MatrixFactorization", "ModelState", "load_state", "save_state"]

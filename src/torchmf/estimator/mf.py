@@ -1,7 +1,14 @@
-"""The estimator users call: :class:`MatrixFactorization`."""
+"""The estimator users call: :class:`MatrixFactorization`, a facade over the layers below.
+
+Fitting goes through :mod:`torchmf.training` and the solver registry, ranking
+through :mod:`torchmf.retrieval`, saving through :class:`ModelState` and
+:mod:`torchmf.estimator.persistence`; this class converts raw ids and
+values at the edges and holds the fitted state.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Hashable, Iterable, Mapping
@@ -11,26 +18,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from torchmf.data.csr import csr_order
+from torchmf import solvers
+from torchmf.checks import is_scalar, to_id_array
 from torchmf.data.interactions import Interactions
 from torchmf.device import resolve_device
 from torchmf.errors import DataError, NotFittedError
 from torchmf.estimator import params as hparams
-from torchmf.estimator.training import Validation, fit_model
+from torchmf.estimator.foldin import fold_in_row
+from torchmf.estimator.persistence import load_state, save_state
+from torchmf.estimator.ranking import RankingMixin
+from torchmf.estimator.state import ModelState
 from torchmf.nn.mf import MFModel
-from torchmf.solvers.als import ridge_rows
-from torchmf.solvers.ials import IALSSettings, confidence, ials_penalty, ials_solve_rows
-from torchmf.solvers.pairwise import fold_in_pairwise
 
 __all__ = ["MatrixFactorization"]
 
 log = logging.getLogger(__name__)
 
-# users scored at once by recommend(): bounds the (batch, n_items) score block
-_SCORE_BLOCK = 1 << 24
 
-
-class MatrixFactorization:
+class MatrixFactorization(RankingMixin):
     """Matrix factorization recommender: fit, predict, recommend, save.
 
     Parameters
@@ -105,11 +110,34 @@ class MatrixFactorization:
     True
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        unknown = set(kwargs) - set(hparams.Params.names())
-        if unknown:
-            raise TypeError(f"unknown hyperparameter {sorted(unknown)[0]!r}; valid: {hparams.Params.names()}")
-        self._params = hparams.Params(**kwargs)
+    def __init__(
+        self,
+        factors: int = 48,
+        epochs: int | None = None,
+        solver: str | None = None,
+        loss: str = "mse",
+        lr: float | None = None,
+        reg: float | None = None,
+        reg_bias: float | None = None,
+        reg_exponent: float | None = None,
+        optimizer: str | None = None,
+        batch_size: int | None = None,
+        biases: bool | None = None,
+        init_std: float = 0.1,
+        cg_steps: int = 3,
+        alpha: float | None = None,
+        confidence: str = "linear",
+        confidence_eps: float = 1.0,
+        unobserved_weight: float | None = None,
+        negatives: int | None = None,
+        negative_sampling: str = "uniform",
+        early_stopping: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        given = {name: value for name, value in locals().items() if name in hparams.Params.names()}
+        self._params = hparams.Params(**given)
         hparams.validate(self._params)
         self._model: MFModel | None = None
         self.history_: list[dict[str, float]] = []
@@ -122,28 +150,26 @@ class MatrixFactorization:
 
     def set_params(self, **kwargs: Any) -> MatrixFactorization:
         """Change hyperparameters (validated); takes effect at the next fit."""
-        merged = {**self.get_params(), **kwargs}
         unknown = set(kwargs) - set(hparams.Params.names())
         if unknown:
             raise TypeError(f"unknown hyperparameter {sorted(unknown)[0]!r}")
-        new = hparams.Params(**merged)
+        new = hparams.Params(**{**self.get_params(), **kwargs})
         hparams.validate(new)
         self._params = new
         return self
 
     @property
     def effective_params(self) -> dict[str, Any]:
-        """Hyperparameters with solver defaults filled in."""
-        return hparams.resolve(self._params)
+        """Hyperparameters with solver defaults filled in (after fit: exactly those trained with)."""
+        return dict(self._hp) if self._model is not None else hparams.resolve(self._params)
 
     def __repr__(self) -> str:
         given = {k: v for k, v in self.get_params().items() if v != getattr(hparams.Params, k, None)}
-        args = ", ".join(f"{k}={v!r}" for k, v in given.items())
-        return f"MatrixFactorization({args})"
+        return f"MatrixFactorization({', '.join(f'{k}={v!r}' for k, v in given.items())})"
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: Interactions | Mapping, validation: Interactions | None = None) -> MatrixFactorization:
-        """Train on ``train``; optionally monitor RMSE on ``validation``.
+        """Train on ``train``; optionally monitor a validation metric on ``validation``.
 
         Parameters
         ----------
@@ -152,53 +178,67 @@ class MatrixFactorization:
             :meth:`Interactions.from_dict`.
         validation : Interactions, optional
             Raw ids are matched to the training ids; pairs unknown to training
-            are left out of the validation RMSE.
+            are left out. RMSE for rating losses, NDCG@10 for ranking losses.
 
         Returns
         -------
         self
         """
-        if isinstance(train, Mapping):
-            train = Interactions.from_dict(train)
-        if not isinstance(train, Interactions):
-            raise DataError(f"fit expects Interactions or a nested dict, got {type(train).__name__}")
+        from torchmf.training import Validation, fit_model  # training is only needed to fit
+
+        train = _as_interactions(train, "train")
         if len(train) == 0:
             raise DataError("cannot fit on empty interactions")
+        if validation is not None:
+            validation = _as_interactions(validation, "validation")
         data = train.compact()
         hp = hparams.resolve(self._params)
         device = resolve_device(hp["device"])
-        self.user_map, self.item_map = data.user_map, data.item_map
-        self.implicit_ = data.implicit
-        self.rating_range_ = data.rating_range()
-        self._set_seen(data.users, data.items, data.n_users, data.n_items)
         val = None
         if validation is not None:
             val = Validation(
                 data.user_map.indices(validation.user_map.raw(validation.users), missing="ignore"),
                 data.item_map.indices(validation.item_map.raw(validation.items), missing="ignore"),
-                validation.values,
-                self.rating_range_,
-                device,
+                validation.values, data.rating_range(), device,
             )
         log.info("fitting %s on %s", self, data)
-        self._model, self.history_, self.best_epoch_ = fit_model(data, hp, device, val)
-        self._hp = hp
+        model, history, best = fit_model(data, hp, device, val)
+        self._install(model, hp, data.user_map, data.item_map, data.implicit, data.rating_range(), history, best)
+        self._set_seen(data.users, data.items)
         return self
+
+    def _install(self, model: MFModel, hp: dict[str, Any], user_map: Any, item_map: Any, implicit: bool,
+                 rating_range: tuple[float, float], history: list[dict[str, float]], best: int | None,
+                 extras: dict[str, Any] | None = None) -> None:
+        self._model, self._hp = model, hp
+        self.user_map, self.item_map = user_map, item_map
+        self.implicit_, self.rating_range_ = bool(implicit), (float(rating_range[0]), float(rating_range[1]))
+        self.history_, self.best_epoch_ = history, best
+        self.extras_: dict[str, Any] = dict(extras or {})
+
+    def _set_seen(self, users: np.ndarray, items: np.ndarray) -> None:
+        from torchmf.data.csr import csr_order
+
+        self.seen_indptr_, order = csr_order(users, items, len(self.user_map), len(self.item_map))
+        self.seen_indices_ = items[order].astype(np.int64)
 
     # ------------------------------------------------------------------ state
     @property
     def model(self) -> MFModel:
         """The trained :class:`MFModel` (raises :class:`NotFittedError` before fit)."""
-        self._require_fitted()
-        return self._model
-
-    def _require_fitted(self) -> None:
         if self._model is None:
             raise NotFittedError("this MatrixFactorization is not fitted yet; call fit() first")
+        return self._model
 
     @property
     def device(self) -> torch.device:
         return self.model.user_embs.weight.device
+
+    @property
+    def is_ranking(self) -> bool:
+        """True when scores rank items rather than predict ratings (implicit data or a ranking loss)."""
+        self.model  # noqa: B018 - raises before fit
+        return self.implicit_ or solvers.is_ranking_loss(self._hp["loss"])
 
     @property
     def user_factors(self) -> np.ndarray:
@@ -210,14 +250,43 @@ class MatrixFactorization:
         """Item embeddings, shape (n_items, factors), rows in ``item_map`` order."""
         return self.model.item_embs.weight.detach().cpu().numpy()
 
-    def _set_seen(self, users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> None:
-        self.seen_indptr_, order = csr_order(users, items, n_users, n_items)
-        self.seen_indices_ = items[order].astype(np.int64)
-        self._seen_device: tuple[torch.Tensor, torch.Tensor] | None = None
-
     def seen_items(self, user_index: int) -> np.ndarray:
         """Item indices the user had in training, shape (n_seen,)."""
         return self.seen_indices_[self.seen_indptr_[user_index] : self.seen_indptr_[user_index + 1]]
+
+    def to(self, device: str | torch.device) -> MatrixFactorization:
+        """Move the weights to ``device`` ("auto", "cpu", "cuda", "cuda:N"); returns self."""
+        self.model.to(resolve_device(device))
+        return self
+
+    def to_state(self) -> ModelState:
+        """The fitted model as a :class:`ModelState` (tensors shared, not copied)."""
+        return ModelState(
+            params=self.get_params(), effective_params=dict(self._hp),
+            tensors=dict(self.model.state_dict()), user_map=self.user_map, item_map=self.item_map,
+            seen_indptr=self.seen_indptr_, seen_indices=self.seen_indices_, rating_range=self.rating_range_,
+            implicit=self.implicit_, history=list(self.history_), best_epoch=self.best_epoch_,
+            extras=dict(self.extras_),
+        )
+
+    @classmethod
+    def from_state(cls, state: ModelState) -> MatrixFactorization:
+        """An estimator holding ``state`` (tensors shared, not copied)."""
+        est = cls(**{k: v for k, v in state.params.items() if k in hparams.Params.names()})
+        est._install(state.build_model(), dict(state.effective_params), state.user_map, state.item_map,
+                     state.implicit, state.rating_range, list(state.history), state.best_epoch, state.extras)
+        est.seen_indptr_, est.seen_indices_ = state.seen_indptr, state.seen_indices
+        return est
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Write the model to folder ``path`` atomically; see :func:`torchmf.estimator.persistence.save_state`."""
+        self.model  # noqa: B018 - raises before fit
+        save_state(self.to_state(), path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto", mmap: bool = False) -> MatrixFactorization:
+        """Read a model folder written by :meth:`save` (also available as ``torchmf.load``)."""
+        return cls.from_state(load_state(path, device=device, mmap=mmap))
 
     # ------------------------------------------------------------------ predict
     def predict(self, users: Any, items: Any, unknown: str = "error") -> float | np.ndarray:
@@ -233,342 +302,84 @@ class MatrixFactorization:
         Returns
         -------
         float for a single pair, else numpy.ndarray of float32, shape (n,);
-        clipped to the training rating range for explicit data.
+        clipped to the training rating range for rating models.
         """
-        self._require_fitted()
         if unknown not in ("error", "fallback"):
             raise ValueError(f"unknown must be 'error' or 'fallback', got {unknown!r}")
-        scalar = _is_scalar(users) and _is_scalar(items)
-        u_raw = np.atleast_1d(np.asarray(users, dtype=object)) if _is_scalar(users) else _to_array(users)
-        i_raw = np.atleast_1d(np.asarray(items, dtype=object)) if _is_scalar(items) else _to_array(items)
+        m = self.model
+        u_raw, i_raw = to_id_array(users), to_id_array(items)
         if len(u_raw) != len(i_raw):
             raise ValueError(f"users and items differ in length: {len(u_raw)} vs {len(i_raw)}")
-        u = self.user_map.indices(u_raw, missing="error" if unknown == "error" else "ignore")
-        i = self.item_map.indices(i_raw, missing="error" if unknown == "error" else "ignore")
-        out = self._predict_indices(u, i)
-        return float(out[0]) if scalar else out
-
-    def _predict_indices(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
-        """Scores for index pairs; -1 (unknown) falls back to mean + known bias."""
-        m = self.model
-        dev = self.device
-        ut = torch.as_tensor(u, device=dev)
-        it = torch.as_tensor(i, device=dev)
+        missing = "error" if unknown == "error" else "ignore"
+        ut = torch.as_tensor(self.user_map.indices(u_raw, missing=missing), device=self.device)
+        it = torch.as_tensor(self.item_map.indices(i_raw, missing=missing), device=self.device)
         known_u, known_i = ut >= 0, it >= 0
-        uc, ic = ut.clamp_min(0), it.clamp_min(0)
+        uc, ic = ut.clamp_min(0), it.clamp_min(0)  # -1 (unknown) falls back to mean + known bias
         with torch.no_grad():
-            dot = (m.user_embs.weight[uc] * m.item_embs.weight[ic]).sum(1) * (known_u & known_i)
-            score = dot
+            score = (m.user_embs.weight[uc] * m.item_embs.weight[ic]).sum(1) * (known_u & known_i)
             if m.biases:
                 score = score + m.global_bias
                 score = score + m.user_bias.weight[uc, 0] * known_u + m.item_bias.weight[ic, 0] * known_i
-        if not self._ranks_only():  # ratings live in the training range; ranking scores are raw
+        if not self.is_ranking:  # ratings live in the training range; ranking scores are raw
             score = score.clamp(*self.rating_range_)
-        return score.float().cpu().numpy()
+        out = score.float().cpu().numpy()
+        return float(out[0]) if is_scalar(users) and is_scalar(items) else out
 
-    def _ranks_only(self) -> bool:
-        """True when scores rank items rather than predict ratings (implicit data or loss)."""
-        return bool(self.implicit_) or hparams.is_implicit_loss(self._hp.get("loss", "mse"))
-
-    # ------------------------------------------------------------------ recommend
-    def top_k(
-        self,
-        user_indices: np.ndarray,
-        k: int,
-        exclude_seen: bool = True,
-        candidates: np.ndarray | None = None,
-        exclude: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Best ``k`` item indices per user index: the ranking behind :meth:`recommend`.
-
-        Parameters
-        ----------
-        user_indices : numpy.ndarray of int64, shape (B,)
-        k : int
-        exclude_seen : bool
-            Drop items the user had in training.
-        candidates : numpy.ndarray of int64, shape (M,), optional
-            Restrict to these item indices.
-        exclude : (indptr, indices), optional
-            Extra items to drop, as CSR arrays indexed like ``user_indices``
-            (``indptr`` of shape (B + 1,)); used by evaluation to exclude a
-            train set other than the one the model saw.
-
-        Returns
-        -------
-        items : numpy.ndarray of int64, shape (B, k)
-            Best first; -1 pads rows with fewer than ``k`` eligible items.
-        scores : numpy.ndarray of float32, shape (B, k)
-            ``-inf`` where padded.
-        """
-        _check_k(k)
-        m = self.model
-        dev = self.device
-        cand_t = None if candidates is None else torch.as_tensor(candidates, device=dev)
-        n_cols = m.num_items if cand_t is None else len(cand_t)
-        kk = min(k, n_cols)
-        block = max(1, _SCORE_BLOCK // max(1, n_cols))
-        out_items = np.full((len(user_indices), k), -1, dtype=np.int64)
-        out_scores = np.full((len(user_indices), k), -np.inf, dtype=np.float32)
-        for start in range(0, len(user_indices), block):
-            rows = user_indices[start : start + block]
-            with torch.no_grad():
-                scores = m.score_all(torch.as_tensor(rows, device=dev), cand_t).float()
-                if exclude_seen:
-                    self._mask(scores, self.seen_indptr_, self.seen_indices_, rows, cand_t)
-                if exclude is not None:
-                    local = np.arange(start, start + len(rows))
-                    self._mask(scores, exclude[0], exclude[1], local, cand_t)
-                top_s, top_i = torch.topk(scores, kk, dim=1)
-            if cand_t is not None:
-                top_i = cand_t[top_i]
-            top_i = torch.where(torch.isfinite(top_s), top_i, torch.full_like(top_i, -1))
-            out_items[start : start + len(rows), :kk] = top_i.cpu().numpy()
-            out_scores[start : start + len(rows), :kk] = top_s.cpu().numpy()
-        return out_items, out_scores
-
-    def _mask(
-        self,
-        scores: torch.Tensor,
-        indptr: np.ndarray,
-        indices: np.ndarray,
-        rows: np.ndarray,
-        cand_t: torch.Tensor | None,
-    ) -> None:
-        """Set ``scores[j, indices of row rows[j]]`` to -inf, in place, without a Python loop."""
-        starts, ends = indptr[rows], indptr[rows + 1]
-        counts = ends - starts
-        if counts.sum() == 0:
-            return
-        row_ids = np.repeat(np.arange(len(rows)), counts)
-        pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
-        cols = indices[pos]
-        if cand_t is not None:
-            # map item index -> column among candidates (-1 when not a candidate)
-            col_of = np.full(self.model.num_items, -1, dtype=np.int64)
-            col_of[cand_t.cpu().numpy()] = np.arange(len(cand_t))
-            cols = col_of[cols]
-            row_ids, cols = row_ids[cols >= 0], cols[cols >= 0]
-        dev = scores.device
-        scores[torch.as_tensor(row_ids, device=dev), torch.as_tensor(cols, device=dev)] = -torch.inf
-
-    def recommend(
-        self,
-        user_or_users: Any,
-        k: int = 10,
-        exclude_seen: bool = True,
-        items: Iterable[Hashable] | None = None,
-    ) -> pd.DataFrame:
-        """Top-``k`` items for one user or many.
-
-        Parameters
-        ----------
-        user_or_users : raw id, or list/array of raw ids
-        k : int
-            Number of items per user; must be positive.
-        exclude_seen : bool
-            Leave out items the user had in training.
-        items : iterable of raw item ids, optional
-            Only rank these candidates.
-
-        Returns
-        -------
-        pandas.DataFrame
-            One user: columns ``item, score``, best first. Many users: columns
-            ``user, rank, item, score`` (rank 1 = best). Fewer than ``k`` rows
-            per user when fewer items are eligible. ``score`` is the model's raw
-            score, not clipped to the rating range (clipping would tie the top
-            of the list); :meth:`predict` clips.
-        """
-        _check_k(k)
-        self._require_fitted()
-        single = _is_scalar(user_or_users)
-        raw = np.atleast_1d(np.asarray(user_or_users, dtype=object)) if single else _to_array(user_or_users)
-        u = self.user_map.indices(raw)
-        cand = None if items is None else self.item_map.indices(_to_array(items))
-        top_items, top_scores = self.top_k(u, k, exclude_seen, cand)
-        valid = top_items >= 0
-        item_raw = self.item_map.raw(np.where(valid, top_items, 0))
-        if single:
-            return pd.DataFrame({"item": item_raw[0][valid[0]], "score": top_scores[0][valid[0]]})
-        rows, cols = np.nonzero(valid)
-        return pd.DataFrame(
-            {"user": raw[rows], "rank": cols + 1, "item": item_raw[rows, cols], "score": top_scores[rows, cols]}
-        )
-
-    def similar_items(self, item: Hashable, k: int = 10) -> pd.DataFrame:
-        """Items closest to ``item`` by cosine similarity of their factors.
-
-        Returns
-        -------
-        pandas.DataFrame
-            Columns ``item, score`` (cosine in [-1, 1]), best first, ``item`` itself excluded.
-        """
-        _check_k(k)
-        self._require_fitted()
-        idx = self.item_map.index(item)
-        with torch.no_grad():
-            w = torch.nn.functional.normalize(self.model.item_embs.weight.float(), dim=1)
-            sims = w @ w[idx]
-            sims[idx] = -torch.inf
-            top_s, top_i = torch.topk(sims, min(k, len(sims) - 1))
-        return pd.DataFrame({"item": self.item_map.raw(top_i.cpu().numpy()), "score": top_s.cpu().numpy()})
-
-    # ------------------------------------------------------------------ fold-in
     def fold_in(self, user: Hashable, ratings: Mapping[Hashable, float] | Iterable[Hashable]) -> MatrixFactorization:
         """Add a user, or refresh one, from their ratings; item factors stay fixed.
 
         The user's factors minimise the training objective with the items held
-        fixed: for ``loss="mse"`` a ridge regression on the rated items'
-        factors (and bias), for ``loss="ials"`` the same closed-form weighted
-        solve an ALS sweep does (exact Cholesky), and for the sampled-negative
-        losses 50 deterministic L-BFGS steps on the expected loss
-        (:func:`~torchmf.solvers.pairwise.fold_in_pairwise`).
+        fixed (each solver's :meth:`~torchmf.solvers.base.Solver.fold_in`): a
+        ridge regression for ``mse``, the exact ALS user solve for ``ials``,
+        deterministic L-BFGS on the expected loss for the sampled-negative losses.
 
         Parameters
         ----------
         user : raw id
             New (appended) or existing (replaced).
         ratings : dict of raw item id -> rating, or iterable of raw item ids
-            Items must be known to the model. Implicit models take the
-            interaction strengths as values, or a plain list of items
-            (strength 1 each).
+            Items must be known to the model; ratings must lie in the training
+            range. Ranking models take interaction strengths, or a plain list of
+            items (strength 1 each).
 
         Returns
         -------
         self
         """
         m = self.model
-        implicit_loss = hparams.is_implicit_loss(self._hp.get("loss", "mse"))
-        if isinstance(ratings, Mapping):
-            keys = list(ratings)
-            vals = np.array([_finite(v, user, it) for it, v in ratings.items()], dtype=np.float32)
-        elif implicit_loss and isinstance(ratings, Iterable) and not isinstance(ratings, (str, bytes)):
-            keys = list(ratings)
-            vals = np.ones(len(keys), dtype=np.float32)
-        else:
-            want = "{item: strength} or a list of items" if implicit_loss else "{item: rating}"
-            raise DataError(f"fold_in needs a non-empty dict {want} for user {user!r}, got {type(ratings).__name__}")
-        if not keys:
-            raise DataError(f"fold_in needs at least one item for user {user!r}")
-        items = self.item_map.indices(keys)
-        if len(np.unique(items)) != len(items):
-            raise DataError(f"fold_in: repeated item in ratings of user {user!r}")
-        with torch.no_grad():
-            if self._hp.get("loss", "mse") == "ials":
-                w = self._fold_in_ials(items, vals)
-            elif implicit_loss:
-                w = self._fold_in_pairwise(items)
-            else:
-                w = self._fold_in_ridge(items, vals)
+        w, items = fold_in_row(self, user, ratings)
         if user in self.user_map:
             row = self.user_map.index(user)
         else:
             self.user_map = self.user_map.extend([user])
             row = len(self.user_map) - 1
             m.resize(len(self.user_map))
+            self.seen_indptr_ = np.append(self.seen_indptr_, self.seen_indptr_[-1])
         with torch.no_grad():
             m.user_embs.weight[row] = w[: m.embedding_dim]
             if m.biases:
                 m.user_bias.weight[row, 0] = w[-1]
-        self._replace_seen(row, np.sort(items))
+        start, end = self.seen_indptr_[row], self.seen_indptr_[row + 1]
+        self.seen_indices_ = np.concatenate([self.seen_indices_[:start], items, self.seen_indices_[end:]])
+        self.seen_indptr_ = self.seen_indptr_.copy()
+        self.seen_indptr_[row + 1 :] += len(items) - (end - start)
         return self
 
-    def _fold_in_ridge(self, items: np.ndarray, vals: np.ndarray) -> torch.Tensor:
-        """Explicit: ridge regression of ``[p_u, b_u]``, shape (k [+ 1],)."""
-        m, hp, dev = self.model, self._hp, self.device
-        it = torch.as_tensor(items, device=dev)
-        q = m.item_embs.weight[it]
-        target = torch.as_tensor(vals, device=dev)
-        if m.biases:
-            target = target - m.global_bias - m.item_bias.weight[it, 0]
-            q = torch.cat([q, q.new_ones(len(items), 1)], 1)
-        n = float(len(items))
-        exponent = hp["reg_exponent"] if hp["solver"] == "als" else 1.0
-        per_dim = torch.full((q.shape[1],), hp["reg"], device=dev)
-        if m.biases:
-            per_dim[-1] = hp["reg_bias"]
-        lam = (per_dim * n**exponent).clamp_min(1e-6)
-        return ridge_rows(q.unsqueeze(0), target.unsqueeze(0), lam.unsqueeze(0))[0]
-
-    def _fold_in_ials(self, items: np.ndarray, vals: np.ndarray) -> torch.Tensor:
-        """iALS: the exact user solve of an ALS sweep, shape (k,)."""
-        hp, dev = self._hp, self.device
-        Q = self.model.item_embs.weight
-        s = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], cg_steps=0)
-        conf = torch.as_tensor(confidence(vals, hp["alpha"], hp["confidence"], hp["confidence_eps"]), device=dev)
-        conf = conf.to(Q.dtype).view(1, 1, -1)
-        gram = (Q.T @ Q).mul_(s.unobserved_weight)
-        lam = ials_penalty(torch.tensor([[float(len(items))]], dtype=Q.dtype, device=dev), Q.shape[0], s)
-        feats = Q[torch.as_tensor(items, device=dev)].unsqueeze(0)
-        return ials_solve_rows(feats, conf, conf - s.unobserved_weight, gram, lam)[0]
-
-    def _fold_in_pairwise(self, items: np.ndarray) -> torch.Tensor:
-        """BPR / logistic / WARP: deterministic L-BFGS on the expected loss, shape (k,)."""
-        hp, dev = self._hp, self.device
-        Q = self.model.item_embs.weight
-        weights = None
-        if hp["negative_sampling"] == "popularity":  # the training sampler's law: item counts in train
-            weights = torch.as_tensor(np.bincount(self.seen_indices_, minlength=Q.shape[0]), device=dev)
-        return fold_in_pairwise(
-            Q, torch.as_tensor(items, device=dev), hp["loss"], hp["negatives"], hp["reg"], weights, hp["seed"]
-        )
-
-    def _replace_seen(self, row: int, items: np.ndarray) -> None:
-        indptr, indices = self.seen_indptr_, self.seen_indices_
-        if row >= len(indptr) - 1:  # new user: append a row
-            indptr = np.append(indptr, indptr[-1])
-        start, end = indptr[row], indptr[row + 1]
-        indices = np.concatenate([indices[:start], items, indices[end:]])
-        indptr = indptr.copy()
-        indptr[row + 1 :] += len(items) - (end - start)
-        self.seen_indptr_, self.seen_indices_ = indptr, indices
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the model to folder ``path`` (safetensors + JSON), atomically."""
-        from torchmf.estimator.persistence import save_model
-
-        save_model(self, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu") -> MatrixFactorization:
-        """Read a model written by :meth:`save`; see :func:`torchmf.load`."""
-        from torchmf.estimator.persistence import load_model
-
-        return load_model(path, device=device)
+    def __deepcopy__(self, memo: dict[int, Any]) -> MatrixFactorization:
+        new = copy.copy(self)
+        for name, value in vars(self).items():
+            setattr(new, name, copy.deepcopy(value, memo))
+        return new
 
 
 # ---------------------------------------------------------------------- helpers
-def _check_k(k: Any) -> None:
-    if not _is_int(k) or k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_scalar(v: Any) -> bool:
-    return not isinstance(v, (list, tuple, np.ndarray, pd.Series, pd.Index, set, range))
-
-
-def _to_array(v: Any) -> np.ndarray:
-    if isinstance(v, (pd.Series, pd.Index)):
-        return v.to_numpy()
-    if isinstance(v, np.ndarray):
-        return v.reshape(-1)
-    values = list(v)
-    arr = np.empty(len(values), dtype=object)
-    arr[:] = values
-    return arr
-
-
-def _finite(v: Any, user: Hashable, item: Hashable) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise DataError(f"fold_in: rating of user {user!r} for item {item!r} is not a number: {v!r}") from None
-    if not np.isfinite(f):
-        raise DataError(f"fold_in: rating of user {user!r} for item {item!r} is not finite: {v!r}")
-    return f
+def _as_interactions(data: Any, role: str) -> Interactions:
+    if isinstance(data, Mapping):
+        return Interactions.from_dict(data)
+    if isinstance(data, Interactions):
+        return data
+    if isinstance(data, pd.DataFrame):
+        raise DataError(f"{role} is a DataFrame: convert it with Interactions.from_pandas(df, user_col=..., "
+                        "item_col=..., rating_col=...) first")
+    raise DataError(f"{role} must be Interactions or a nested dict {{user: {{item: rating}}}}, "
+                    f"got {type(data).__name__}")

@@ -13,86 +13,22 @@ from typing import Any
 
 import torch
 
+from torchmf import solvers
 from torchmf.solvers.optim import OPTIMIZERS
 
-__all__ = [
-    "IMPLICIT_LOSSES",
-    "LOSSES",
-    "LOSS_SOLVERS",
-    "SOLVERS",
-    "Params",
-    "is_implicit_loss",
-    "resolve",
-    "validate",
-]
+__all__ = ["Params", "resolve", "validate"]
 
-SOLVERS = ("als", "sgd")
-EXPLICIT_LOSSES = ("mse",)
-PAIRWISE_LOSSES = ("bpr", "logistic", "warp")
-IMPLICIT_LOSSES = ("ials", *PAIRWISE_LOSSES)
-LOSSES = EXPLICIT_LOSSES + IMPLICIT_LOSSES
-# which solvers can train each loss; the first is the default
-LOSS_SOLVERS: dict[str, tuple[str, ...]] = {
-    "mse": ("als", "sgd"),
-    "ials": ("als",),
-    "bpr": ("sgd",),
-    "logistic": ("sgd",),
-    "warp": ("sgd",),
-}
 CONFIDENCE = ("linear", "log")
 SAMPLING = ("uniform", "popularity")
+# a seed must fit torch.Generator.manual_seed and numpy's SeedSequence
+_MAX_SEED = 2**63 - 1
+# init_std beyond this starts every score orders of magnitude off any rating or rank
+_MAX_INIT_STD = 10.0
 
 # Values that do not apply to a (loss, solver) are neutral fillers so that the
 # effective parameters are always complete, JSON-serialisable numbers/strings.
 _NEUTRAL: dict[str, Any] = {
     "lr": 0.0, "reg_bias": 0.0, "optimizer": "sgd", "alpha": 0.0, "unobserved_weight": 0.0, "negatives": 0,
-}
-
-_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
-    # Explicit defaults chosen on ML-100k's five canonical folds
-    # (benchmarks/explicit.py; results in benchmarks/RESULTS.md): they trade a
-    # little accuracy for a fit time no slower than Surprise's SVD.
-    ("mse", "als"): {"epochs": 5, "reg": 0.35, "reg_bias": 0.2, "reg_exponent": 0.75, "biases": True},
-    ("mse", "sgd"): {"epochs": 40, "lr": 0.01, "reg": 0.1, "reg_bias": 0.01, "reg_exponent": 1.0, "biases": True},
-    # iALS (Hu et al. 2008 + Rendle et al. 2022 regularisation), tuned by
-    # benchmarks/implicit_tune.py --grid on two validation splits carved out
-    # of the *training* part of ML-100k (per-user 80/20 of the 80%), never on
-    # the held-out test items; then checked once on the protocol's test split,
-    # on two other split seeds and on synthetic(implicit=True). Findings:
-    # - binary data has no strength signal, so ``alpha`` only sets the ratio of
-    #   observed to unobserved weight, (1 + alpha) / unobserved_weight; the
-    #   optimum is a ratio of about 5-7 (2 / 0.3 here; 5 / 1 ties), flat
-    #   around it; 20 or more (unobserved weight 0.1 or less) loses 0.03-0.1 NDCG;
-    # - reg_exponent 1 (Rendle et al.'s nu = 1: the penalty grows with
-    #   n_u + a0 * n_items) beat 0.5 and 0.75 by 0.01-0.1; with it the best
-    #   reg is 0.02-0.03 for 32 to 128 factors, so the shared default of 48
-    #   factors stays (64 and 128 are within the splits' +-0.002 noise);
-    # - 8 sweeps with 3 warm-started CG steps match exact Cholesky solves and
-    #   4-32 sweeps (the next sweep's warm start corrects the CG error).
-    ("ials", "als"): {
-        "epochs": 8, "reg": 0.03, "reg_exponent": 1.0, "alpha": 1.0, "unobserved_weight": 0.3, "biases": False,
-    },
-    # Sampled-negative losses, same protocol (implicit_tune.py --grid --loss bpr,
-    # then reg checked per loss): Adagrad copes with the very different update
-    # frequencies of popular and rare items and beat plain SGD by ~0.006 NDCG;
-    # lr 0.05 beat 0.02 and 0.1; reg peaked at 0.016-0.03 (0.002: -0.02 for
-    # BPR/logistic). On ML-100k validation they reach NDCG@10 0.249 (BPR),
-    # 0.251 (logistic), 0.221 (WARP) against iALS's 0.280, which is why iALS is
-    # the recommended implicit loss (as Rendle et al. 2022 also found).
-    ("bpr", "sgd"): {
-        "epochs": 30, "lr": 0.05, "reg": 0.016, "reg_exponent": 1.0, "optimizer": "adagrad", "negatives": 1,
-        "biases": False,
-    },
-    ("logistic", "sgd"): {
-        "epochs": 30, "lr": 0.05, "reg": 0.016, "reg_exponent": 1.0, "optimizer": "adagrad", "negatives": 4,
-        "biases": False,
-    },
-    # WARP estimates a positive's rank from how many of N negatives beat it,
-    # so it needs more than one negative to be anything but BPR with a hinge.
-    ("warp", "sgd"): {
-        "epochs": 30, "lr": 0.05, "reg": 0.016, "reg_exponent": 1.0, "optimizer": "adagrad", "negatives": 10,
-        "biases": False,
-    },
 }
 
 
@@ -132,11 +68,6 @@ class Params:
         return [f.name for f in fields(cls)]
 
 
-def is_implicit_loss(loss: str) -> bool:
-    """True for the implicit-feedback objectives (scores are rankings, not ratings)."""
-    return loss in IMPLICIT_LOSSES
-
-
 def _check(cond: bool, name: str, value: Any, want: str) -> None:
     if not cond:
         raise ValueError(f"{name} must be {want}, got {value!r}")
@@ -154,11 +85,10 @@ def validate(p: Params) -> None:
     """Raise ``ValueError`` naming the first invalid hyperparameter (or both of a bad pair)."""
     _check(_is_int(p.factors) and p.factors > 0, "factors", p.factors, "a positive integer")
     _check(p.epochs is None or (_is_int(p.epochs) and p.epochs > 0), "epochs", p.epochs, "a positive integer")
-    _check(p.solver is None or p.solver in SOLVERS, "solver", p.solver, f"one of {SOLVERS}")
-    _check(p.loss in LOSSES, "loss", p.loss, f"one of {LOSSES}")
-    if p.solver is not None and p.solver not in LOSS_SOLVERS[p.loss]:
-        allowed = " or ".join(repr(s) for s in LOSS_SOLVERS[p.loss])
-        raise ValueError(f"loss={p.loss!r} cannot be trained with solver={p.solver!r}; use solver={allowed}")
+    names = solvers.solver_names()
+    _check(p.solver is None or p.solver in names, "solver", p.solver, f"one of {names}")
+    _check(p.loss in solvers.losses(), "loss", p.loss, f"one of {solvers.losses()}")
+    solvers.get_solver(p.loss, p.solver)  # raises for a pair nobody registered
     _check(p.lr is None or (_is_num(p.lr) and p.lr > 0), "lr", p.lr, "a positive number")
     for name in ("reg", "reg_bias", "reg_exponent", "alpha", "unobserved_weight"):
         v = getattr(p, name)
@@ -169,9 +99,12 @@ def validate(p: Params) -> None:
         "batch_size", p.batch_size, "None (automatic) or a positive integer",
     )
     _check(p.biases is None or isinstance(p.biases, bool), "biases", p.biases, "True, False or None")
-    if p.biases and is_implicit_loss(p.loss):
+    if p.biases and solvers.is_ranking_loss(p.loss):
         raise ValueError(f"biases=True is not supported with loss={p.loss!r}; implicit losses fit no biases")
-    _check(_is_num(p.init_std) and p.init_std > 0, "init_std", p.init_std, "a positive number")
+    _check(
+        _is_num(p.init_std) and 0 < p.init_std <= _MAX_INIT_STD, "init_std", p.init_std,
+        f"a positive number at most {_MAX_INIT_STD}",
+    )
     _check(_is_int(p.cg_steps) and p.cg_steps >= 0, "cg_steps", p.cg_steps, "a non-negative integer")
     _check(p.confidence in CONFIDENCE, "confidence", p.confidence, f"one of {CONFIDENCE}")
     _check(_is_num(p.confidence_eps) and p.confidence_eps > 0, "confidence_eps", p.confidence_eps, "a positive number")
@@ -182,7 +115,7 @@ def validate(p: Params) -> None:
         p.early_stopping is None or (_is_int(p.early_stopping) and p.early_stopping > 0),
         "early_stopping", p.early_stopping, "None or a positive integer (patience in epochs)",
     )
-    _check(_is_int(p.seed), "seed", p.seed, "an integer")
+    _check(_is_int(p.seed) and 0 <= p.seed <= _MAX_SEED, "seed", p.seed, "an integer from 0 to 2**63 - 1")
     _check(isinstance(p.verbose, bool), "verbose", p.verbose, "True or False")
     _check(isinstance(p.device, str), "device", p.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
     if p.device != "auto":
@@ -195,25 +128,11 @@ def validate(p: Params) -> None:
 
 
 def resolve(p: Params) -> dict[str, Any]:
-    """Effective hyperparameters: the user's values with loss/solver defaults filled in."""
+    """Effective hyperparameters: the user's values with the solver's defaults for the loss filled in."""
     out = {name: getattr(p, name) for name in Params.names()}
-    if out["solver"] is None:
-        out["solver"] = LOSS_SOLVERS[p.loss][0]
-    for name, default in {**_NEUTRAL, **_DEFAULTS[(p.loss, out["solver"])]}.items():
+    cls = solvers.get_solver(p.loss, p.solver)
+    out["solver"] = cls.name
+    for name, default in {**_NEUTRAL, **cls.defaults[p.loss]}.items():
         if out[name] is None:
             out[name] = default
     return out
-
-
-def auto_batch_size(loss: str, n_interactions: int) -> int:
-    """Batch size used when ``batch_size=None``.
-
-    Squared-error SGD sums per-rating gradients (Funk-SVD), so a row that
-    appears ``c`` times in a batch takes a step ``c`` times as long; on small
-    data a 16k batch holds a popular item dozens of times and diverges. About
-    64 batches an epoch keeps that count low; large data still gets large,
-    fast batches. Ranking losses were tuned with 16384 (see ``_DEFAULTS``).
-    """
-    if loss == "mse":
-        return int(min(16384, max(256, n_interactions // 64)))
-    return 16384

@@ -30,10 +30,10 @@ from safetensors.torch import save as st_save
 from torchmf.data.idmap import IdMap
 from torchmf.device import resolve_device
 from torchmf.errors import ModelFileError, TorchMFError
-from torchmf.estimator import params as hparams
-from torchmf.nn.mf import MFModel
+from torchmf.estimator.params import Params, validate
+from torchmf.estimator.state import ModelState
 
-__all__ = ["FORMAT_VERSION", "load_model", "save_model"]
+__all__ = ["FORMAT_VERSION", "load_state", "save_state"]
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "torchmf-model"
@@ -41,24 +41,24 @@ WEIGHTS = "model.safetensors"
 META = "torchmf.json"
 
 
-def save_model(est: Any, path: str | os.PathLike) -> None:
-    """Write ``est`` (a fitted MatrixFactorization) to the folder ``path``."""
-    model = est.model
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    tensors["seen_indptr"] = torch.from_numpy(np.ascontiguousarray(est.seen_indptr_, dtype=np.int64))
-    tensors["seen_indices"] = torch.from_numpy(np.ascontiguousarray(est.seen_indices_, dtype=np.int64))
+def save_state(state: ModelState, path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Write ``state`` to the folder ``path``."""
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.tensors.items()}
+    tensors["seen_indptr"] = torch.from_numpy(np.ascontiguousarray(state.seen_indptr, dtype=np.int64))
+    tensors["seen_indices"] = torch.from_numpy(np.ascontiguousarray(state.seen_indices, dtype=np.int64))
     blob = st_save(tensors, metadata={"format": FORMAT_NAME})
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "params": est.get_params(),
-        "effective_params": est._hp,
-        "user_ids": est.user_map.to_json(),
-        "item_ids": est.item_map.to_json(),
-        "implicit": est.implicit_,
-        "rating_range": list(est.rating_range_),
-        "history": est.history_,
-        "best_epoch": est.best_epoch_,
+        "params": state.params,
+        "effective_params": state.effective_params,
+        "user_ids": state.user_map.to_json(),
+        "item_ids": state.item_map.to_json(),
+        "implicit": state.implicit,
+        "rating_range": list(state.rating_range),
+        "history": state.history,
+        "best_epoch": state.best_epoch,
+        "extras": state.extras,
         "tensors": {
             k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()
         },
@@ -85,15 +85,17 @@ def save_model(est: Any, path: str | os.PathLike) -> None:
         raise
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
-    """Read a model folder written by :func:`save_model`.
+def load_state(path: str | os.PathLike, device: str = "auto", mmap: bool = False) -> ModelState:
+    """Read a model folder written by :func:`save_state`.
 
     Parameters
     ----------
     path : path-like
         The model folder.
     device : str
-        Where to put the weights ("cpu", "cuda", "auto").
+        Where to put the weights ("auto", "cpu", "cuda", "cuda:N").
+    mmap : bool
+        Map the weights file instead of reading it (several processes share one copy).
 
     Raises
     ------
@@ -101,8 +103,6 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
         Missing files, unknown format or version, checksum mismatch, or
         tensors whose names, shapes or dtypes do not match the metadata.
     """
-    from torchmf.estimator.mf import MatrixFactorization
-
     folder = Path(path)
     if not folder.is_dir():
         raise ModelFileError(f"{folder}: not a torchmf model folder (no such folder)")
@@ -127,14 +127,14 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
     except (SafetensorError, ValueError) as exc:
         raise ModelFileError(f"{weights_path}: unreadable ({exc})") from None
     try:
-        return _build(MatrixFactorization, meta, tensors, device)
+        return _build(meta, tensors, device)
     except ModelFileError:
         raise
     except (TorchMFError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{folder}: inconsistent model files ({type(exc).__name__}: {exc})") from None
 
 
-def _build(cls: type, meta: dict[str, Any], tensors: dict[str, torch.Tensor], device: str) -> Any:
+def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor], device: str) -> ModelState:
     declared = meta["tensors"]
     if set(declared) != set(tensors):
         raise ModelFileError(f"tensor names {sorted(tensors)} differ from the metadata's {sorted(declared)}")
@@ -144,26 +144,34 @@ def _build(cls: type, meta: dict[str, Any], tensors: dict[str, torch.Tensor], de
             raise ModelFileError(f"tensor {name!r} is {tuple(t.shape)} {t.dtype}, metadata says {spec}")
     user_map = IdMap.from_json(meta["user_ids"], "user")
     item_map = IdMap.from_json(meta["item_ids"], "item")
-    hp = meta["effective_params"]
-    model = MFModel(len(user_map), len(item_map), hp["factors"], biases=hp["biases"])
-    state = {k: v for k, v in tensors.items() if not k.startswith("seen_")}
-    model.load_state_dict(state, strict=True)  # shape mismatches raise RuntimeError
-    indptr, indices = tensors["seen_indptr"].numpy(), tensors["seen_indices"].numpy()
+    indptr, indices = tensors.pop("seen_indptr").numpy(), tensors.pop("seen_indices").numpy()
     if (
         len(indptr) != len(user_map) + 1
         or indptr[-1] != len(indices)
         or (len(indices) and indices.max() >= len(item_map))
     ):
         raise ModelFileError("seen-items index does not match the id maps")
-    est = cls(**{k: v for k, v in meta["params"].items() if k in hparams.Params.names()})
+    params = dict(meta["params"])
+    validate(Params(**{k: v for k, v in params.items() if k in Params.names()}))
+    effective = dict(meta["effective_params"])
+    width = tensors["user_embs.weight"].shape[1]
+    declared_width = meta.get("extras", {}).get("embedding_dim", effective["factors"])
+    if width != declared_width:
+        raise ModelFileError(f"factors are {width} wide, the metadata says {declared_width}")
     dev = resolve_device(device)
-    model.requires_grad_(False)
-    est._model = model.to(dev)
-    est._hp = hp
-    est.user_map, est.item_map = user_map, item_map
-    est.implicit_ = bool(meta["implicit"])
-    est.rating_range_ = tuple(meta["rating_range"])
-    est.history_ = meta.get("history", [])
-    est.best_epoch_ = meta.get("best_epoch")
-    est.seen_indptr_, est.seen_indices_ = indptr.copy(), indices.copy()
-    return est
+    state = ModelState(
+        params=params,
+        effective_params=effective,
+        tensors={k: v.to(dev) for k, v in tensors.items()},
+        user_map=user_map,
+        item_map=item_map,
+        seen_indptr=indptr.copy(),
+        seen_indices=indices.copy(),
+        rating_range=tuple(meta["rating_range"]),
+        implicit=bool(meta["implicit"]),
+        history=meta.get("history", []),
+        best_epoch=meta.get("best_epoch"),
+        extras=meta.get("extras", {}),
+    )
+    state.build_model()  # raises when the tensors do not fit the id maps
+    return state

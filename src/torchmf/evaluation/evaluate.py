@@ -10,7 +10,7 @@ import pandas as pd
 
 from torchmf.data.interactions import Interactions
 from torchmf.errors import DataError
-from torchmf.evaluation.metrics import mae, ranking_metrics, rmse
+from torchmf.metrics import mae, ranking_metrics, rmse
 
 __all__ = ["evaluate"]
 
@@ -66,7 +66,7 @@ def evaluate(
     out: dict[str, Any] = {}
     users_raw = test.user_map.raw(test.users)
     items_raw = test.item_map.raw(test.items)
-    if not test.implicit and not model.implicit_:
+    if not test.implicit and not model.is_ranking:
         pred = model.predict(users_raw, items_raw, unknown="fallback")
         out["rmse"] = rmse(pred, test.values)
         out["mae"] = mae(pred, test.values)

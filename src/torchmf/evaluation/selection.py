@@ -20,6 +20,7 @@ import pandas as pd
 from torchmf.data.interactions import Interactions
 from torchmf.data.split import kfold, user_split
 from torchmf.evaluation.evaluate import evaluate
+from torchmf.solvers import is_ranking_loss
 
 __all__ = ["cross_validate", "default_metric", "grid_search", "optuna_search"]
 
@@ -32,7 +33,7 @@ def _clone(estimator: Any, **overrides: Any) -> Any:
 
 def default_metric(estimator: Any, k: int = 10) -> str:
     """``"rmse"`` for rating losses, ``"ndcg@k"`` for ranking losses."""
-    return "rmse" if estimator.get_params().get("loss", "mse") == "mse" else f"ndcg@{k}"
+    return f"ndcg@{k}" if is_ranking_loss(estimator.get_params()["loss"]) else "rmse"
 
 
 def _lower_is_better(metric: str) -> bool:
@@ -111,7 +112,7 @@ def _search(
     rows = []
     for overrides in candidates:
         params = dict(overrides)
-        explicit = estimator.get_params().get("loss", "mse") == "mse"
+        explicit = not is_ranking_loss(estimator.get_params()["loss"])
         if patience is not None and explicit and "early_stopping" not in params:
             params["early_stopping"] = patience
         model = _clone(estimator, **params)

@@ -1,0 +1,91 @@
+"""Explicit ALS as a :class:`~torchmf.solvers.base.Solver` (kernels in :mod:`torchmf.solvers.als`)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from torchmf.data.interactions import Interactions
+from torchmf.device import prefer_csr
+from torchmf.nn.mf import MFModel
+from torchmf.solvers.als import ALSSide, als_half_sweep, als_side, ridge_rows
+from torchmf.solvers.ragged import Bucket, bucketize
+from torchmf.solvers.sgd import model_tables
+
+__all__ = ["ALSSolver", "ridge_fold_in"]
+
+
+class ALSSolver:
+    """Alternating least squares on squared error with biases (weighted-lambda regularisation)."""
+
+    name: ClassVar[str] = "als"
+    losses: ClassVar[tuple[str, ...]] = ("mse",)
+    ranking: ClassVar[bool] = False
+    # Chosen on ML-100k's five canonical folds (benchmarks/explicit.py; results
+    # in benchmarks/RESULTS.md): they trade a little accuracy for a fit time no
+    # slower than Surprise's SVD.
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "mse": {"epochs": 5, "reg": 0.35, "reg_bias": 0.2, "reg_exponent": 0.75, "biases": True},
+    }
+
+    def __init__(self, model: MFModel, data: Interactions, hp: dict[str, Any], device: torch.device) -> None:
+        self.t = model_tables(model)
+        self.n = len(data)
+        self.hp = hp
+        mu = float(model.global_bias) if hp["biases"] else 0.0
+        self.kw = dict(
+            global_mean=mu, reg=hp["reg"], reg_bias=hp["reg_bias"], cg_steps=hp["cg_steps"],
+            reg_exponent=hp["reg_exponent"],
+        )
+        width = hp["factors"] + int(hp["biases"])
+        itemsize = self.t["P"].element_size()
+
+        def layout(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> ALSSide | list[Bucket]:
+            # matrix-free CG on CSR kernels where it wins; else degree buckets (also the exact solves)
+            n_active = int(np.count_nonzero(np.bincount(rows, minlength=n_rows)))
+            if hp["cg_steps"] > 0 and prefer_csr(len(rows), n_active, n_cols, width, itemsize, device):
+                return als_side(rows, cols, data.values, n_rows, n_cols, device, self.t["P"].dtype)
+            return bucketize(rows, cols, data.values, n_rows, n_cols, device)
+
+        self.by_user = layout(data.users, data.items, data.n_users, data.n_items)
+        self.by_item = layout(data.items, data.users, data.n_items, data.n_users)
+
+    def epoch(self) -> float:
+        t = self.t
+        als_half_sweep(self.by_user, t["P"], t.get("bu"), t["Q"], t.get("bi"), **self.kw)
+        # the item step's residuals are the model's training errors after the sweep:
+        # the same per-rating half squared error SGD reports, for comparable histories
+        sse = als_half_sweep(self.by_item, t["Q"], t.get("bi"), t["P"], t.get("bu"), with_loss=True, **self.kw)
+        return 0.5 * sse / self.n
+
+    def divergence_hint(self) -> str:
+        return f"raise reg (now {self.hp['reg']})"
+
+    def finish(self) -> None:
+        pass
+
+    @classmethod
+    def fold_in(cls, model: MFModel, items: torch.Tensor, values: torch.Tensor, hp: dict[str, Any],
+                item_counts: np.ndarray | None) -> torch.Tensor:
+        return ridge_fold_in(model, items, values, hp["reg"], hp["reg_bias"], hp["reg_exponent"])
+
+
+def ridge_fold_in(model: MFModel, items: torch.Tensor, values: torch.Tensor, reg: float, reg_bias: float,
+                  exponent: float) -> torch.Tensor:
+    """Ridge regression of one user's ``[p_u, b_u]`` on their rated items, shape (d [+ 1],).
+
+    The penalty is the training one: ``reg * n ** exponent`` on the factors
+    and ``reg_bias * n ** exponent`` on the bias, ``n`` the user's ratings.
+    """
+    q = model.item_embs.weight[items]
+    target = values.to(q.dtype)
+    if model.biases:
+        target = target - model.global_bias - model.item_bias.weight[items, 0]
+        q = torch.cat([q, q.new_ones(len(items), 1)], 1)
+    per_dim = torch.full((q.shape[1],), float(reg), device=q.device, dtype=q.dtype)
+    if model.biases:
+        per_dim[-1] = reg_bias
+    lam = (per_dim * float(len(items)) ** exponent).clamp_min(1e-6)
+    return ridge_rows(q.unsqueeze(0), target.unsqueeze(0), lam.unsqueeze(0))[0]
