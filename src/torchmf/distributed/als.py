@@ -25,12 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchmf.device import prefer_csr
 from torchmf.distributed import comm
 from torchmf.distributed.io import Shard
-from torchmf.solvers.als import ALSSide, als_half_sweep, als_side
+from torchmf.solvers.als import als_half_sweep
+from torchmf.solvers.als_solver import als_layout
 from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_observed, ials_side
-from torchmf.solvers.ragged import Bucket, bucketize
 
 __all__ = ["Tables", "gather_block", "make_als_sweep", "make_ials_sweep"]
 
@@ -63,23 +62,12 @@ def make_als_sweep(shard: Shard, t: Tables, hp: dict[str, Any], mu: float, devic
     """One explicit-ALS sweep over the shard; returns the training loss (as the single process reports it)."""
     kw = dict(global_mean=mu, reg=hp["reg"], reg_bias=hp["reg_bias"], cg_steps=hp["cg_steps"],
               reg_exponent=hp["reg_exponent"])
-    width = hp["factors"] + int(hp["biases"])
-    itemsize = t["P"].element_size()
-
-    def layout(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, n_cols: int
-               ) -> ALSSide | list[Bucket]:
-        # the single-process choice (training/loop): CSR CG where it wins, else degree buckets
-        n_active = int(np.count_nonzero(np.bincount(rows, minlength=n_rows)))
-        if hp["cg_steps"] > 0 and prefer_csr(len(rows), n_active, n_cols, width, itemsize, device):
-            return als_side(rows, cols, vals, n_rows, n_cols, device, t["P"].dtype)
-        return bucketize(rows, cols, vals, n_rows, n_cols, device)
-
     ulo, uhi = shard.users_of(comm.rank())
     ilo, ihi = shard.items_of(comm.rank())
     u, i, v = shard.by_user
-    by_user = layout(_local(u, ulo), i, v, uhi - ulo, shard.n_items)
+    by_user = als_layout(_local(u, ulo), i, v, uhi - ulo, shard.n_items, hp, device, t["P"].dtype)
     u, i, v = shard.by_item
-    by_item = layout(_local(i, ilo), u, v, ihi - ilo, shard.n_users)
+    by_item = als_layout(_local(i, ilo), u, v, ihi - ilo, shard.n_users, hp, device, t["P"].dtype)
     bu, bi = t.get("bu"), t.get("bi")
     users = [t["P"]] + ([bu] if bu is not None else [])
     items = [t["Q"]] + ([bi] if bi is not None else [])

@@ -28,9 +28,13 @@ from torchmf.distributed.io import ReadOptions, Shard, load_shard
 from torchmf.distributed.sgd import DSGD, PairwiseSGD
 from torchmf.errors import ModelFileError
 from torchmf.estimator import params as hparams
+from torchmf.estimator.persistence import save_state
+from torchmf.estimator.state import ModelState
 from torchmf.nn.mf import MFModel
-from torchmf.solvers.monitor import Monitor
 from torchmf.solvers.sgd import model_tables
+from torchmf.solvers.sgd_solver import auto_batch_size
+from torchmf.training.loop import new_model
+from torchmf.training.monitor import Monitor
 
 __all__ = ["ERRORS_ENV", "JobConfig", "init_world", "run_job", "under_launcher"]
 
@@ -122,17 +126,19 @@ def _fault(epoch: int) -> None:
         time.sleep(3600)
 
 
+@dataclass
+class _Sizes:
+    """What :func:`~torchmf.training.loop.new_model` reads of the data: sizes, and values for the global mean."""
+
+    n_users: int
+    n_items: int
+    values: np.ndarray
+
+
 def _init_model(shard: Shard, hp: dict[str, Any], device: torch.device) -> MFModel:
-    """The single-process initialisation: full tables drawn from a seeded CPU generator (then used by block)."""
-    gen = torch.Generator().manual_seed(hp["seed"])
-    model = MFModel(shard.n_users, shard.n_items, hp["factors"], biases=hp["biases"], init_std=hp["init_std"],
-                    generator=gen)
-    if hp["biases"]:
-        with torch.no_grad():
-            model.global_bias.fill_(shard.value_sum / shard.n_total)
-    model.to(device)
-    model.requires_grad_(False)
-    return model
+    """The single-process initialisation: full tables drawn from the seeded CPU generator, used block by block."""
+    mean = np.array([shard.value_sum / shard.n_total])
+    return new_model(_Sizes(shard.n_users, shard.n_items, mean), hp, device)  # type: ignore[arg-type]
 
 
 def run_job(cfg: JobConfig) -> None:
@@ -155,7 +161,7 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
     log.info("rank %d: %d + %d interactions by user + item block (%.1f s)", comm.rank(), len(shard.by_user[0]),
              len(shard.by_item[0]), time.perf_counter() - t0)
     if hp["batch_size"] is None:
-        hp["batch_size"] = hparams.auto_batch_size(hp["loss"], shard.n_total)
+        hp["batch_size"] = auto_batch_size(hp["loss"], shard.n_total)
     model = _init_model(shard, hp, device)
     t = model_tables(model)
     if hp["loss"] == "ials":
@@ -240,16 +246,11 @@ def _gather_to_root(t: torch.Tensor) -> list[torch.Tensor]:
 
 def _save(cfg: JobConfig, hp: dict[str, Any], shard: Shard, model: MFModel, history: list[dict[str, float]],
           seen: tuple[np.ndarray, np.ndarray]) -> None:
-    """Rank 0: the usual model folder, through the estimator's own save."""
-    from torchmf.estimator.mf import MatrixFactorization
-
-    _check_output(cfg)
-    est = MatrixFactorization(**cfg.params)
-    est._model = model.to("cpu")
-    est._hp = hp
-    est.user_map, est.item_map = shard.user_map, shard.item_map
-    est.implicit_ = shard.implicit
-    est.rating_range_ = shard.rating_range
-    est.history_, est.best_epoch_ = history, None
-    est.seen_indptr_, est.seen_indices_ = seen
-    est.save(cfg.output)
+    """Rank 0: the usual model folder (the single-process format; loading needs no distributed setup)."""
+    state = ModelState(
+        params=dict(cfg.params), effective_params=hp, tensors=dict(model.to("cpu").state_dict()),
+        user_map=shard.user_map, item_map=shard.item_map, seen_indptr=seen[0], seen_indices=seen[1],
+        rating_range=shard.rating_range, implicit=shard.implicit, history=history, best_epoch=None,
+        extras={"distributed": {"world_size": comm.world()}},
+    )
+    save_state(state, cfg.output, overwrite=cfg.overwrite)
