@@ -121,3 +121,26 @@ def test_hung_rank_is_named_within_the_timeout(tmp_path, monkeypatch):
         fit(MatrixFactorization(factors=2, epochs=3, verbose=False), parts, world_size=2, timeout=5)
     assert time.monotonic() - start < 60
     assert os.environ.get(FAULT_ENV) == "1:2:hang"
+
+
+def test_cli_nproc_and_torchrun_write_the_same_model(ml100k, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from torchmf.cli.main import main
+
+    _, parts = ml100k
+    opts = ["--epochs", "2", "--factors", "4", "--loss", "ials"]
+    assert main(["train", str(parts), "-o", str(tmp_path / "a"), "--nproc", "2", *opts]) == 0
+    assert "across 2 processes" in capsys.readouterr().out
+    assert main(["train", str(parts), "-o", str(tmp_path / "x"), "--nproc", "2", "--validation", "0.2"]) == 2
+    assert "not available in distributed training" in capsys.readouterr().err
+    # torchrun is the launcher on real clusters: the same code path, world from its environment
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "torchmf",
+                           "train", str(parts), "-o", str(tmp_path / "b"), *opts],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = MatrixFactorization.load(tmp_path / "a"), MatrixFactorization.load(tmp_path / "b")
+    np.testing.assert_array_equal(a.item_factors, b.item_factors)

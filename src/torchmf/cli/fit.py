@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from torchmf.cli import common
+from torchmf.cli import common, distributed
 from torchmf.cli.plot import plot_histories, prepare_plot
 
 __all__ = ["add_parser", "holdout", "validation_metrics"]
@@ -27,6 +27,8 @@ examples:
   torchmf train u.data -o model --columns user,item,rating,timestamp --factors 64 --epochs 10
   torchmf train plays.tsv -o model --user-col listener --item-col artist --implicit
   torchmf train ratings.csv -o model --validation 0.2 --plot curves.png
+  torchmf train parts/ -o model --nproc 4 --checkpoint-every 2      # 4 local processes
+  torchrun --nproc-per-node 8 --nnodes 2 --rdzv-endpoint HOST:29500 -m torchmf train parts/ -o model
 """
 
 
@@ -51,6 +53,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--plot", metavar="FILE.png", help="write learning curves (loss, validation error per epoch)")
     common.add_reading_options(p)
     common.add_hyperparameters(p)
+    distributed.add_options(p)
     p.set_defaults(func=run)
 
 
@@ -95,6 +98,8 @@ def validation_metrics(model: Any, train: Any, test: Any, k: int) -> dict[str, f
 
 
 def run(args: argparse.Namespace) -> int:
+    if distributed.wanted(args):
+        return distributed.run(args)
     common.check_k(args.k)
     if args.validation is not None:
         check_fraction(args.validation)

@@ -60,16 +60,22 @@ def fit(estimator: Any, data_path: str | os.PathLike, world_size: int | None = N
 
     Returns
     -------
-    MatrixFactorization
+    MatrixFactorization or None
         The fitted model, loaded from the folder rank 0 wrote (on the CPU).
+        Under torchrun only rank 0 returns it (the folder is on its machine);
+        the other ranks return None.
     """
     from torchmf.estimator.mf import MatrixFactorization
 
     with tempfile.TemporaryDirectory(prefix="torchmf-fit-") as tmp:
         target = os.path.join(tmp, "model") if output is None else os.fspath(output)
         cfg = make_config(estimator, data_path, target, **options)
-        if under_launcher() or world_size in (None, 1):
-            run_job(cfg)  # in this process: torchrun's rank, or the whole job
+        if under_launcher():
+            run_job(cfg)  # this process is one of torchrun's ranks
+            if int(os.environ["RANK"]) != 0:
+                return None
+        elif world_size in (None, 1):
+            run_job(cfg)  # the whole job, in this process
         else:
-            spawn(cfg, 1 if world_size is None else world_size)
-        return MatrixFactorization.load(target)
+            spawn(cfg, world_size)
+        return MatrixFactorization.load(target, device="cpu")

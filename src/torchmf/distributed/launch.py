@@ -27,6 +27,7 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -105,7 +106,7 @@ def _rank_main(config: str, env: dict[str, str]) -> None:
     from torchmf.distributed.worker import main
 
     torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
-    os._exit(main([config]))
+    sys.exit(main([config]))  # on failure main() has already left through os._exit
 
 
 def _supervise(procs: list, errors: Path) -> None:
