@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from torchmf.distributed import comm
 from torchmf.distributed.io import Shard
@@ -38,19 +39,29 @@ Tables = dict[str, torch.Tensor]
 
 
 def gather_block(full: list[torch.Tensor], bounds: np.ndarray) -> None:
-    """Make every rank's block of ``full`` tables (same rows, columns stacked) known to all ranks, in place."""
+    """Make every rank's block of ``full`` tables (same rows) known to all ranks, in place.
+
+    One broadcast per rank of exactly its rows (blocks balanced by
+    interactions differ a lot in row count, so a padded all-gather would
+    send up to W times the table); the tables' columns travel together.
+    """
     if comm.world() == 1:
         return
-    lo, hi = int(bounds[comm.rank()]), int(bounds[comm.rank() + 1])
-    cols = [t[lo:hi].reshape(hi - lo, -1) for t in full]
-    blocks = comm.all_gather_rows(torch.cat(cols, 1) if len(cols) > 1 else cols[0])
-    for r, block in enumerate(blocks):
+    for r in range(comm.world()):
         a, b = int(bounds[r]), int(bounds[r + 1])
-        start = 0
-        for t in full:
-            width = 1 if t.dim() == 1 else t.shape[1]
-            t[a:b] = block[:, start:start + width].reshape(t[a:b].shape)
-            start += width
+        if a == b:
+            continue
+        block = torch.cat([t[a:b].reshape(b - a, -1) for t in full], 1) if len(full) > 1 else full[0][a:b]
+        block = block.contiguous()
+        if r == comm.rank():
+            comm.stats.add(block.numel() * block.element_size() * (comm.world() - 1))
+        dist.broadcast(block, src=r)
+        if r != comm.rank():
+            start = 0
+            for t in full:
+                width = 1 if t.dim() == 1 else t.shape[1]
+                t[a:b] = block[:, start:start + width].reshape(t[a:b].shape)
+                start += width
 
 
 def _local(rows: np.ndarray, lo: int) -> np.ndarray:

@@ -156,6 +156,7 @@ def run_job(cfg: JobConfig) -> None:
 
 def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
     t0 = time.perf_counter()
+    rss0 = _rss_mib()
     comm.agree(lambda: _check_output(cfg) if comm.rank() == 0 else None, "checking the output folder")
     shard = load_shard(cfg.data, ReadOptions(**cfg.read))
     log.info("rank %d: %d + %d interactions by user + item block (%.1f s)", comm.rank(), len(shard.by_user[0]),
@@ -190,6 +191,7 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
         verbose=hp["verbose"] and comm.rank() == 0, desc=f"torchmf {hp['loss']}/{hp['solver']} x{comm.world()}",
     )
     monitor.history = history
+    sent_before = comm.stats.sent
     with torch.no_grad():
         for epoch in range(start, hp["epochs"] + 1):
             _fault(epoch)
@@ -200,13 +202,34 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
                     dsgd.gather()
                 save_checkpoint(ckpt_dir, epoch, full, bounds, monitor.history, hp)
     monitor.finish()
+    sweeps = max(1, len(monitor.history) - len(history))
+    per_sweep = (comm.stats.sent - sent_before) // sweeps
     if sgd:
         dsgd.gather()
     seen = _gather_seen(shard)
     # nobody returns before the model folder exists (or rank 0's error is everyone's)
     comm.agree(lambda: _save(cfg, hp, shard, model, monitor.history, seen) if comm.rank() == 0 else None,
                "saving the model")
-    log.info("rank %d: done in %.1f s, %d bytes sent", comm.rank(), time.perf_counter() - t0, comm.stats.sent)
+    log.info("rank %d: done in %.1f s; sent %d bytes, %d per epoch; peak RSS %.1f MiB, %.1f MiB at start",
+             comm.rank(), time.perf_counter() - t0, comm.stats.sent, per_sweep, _peak_rss_mib(), rss0)
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory (Unix; NaN elsewhere)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return float("nan")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_mib() -> float:
+    """This process's resident memory now (Linux; NaN elsewhere)."""
+    try:
+        pages = int(open("/proc/self/statm").read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _check_output(cfg: JobConfig) -> None:
