@@ -61,8 +61,8 @@ def make_data(folder: Path, n: int, n_users: int, n_items: int, parts: int = 8, 
 
 def baseline_mib() -> float:
     """Peak RSS of a process that imported torch and torchmf (the distributed worker) and nothing else."""
-    code = ("import resource, torch, torchmf.distributed.worker; "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    code = ("import torch, torchmf.distributed.worker; "
+            "print(next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmHWM')) / 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env())
     return float(out.stdout.strip())
 

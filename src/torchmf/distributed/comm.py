@@ -95,7 +95,8 @@ def exchange(columns: Sequence[np.ndarray], dest: np.ndarray) -> list[np.ndarray
     Parameters
     ----------
     columns : sequence of numpy.ndarray, each shape (n,)
-        Numeric columns of the same rows.
+        Numeric columns of the same rows. A list is emptied (entries set to
+        None) as its columns are sent, so each can be freed as soon as it is.
     dest : numpy.ndarray of int, shape (n,)
         Owner rank of each row.
 
@@ -113,8 +114,11 @@ def exchange(columns: Sequence[np.ndarray], dest: np.ndarray) -> list[np.ndarray
     dist.all_to_all_single(recv, torch.from_numpy(send_counts))
     recv_counts = recv.tolist()
     out = []
-    for col in columns:
+    for j, col in enumerate(columns):
         src = torch.from_numpy(np.ascontiguousarray(np.asarray(col)[order]))
+        if isinstance(columns, list):  # drop our reference: a caller that gave up its own frees the column now
+            columns[j] = None
+        del col
         got = src.new_empty(sum(recv_counts))
         stats.add((src.numel() - int(send_counts[rank()])) * src.element_size())
         dist.all_to_all_single(got, src, recv_counts, send_counts.tolist())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -253,12 +254,16 @@ def load_shard(path: str | os.PathLike, opts: ReadOptions) -> Shard:
     ub = block_bounds(comm.all_sum(np.bincount(users, minlength=len(user_map)), torch.int64), world)
     ib = block_bounds(comm.all_sum(np.bincount(items, minlength=len(item_map)), torch.int64), world)
     owner = np.searchsorted(ub, users, side="right") - 1
-    cols = comm.exchange([users, items, values, seq], owner)
-    cols = comm.agree(lambda: _combine_repeats(cols, len(item_map), opts.duplicates, str(path), user_map, item_map),
+    cols = [users, items, values, seq]
+    del users, items, values, seq  # exchange frees each column once it has been sent
+    got = comm.exchange(cols, owner)
+    kept = comm.agree(partial(_combine_repeats, got, len(item_map), opts.duplicates, str(path), user_map, item_map),
                       "combining repeated pairs")
-    by_user = (cols[0], cols[1], cols[2])
+    del got
+    by_user = (kept[0], kept[1], kept[2])
+    del kept
     owner = np.searchsorted(ib, by_user[1], side="right") - 1
-    by_item = tuple(comm.exchange(list(by_user), owner))
+    by_item = tuple(comm.exchange(by_user, owner))
     values = by_user[2]
     lo, hi = (float(values.min()), float(values.max())) if len(values) else (np.inf, -np.inf)
     n_total, value_sum = comm.all_sum([len(values), values.sum(dtype=np.float64)])

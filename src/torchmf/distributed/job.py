@@ -159,8 +159,8 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
     rss0 = _rss_mib()
     comm.agree(lambda: _check_output(cfg) if comm.rank() == 0 else None, "checking the output folder")
     shard = load_shard(cfg.data, ReadOptions(**cfg.read))
-    log.info("rank %d: %d + %d interactions by user + item block (%.1f s)", comm.rank(), len(shard.by_user[0]),
-             len(shard.by_item[0]), time.perf_counter() - t0)
+    log.info("rank %d: %d + %d interactions by user + item block (%.1f s, RSS %.0f MiB, peak %.0f)", comm.rank(),
+             len(shard.by_user[0]), len(shard.by_item[0]), time.perf_counter() - t0, _rss_mib(), _peak_rss_mib())
     if hp["batch_size"] is None:
         hp["batch_size"] = auto_batch_size(hp["loss"], shard.n_total)
     model = _init_model(shard, hp, device)
@@ -174,6 +174,7 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
     else:
         dsgd = PairwiseSGD(shard, model, hp, device)
     sgd = hp["solver"] == "sgd"
+    log.info("rank %d: laid out (RSS %.0f MiB, peak %.0f)", comm.rank(), _rss_mib(), _peak_rss_mib())
     full = {k: (model.user_bias.weight.data if k == "bu" else model.item_bias.weight.data if k == "bi" else v)
             for k, v in t.items()}
     bounds = {"P": shard.user_bounds, "Q": shard.item_bounds}
@@ -215,7 +216,13 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
 
 
 def _peak_rss_mib() -> float:
-    """This process's peak resident memory (Unix; NaN elsewhere)."""
+    """This process's peak resident memory: VmHWM on Linux (reset at exec, unlike ru_maxrss), else ru_maxrss."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # pragma: no cover - Windows
@@ -255,16 +262,18 @@ def _gather_seen(shard: Shard) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _gather_to_root(t: torch.Tensor) -> list[torch.Tensor]:
-    """Variable-length 1-D tensors gathered on rank 0 only (the seen index can be large)."""
-    sizes = comm.all_gather_rows(torch.tensor([t.numel()]))
-    longest = max(int(s) for s in sizes)
-    padded = t.new_zeros(longest)
-    padded[: t.numel()] = t
-    out = [t.new_empty(longest) for _ in range(comm.world())] if comm.rank() == 0 else None
+    """Variable-length 1-D tensors gathered on rank 0 only, each received into its own exact-size buffer."""
+    sizes = [int(x) for x in comm.all_gather_rows(torch.tensor([t.numel()]))]
     if comm.rank() != 0:
-        comm.stats.add(padded.numel() * padded.element_size())
-    dist.gather(padded, out, dst=0)
-    return [] if out is None else [o[: int(s)] for o, s in zip(out, sizes, strict=True)]
+        if t.numel():
+            comm.stats.add(t.numel() * t.element_size())
+            dist.send(t.contiguous(), dst=0)
+        return []
+    out = [t] + [t.new_empty(n) for n in sizes[1:]]
+    for r in range(1, comm.world()):
+        if sizes[r]:
+            dist.recv(out[r], src=r)
+    return out
 
 
 def _save(cfg: JobConfig, hp: dict[str, Any], shard: Shard, model: MFModel, history: list[dict[str, float]],

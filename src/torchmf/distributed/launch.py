@@ -21,6 +21,7 @@ stops whoever is left, and raises one error, chosen in this order:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing as mp
@@ -30,6 +31,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from torchmf.distributed.job import ERRORS_ENV, JobConfig
@@ -86,8 +88,9 @@ def spawn(cfg: JobConfig, world_size: int) -> None:
         ctx.set_forkserver_preload(["torchmf.distributed.worker"])
         procs = [ctx.Process(target=_rank_main, args=(str(config), _rank_env(r, world_size, port, str(errors))),
                              name=f"torchmf-rank-{r}") for r in range(world_size)]
-        for p in procs:
-            p.start()
+        with _main_hidden():
+            for p in procs:
+                p.start()
         try:
             _supervise(procs, errors)
         finally:
@@ -95,6 +98,28 @@ def spawn(cfg: JobConfig, world_size: int) -> None:
                 if p.exitcode is None:
                     p.kill()
                 p.join()
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Start processes without multiprocessing re-running the caller's ``__main__`` in them.
+
+    The fork server, like "spawn", re-imports the parent's main script in
+    every child unless the script guards its code with ``if __name__ ==
+    "__main__"``; a plain script calling :func:`torchmf.distributed.fit` would
+    start the fit again in each rank. The ranks need nothing from ``__main__``
+    (their target lives in this module), so its path and spec are hidden while
+    the processes start.
+    """
+    main = sys.modules["__main__"]
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 def _rank_main(config: str, env: dict[str, str]) -> None:

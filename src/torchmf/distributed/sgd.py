@@ -112,8 +112,12 @@ class DSGD:
         nlo, nhi = self.shard.items_of(nb)
         got = out.new_empty((nhi - nlo, out.shape[1]))
         comm.stats.add(out.numel() * out.element_size())
-        ops = [dist.P2POp(dist.isend, out, (self.r - 1) % self.W), dist.P2POp(dist.irecv, got, (self.r + 1) % self.W)]
-        for work in dist.batch_isend_irecv(ops):
+        ops = []  # both ends know every block's size, so empty blocks are skipped on both
+        if out.numel():
+            ops.append(dist.P2POp(dist.isend, out, (self.r - 1) % self.W))
+        if got.numel():
+            ops.append(dist.P2POp(dist.irecv, got, (self.r + 1) % self.W))
+        for work in dist.batch_isend_irecv(ops) if ops else []:
             work.wait()
         start = 0
         for t in self._item_tables():

@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
+
 from torchmf.distributed import comm
 from torchmf.distributed.job import ERRORS_ENV, JobConfig, run_job
 from torchmf.errors import TorchMFError
@@ -27,8 +29,8 @@ def describe_error(exc: BaseException) -> dict[str, object]:
     """One rank's failure as ``{"rank", "type", "message", "collective"}``; the message names the rank."""
     r = comm.rank() if comm.world() > 1 else int(os.environ.get("RANK", "0"))
     text = " ".join(str(exc).split()) or type(exc).__name__
-    collective = not isinstance(exc, (TorchMFError, ValueError, OSError)) and type(exc).__name__ in (
-        "RuntimeError", "DistBackendError", "DistNetworkError", "DistError")
+    collective = isinstance(exc, dist.DistError) or (
+        type(exc) is RuntimeError and any(w in text for w in ("gloo", "Gloo", "NCCL", "Timed out", "Connection")))
     if collective:
         text = f"rank {r}: a collective failed (a peer died, hung or timed out): {text.splitlines()[0][:300]}"
     elif not text.startswith("rank "):  # errors agreed from another rank already name it
