@@ -207,7 +207,12 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
     per_sweep = (comm.stats.sent - sent_before) // sweeps
     if sgd:
         dsgd.gather()
+    # the layouts (held by the sweep) and the item-block rows are no longer needed: free them before
+    # rank 0 gathers the seen index and serialises the model, the other peak of a fit
+    sweep = dsgd = None
+    shard.by_item = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
     seen = _gather_seen(shard)
+    shard.by_user = shard.by_item
     # nobody returns before the model folder exists (or rank 0's error is everyone's)
     comm.agree(lambda: _save(cfg, hp, shard, model, monitor.history, seen) if comm.rank() == 0 else None,
                "saving the model")
