@@ -108,22 +108,3 @@ def test_resume_continues_to_the_uninterrupted_result(small, tmp_path):
     with pytest.raises(ModelFileError, match="exists"):
         fit(MatrixFactorization(**kw), parts, output=tmp_path / "a")
 
-
-def test_unguarded_script_can_spawn_ranks(tmp_path):
-    """A plain script (no ``if __name__ == "__main__"``) calling fit must not be re-run inside the ranks."""
-    import subprocess
-    import sys
-
-    rows = "".join(f"{u},{i},{(u + i) % 5 + 1}\n" for u in range(12) for i in range(6))
-    (tmp_path / "r.csv").write_text("user,item,rating\n" + rows)
-    script = tmp_path / "job.py"
-    script.write_text(
-        "import torchmf\nfrom torchmf.distributed import fit\n"
-        f"m = fit(torchmf.MatrixFactorization(factors=2, epochs=1, verbose=False), {str(tmp_path / 'r.csv')!r}, "
-        "world_size=2)\nprint('users', len(m.user_map))\n"
-    )
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "PYTHONPATH": src})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("users 12") == 1

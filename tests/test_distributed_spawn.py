@@ -144,3 +144,23 @@ def test_cli_nproc_and_torchrun_write_the_same_model(ml100k, tmp_path, capsys):
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = MatrixFactorization.load(tmp_path / "a"), MatrixFactorization.load(tmp_path / "b")
     np.testing.assert_array_equal(a.item_factors, b.item_factors)
+
+
+def test_unguarded_script_can_spawn_ranks(tmp_path):
+    """A plain script (no ``if __name__ == "__main__"``) calling fit must not be re-run inside the ranks."""
+    import subprocess
+    import sys
+
+    rows = "".join(f"{u},{i},{(u + i) % 5 + 1}\n" for u in range(12) for i in range(6))
+    (tmp_path / "r.csv").write_text("user,item,rating\n" + rows)
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import torchmf\nfrom torchmf.distributed import fit\n"
+        f"m = fit(torchmf.MatrixFactorization(factors=2, epochs=1, verbose=False), {str(tmp_path / 'r.csv')!r}, "
+        "world_size=2)\nprint('users', len(m.user_map))\n"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": src})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("users 12") == 1
