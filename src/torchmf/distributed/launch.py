@@ -1,4 +1,4 @@
-"""Start N local ranks (subprocesses on 127.0.0.1) and turn their failure into one error naming a rank.
+"""Start N local ranks (processes on 127.0.0.1) and turn their failure into one error naming a rank.
 
 Each rank runs :func:`torchmf.distributed.worker.main` with the environment
 torchrun would give it (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,

@@ -1,4 +1,4 @@
-"""Entry point of one rank started by the local launcher: ``python -m torchmf.distributed.worker CONFIG.json``.
+"""One rank started by the local launcher (:func:`main`; also ``python -m torchmf.distributed.worker CONFIG.json``).
 
 Runs :func:`~torchmf.distributed.job.run_job` and, if it fails, writes one
 JSON line ``{"rank", "type", "message", "collective"}`` to
