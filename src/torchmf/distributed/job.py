@@ -191,8 +191,8 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
         else f"raise reg (now {hp['reg']})",
         verbose=hp["verbose"] and comm.rank() == 0, desc=f"torchmf {hp['loss']}/{hp['solver']} x{comm.world()}",
     )
-    monitor.history = history
-    sent_before = comm.stats.sent
+    monitor.history = history  # the same list: it grows by one row per epoch run here
+    sent_before, epochs_before = comm.stats.sent, len(history)
     with torch.no_grad():
         for epoch in range(start, hp["epochs"] + 1):
             _fault(epoch)
@@ -203,7 +203,7 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
                     dsgd.gather()
                 save_checkpoint(ckpt_dir, epoch, full, bounds, monitor.history, hp)
     monitor.finish()
-    sweeps = max(1, len(monitor.history) - len(history))
+    sweeps = max(1, len(monitor.history) - epochs_before)
     per_sweep = (comm.stats.sent - sent_before) // sweeps
     if sgd:
         dsgd.gather()
