@@ -123,7 +123,19 @@ def test_hung_rank_is_named_within_the_timeout(tmp_path, monkeypatch):
     assert os.environ.get(FAULT_ENV) == "1:2:hang"
 
 
-def test_cli_nproc_and_torchrun_write_the_same_model(ml100k, tmp_path, capsys):
+@pytest.fixture
+def cli_logging():
+    """main() points the torchmf logger at this test's stderr and stops propagation: put it back after."""
+    import logging
+
+    logger = logging.getLogger("torchmf")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers, logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
+
+
+def test_cli_nproc_and_torchrun_write_the_same_model(ml100k, tmp_path, capsys, cli_logging):
     import subprocess
     import sys
 
