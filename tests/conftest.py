@@ -5,6 +5,7 @@ Everything here is small and deterministic; no fixture touches the network.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -68,3 +69,19 @@ def movielens_home() -> Path:
     if env:
         return Path(env).expanduser()
     return Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+# The in-process CLI configures the 'torchmf' loggers (handlers, level, no propagation), also from
+# module-scoped fixtures; every test starts from the state they had when the suite began, so caplog sees
+# library warnings whatever ran before.
+_LOGGERS = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level,
+                   logging.getLogger(name).propagate) for name in ("torchmf", "torchmf.training.monitor")}
+
+
+@pytest.fixture(autouse=True)
+def _restore_torchmf_logging():
+    for name, (handlers, level, propagate) in _LOGGERS.items():
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate = handlers[:], propagate
+        logger.setLevel(level)  # (setLevel, not assignment: it also clears logging's level cache)
+    yield

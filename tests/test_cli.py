@@ -1,41 +1,66 @@
-"""The ``torchmf`` command line, run as a real subprocess on tiny generated files.
+"""The ``torchmf`` command line on tiny generated files.
 
-Every invocation pays for importing torch (seconds), so independent runs (the
-``--help`` pages, the user-error cases) are started together in a few worker
-threads by module-scoped fixtures and checked one by one by parametrised tests.
+Commands run in-process through ``main(argv)`` with stdout/stderr captured
+(a subprocess would pay seconds of torch import per call); a few smoke tests
+at the end run the real ``torchmf`` entry points as subprocesses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-COMMANDS = ["train", "predict", "recommend", "similar", "info", "evaluate", "cv", "tune", "demo"]
+COMMANDS = [
+    "train", "predict", "recommend", "similar", "info", "evaluate", "cv", "tune", "demo", "index", "split", "explain",
+]
 FAST = ["--factors", "4", "--epochs", "2"]
-WORKERS = max(2, min(4, os.cpu_count() or 2))  # each run is CPU-bound (importing torch)
+
+
+@contextlib.contextmanager
+def _cwd(path: Path | None):
+    old = os.getcwd()
+    if path is not None:
+        os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 def torchmf(*args: str | Path, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``torchmf ARGS`` in-process (``main(argv)``); stdout, stderr and the exit status as a subprocess would."""
+    from torchmf.cli.main import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    os.environ["COLUMNS"] = "100"  # argparse wraps help to this width
+    with _cwd(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse: --help, --version, usage errors
+            code = exc.code if isinstance(exc.code, int) else 2
+    return subprocess.CompletedProcess(["torchmf", *argv], code, out.getvalue(), err.getvalue())
+
+
+def torchmf_subprocess(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real console entry point, for the few smoke tests that must see a separate process."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "100"}
-    return subprocess.run(
-        [sys.executable, "-m", "torchmf.cli.main", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout,
-    )
+    return subprocess.run([sys.executable, "-m", "torchmf.cli.main", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def run_many(cases: dict[str, list]) -> dict[str, subprocess.CompletedProcess]:
-    with ThreadPoolExecutor(WORKERS) as pool:
-        futures = {name: pool.submit(torchmf, *args) for name, args in cases.items()}
-        return {name: f.result() for name, f in futures.items()}
+    return {name: torchmf(*args) for name, args in cases.items()}
 
 
 def ok(res: subprocess.CompletedProcess) -> str:
@@ -116,6 +141,12 @@ def test_version_and_no_command() -> None:
     assert ok(torchmf("--version")).startswith("torchmf ")
 
 
+def test_entry_point_smoke(model: Path) -> None:
+    """The real process: help and one query, exit codes and streams as a shell sees them."""
+    assert ok(torchmf_subprocess("--help")).startswith("usage: torchmf")
+    assert_user_error(torchmf_subprocess("recommend", model, "--user", "no-such-user"), "no-such-user")
+
+
 # ---------------------------------------------------------------------- train
 def test_train_reports_validation_and_saves(trained: tuple[Path, subprocess.CompletedProcess], work: Path) -> None:
     model, res = trained
@@ -125,7 +156,7 @@ def test_train_reports_validation_and_saves(trained: tuple[Path, subprocess.Comp
     for name in ("rmse", "mae", "ndcg@10", "recall@10"):
         assert name in out
     assert f"model saved to {model}" in out
-    assert (model / "torchmf.json").is_file() and (model / "model.safetensors").is_file()
+    assert (model / "torchmf.json").is_file() and len(list(model.glob("weights-*.safetensors"))) == 1
     assert f"learning curves written to {work / 'curves.png'}" in out
     assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -210,7 +241,7 @@ def test_similar(model: Path) -> None:
 # ---------------------------------------------------------------------- info / evaluate
 def test_info(model: Path) -> None:
     out = ok(torchmf("info", model))
-    for text in ("users", "30", "items", "rating range", "1.0 .. 5.0", "factors", "best epoch"):
+    for text in ("users", "30", "items", "rating range", "1.0 .. 5.0", "factors", "validation rmse", "then refit"):
         assert text in out
     data = json.loads(ok(torchmf("info", model, "--format", "json")))
     assert data["model"]["users"] == 30 and data["hyperparameters"]["factors"] == 4
@@ -306,7 +337,7 @@ def test_user_error(error_results: dict[str, subprocess.CompletedProcess], case:
 
 
 def test_debug_shows_traceback(model: Path) -> None:
-    res = torchmf("--debug", "recommend", model, "--user", "31")
+    res = torchmf_subprocess("--debug", "recommend", model, "--user", "31")  # the interpreter prints the traceback
     assert res.returncode != 0 and "Traceback" in res.stderr and "UnknownIdError" in res.stderr
 
 
@@ -336,3 +367,17 @@ def test_demo_runs_offline_quickly(tmp_path: Path) -> None:
     assert "Where to go next" in out
     header = (tmp_path / "demo.csv").read_text().split("\n", 1)[0]
     assert header == "user,item,rating,timestamp"
+
+
+def test_top_level_help_does_not_import_torch() -> None:
+    """`torchmf --help` answers without paying the torch import (seconds); commands still get every option."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from torchmf.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"

@@ -38,6 +38,19 @@ def all_scores(model: MatrixFactorization) -> np.ndarray:
     return scores
 
 
+def ranking_scores(model: MatrixFactorization) -> np.ndarray:
+    """What recommend() ranks by, by hand, shape (n_users, n_items): for a rating model with its iALS
+    ranking component (rank_by="interactions", the default) x_u . y_i + w * (b_i + p_u . q_i), see
+    torchmf.estimator.ranker; else the unclipped scores."""
+    state = model.to_state()
+    if "ranker.user_embs.weight" not in state.tensors:
+        return all_scores(model)
+    w = state.extras["ranker"]["rating_weight"]
+    X, Y = (state.tensors[f"ranker.{s}_embs.weight"].cpu().numpy() for s in ("user", "item"))
+    bias = model.model.item_bias.weight[:, 0].cpu().numpy()[None, :] if model.model.biases else 0.0
+    return X @ Y.T + w * (model.user_factors @ model.item_factors.T + bias)
+
+
 def seen_by(data, user) -> set:
     df = data.to_pandas()
     return set(df.loc[df["user"] == user, "item"])
@@ -128,7 +141,7 @@ def test_recommend_single_user(small_model, small_data):
     assert np.all(np.diff(scores) <= 0)  # best first
     assert not set(recs["item"]) & seen_by(small_data, user)
     # they really are the 5 best unseen items, scored as the factors say
-    full = all_scores(small_model)[0]
+    full = ranking_scores(small_model)[0]
     unseen = [i for i, raw in enumerate(small_model.item_map.ids) if raw not in seen_by(small_data, user)]
     best = sorted(unseen, key=lambda i: -full[i])[:5]
     np.testing.assert_allclose(scores, full[best], rtol=1e-5, atol=1e-5)
@@ -191,8 +204,10 @@ def test_similar_items_cosine(small_model, small_data):
     scores = sims["score"].to_numpy()
     assert np.all(scores <= 1 + 1e-6) and np.all(scores >= -1 - 1e-6)
     assert np.all(np.diff(scores) <= 0)
-    # manual cosine of the item factors
-    Q = small_model.item_factors.astype(np.float64)
+    # manual cosine of the item factors (of the ranking component when the rating model has one,
+    # rank_by="interactions": torchmf.estimator.ranker)
+    tensors = small_model.to_state().tensors
+    Q = tensors.get("ranker.item_embs.weight", small_model.model.item_embs.weight).cpu().numpy().astype(np.float64)
     Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
     cos = Qn @ Qn[4]
     cos[4] = -np.inf

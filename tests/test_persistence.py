@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,8 +13,15 @@ import pytest
 
 import torchmf
 from torchmf import MatrixFactorization, ModelFileError
+from torchmf.estimator.manifest import canonical_sha256
+from torchmf.estimator.persistence import load_state, save_state
 
-WEIGHTS, META = "model.safetensors", "torchmf.json"
+META = "torchmf.json"
+
+
+def weights_of(folder):
+    """The weights file the manifest names (``weights-<sha256[:16]>.safetensors``)."""
+    return folder / json.loads((folder / META).read_text())["weights"]["file"]
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +104,14 @@ def test_ids_keep_their_types(prefix, tmp_path):
 
 
 def test_folder_holds_only_safetensors_and_json(saved):
-    assert sorted(p.name for p in saved.iterdir()) == sorted([WEIGHTS, META])
+    weights = weights_of(saved)
+    assert sorted(p.name for p in saved.iterdir()) == sorted([weights.name, META])
     meta = json.loads((saved / META).read_text())
-    assert meta["format"] == "torchmf-model"
+    assert meta["format"] == "torchmf-model" and meta["format_version"] == 2
+    # content-addressed: the name carries the first 16 hex digits of the file's SHA-256
+    blob = weights.read_bytes()
+    assert weights.name == f"weights-{hashlib.sha256(blob).hexdigest()[:16]}.safetensors"
     # safetensors: an 8-byte little-endian header length, then a JSON header (no pickle)
-    blob = (saved / WEIGHTS).read_bytes()
     n = int.from_bytes(blob[:8], "little")
     header = json.loads(blob[8 : 8 + n])
     assert "user_embs.weight" in header
@@ -113,7 +126,7 @@ def test_save_over_existing_model_is_atomic(data, model, saved):
     assert_same_behaviour(model, torchmf.load(saved))
     # no temporary or old copies left beside the target
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]
-    assert sorted(p.name for p in saved.iterdir()) == sorted([WEIGHTS, META])
+    assert sorted(p.name for p in saved.iterdir()) == sorted([weights_of(saved).name, META])
 
 
 def test_save_onto_a_file_fails(model, tmp_path):
@@ -136,15 +149,15 @@ def test_folder_without_files(tmp_path):
         torchmf.load(tmp_path / "empty")
 
 
-@pytest.mark.parametrize("missing", [WEIGHTS, META])
+@pytest.mark.parametrize("missing", ["weights", META])
 def test_folder_missing_one_file(saved, missing):
-    (saved / missing).unlink()
+    (weights_of(saved) if missing == "weights" else saved / META).unlink()
     with pytest.raises(ModelFileError):
         torchmf.load(saved)
 
 
 def test_truncated_weights(saved):
-    path = saved / WEIGHTS
+    path = weights_of(saved)
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(ModelFileError):
@@ -153,7 +166,7 @@ def test_truncated_weights(saved):
 
 @pytest.mark.parametrize("where", [0, 10, -1, -100], ids=["header-len", "header", "last", "data"])
 def test_flipped_byte_in_weights(saved, where):
-    path = saved / WEIGHTS
+    path = weights_of(saved)
     blob = bytearray(path.read_bytes())
     blob[where] ^= 0x01
     path.write_bytes(bytes(blob))
@@ -161,10 +174,13 @@ def test_flipped_byte_in_weights(saved, where):
         torchmf.load(saved)
 
 
-def _edit_meta(saved, edit) -> None:
+def _edit_meta(saved, edit, resign: bool = True) -> None:
+    """Apply ``edit`` to the manifest; ``resign`` recomputes its checksum so the field checks are reached."""
     path = saved / META
     meta = json.loads(path.read_text())
     edit(meta)
+    if resign and isinstance(meta, dict):
+        meta["manifest_sha256"] = canonical_sha256(meta)
     path.write_text(json.dumps(meta))
 
 
@@ -185,11 +201,11 @@ def _drop_tensor(meta):
 
 
 def _drop_user(meta):
-    meta["user_ids"] = meta["user_ids"][:-1]
+    meta["user_ids"]["values"] = meta["user_ids"]["values"][:-1]
 
 
 def _duplicate_user(meta):
-    meta["user_ids"][1] = meta["user_ids"][0]
+    meta["user_ids"]["values"][1] = meta["user_ids"]["values"][0]
 
 
 def _bad_params(meta):
@@ -201,7 +217,7 @@ def _factors_mismatch(meta):
 
 
 def _bad_checksum(meta):
-    meta["weights_sha256"] = "0" * 64
+    meta["weights"]["sha256"] = "0" * 64
 
 
 EDITS = {
@@ -221,6 +237,17 @@ EDITS = {
 def test_edited_json(saved, edit):
     _edit_meta(saved, edit)
     with pytest.raises(ModelFileError):
+        torchmf.load(saved)
+
+
+# (the format version is checked first: it decides which checksum rules apply)
+SIGNED = {k: v for k, v in EDITS.items() if k != "format_version"}
+
+
+@pytest.mark.parametrize("edit", list(SIGNED.values()), ids=list(SIGNED))
+def test_edited_json_without_new_checksum(saved, edit):
+    _edit_meta(saved, edit, resign=False)
+    with pytest.raises(ModelFileError, match="manifest checksum mismatch"):
         torchmf.load(saved)
 
 
@@ -244,3 +271,139 @@ def test_binary_json(saved):
 def test_model_file_error_is_value_error():
     assert issubclass(ModelFileError, ValueError)
     assert issubclass(ModelFileError, torchmf.TorchMFError)
+
+
+# ---------------------------------------------------------------------- version 1 folders
+V1 = Path(__file__).parent / "data" / "model_v1"
+
+
+def test_reads_version_1_folder(tmp_path):
+    # tests/data/model_v1 was written by the version-1 writer (commit f1ec81c): 8 int users plus the
+    # folded-in str user "visitor", 6 items, factors=2, biases; the expected values were printed then.
+    loaded = torchmf.load(V1, device="cpu")
+    assert loaded.user_map.ids == [0, 1, 2, 3, 4, 5, 6, 7, "visitor"]
+    np.testing.assert_allclose(loaded.predict([0, 1, "visitor"], [0, 1, 2]),
+                               [2.3638393878936768, 3.5201025009155273, 2.4402008056640625], rtol=0, atol=0)
+    assert loaded.recommend("visitor", k=3)["item"].tolist() == [1, 5, 3]
+    # saving over a version-1 folder upgrades it: the old weights file is removed, nothing else
+    target = tmp_path / "v1"
+    shutil.copytree(V1, target)
+    (target / "notes.txt").write_text("mine")
+    loaded.save(target)
+    assert sorted(p.name for p in target.iterdir()) == sorted([weights_of(target).name, META, "notes.txt"])
+    assert_same_behaviour(loaded, torchmf.load(target))
+
+
+def test_version_1_checksum_still_checked(tmp_path):
+    target = tmp_path / "v1"
+    shutil.copytree(V1, target)
+    blob = bytearray((target / "model.safetensors").read_bytes())
+    blob[-1] ^= 1
+    (target / "model.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(ModelFileError, match="checksum mismatch"):
+        torchmf.load(target)
+
+
+# ---------------------------------------------------------------------- foreign files, overwrite
+def test_foreign_files_in_a_model_folder_survive(model, saved):
+    (saved / "notes.txt").write_text("precious")
+    (saved / "sub").mkdir()
+    (saved / "sub" / "x").write_text("x")
+    model.save(saved)
+    model.save(saved)
+    assert (saved / "notes.txt").read_text() == "precious" and (saved / "sub" / "x").read_text() == "x"
+    assert sorted(p.name for p in saved.iterdir()) == sorted([weights_of(saved).name, META, "notes.txt", "sub"])
+
+
+def test_non_model_folder_needs_overwrite(model, tmp_path):
+    folder = tmp_path / "papers"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious")
+    with pytest.raises(ModelFileError, match=r"papers: folder is not empty and holds no torchmf model.*notes\.txt"):
+        model.save(folder)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    model.save(folder, overwrite=True)
+    assert (folder / "notes.txt").read_text() == "precious"
+    assert_same_behaviour(model, torchmf.load(folder))
+
+
+def test_empty_folder_and_dot(model, tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    model.save(tmp_path / "empty")
+    assert_same_behaviour(model, torchmf.load(tmp_path / "empty"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    model.save(".")
+    model.save(".")
+    assert_same_behaviour(model, torchmf.load("."))
+    model.save("rel/sub")
+    assert_same_behaviour(model, torchmf.load("rel/sub"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "work"]
+
+
+def test_parent_is_a_file(model, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelFileError, match=r"file/m: cannot save the model there"):
+        model.save(tmp_path / "file" / "m")
+
+
+# ---------------------------------------------------------------------- mmap, extra files
+def test_mmap_load_shares_and_folds_in(model, saved):
+    mapped = MatrixFactorization.load(saved, device="cpu", mmap=True)
+    assert_same_behaviour(model, mapped)
+    before = weights_of(saved).read_bytes()
+    mapped.fold_in(0, {1: 2.0, 2: 4.0})  # writes a row of the mapped weights: copy-on-write
+    mapped.fold_in("new", {3: 3.0})
+    assert weights_of(saved).read_bytes() == before  # the file is never written
+    assert_same_behaviour(model, torchmf.load(saved))
+    mapped.save(saved)  # the mapped model can be saved over its own folder
+    assert torchmf.load(saved).user_map.ids[-1] == "new"
+
+
+def test_extra_files_round_trip(saved, tmp_path):
+    state = load_state(saved, device="cpu")
+    src = tmp_path / "index.bin"
+    src.write_bytes(b"\x00index")
+    save_state(state, saved, extra_files={"index.hnsw": b"graph", "ids.bin": src})
+    again = load_state(saved, device="cpu")
+    assert again.files == {"index.hnsw": b"graph", "ids.bin": b"\x00index"}
+    again.files["index.hnsw"] = b"graph v2"
+    save_state(again, saved)  # the state's files are saved again, replaced atomically
+    assert load_state(saved, device="cpu").files == {"index.hnsw": b"graph v2", "ids.bin": b"\x00index"}
+    assert len(list(saved.glob("file-*"))) == 2  # the old index file was removed
+    stored = next(saved.glob("file-*-index.hnsw"))
+    stored.write_bytes(b"graph v3")
+    with pytest.raises(ModelFileError, match="checksum mismatch"):
+        load_state(saved)
+    with pytest.raises(ValueError, match="extra file name"):
+        save_state(again, saved, extra_files={"../escape": b""})
+
+
+def test_extra_files_survive_load_and_save_of_the_estimator(saved, tmp_path):
+    save_state(load_state(saved, device="cpu"), saved, extra_files={"index.hnsw": b"graph"})
+    est = torchmf.load(saved, device="cpu")
+    est.save(tmp_path / "copy")
+    assert load_state(tmp_path / "copy").files == {"index.hnsw": b"graph"}
+
+
+V1_ANN = Path(__file__).parent / "data" / "model_v1_ann"
+
+
+def test_reads_version_1_folder_with_an_index_and_upgrades_it(tmp_path):
+    # tests/data/model_v1_ann was written by the version-1 writer of main at 1446c24 (seen values stored,
+    # HNSW index beside the weights): 20 users x 30 items, factors=4; the expected values were printed then.
+    loaded = torchmf.load(V1_ANN, device="cpu")
+    np.testing.assert_array_equal(loaded.predict([0, 1, 2], [0, 1, 2]),
+                                  np.array([3.273674249649048, 3.4137775897979736, 2.701632499694824], np.float32))
+    assert loaded.index_ is not None and loaded.recommend(0, k=3, approximate=True)["item"].tolist() == [3, 23, 26]
+    assert not np.isnan(loaded.seen_values_).any()
+    target = tmp_path / "m"
+    shutil.copytree(V1_ANN, target)
+    loaded.save(target)  # version 2: the old weights and index files go, the index travels in "files"
+    names = sorted(p.name for p in target.iterdir() if p.name != META)
+    assert len(names) == 3 and [n.split("-")[0] for n in names] == ["file", "file", "weights"], names
+    again = torchmf.load(target, device="cpu")
+    assert_same_behaviour(loaded, again)
+    assert again.recommend(0, k=3, approximate=True)["item"].tolist() == [3, 23, 26]
+    np.testing.assert_array_equal(again.seen_values_, loaded.seen_values_)

@@ -248,7 +248,7 @@ def test_mse_gradient_matches_autograd():
 
 
 @pytest.mark.parametrize("fn", [bpr, logistic], ids=["bpr", "logistic"])
-@pytest.mark.parametrize("neg_shape", [(13,), (13, 4)], ids=["1neg", "4neg"])
+@pytest.mark.parametrize("neg_shape", [(13,), (13, 1), (13, 4)], ids=["1neg", "1neg-column", "4neg"])
 def test_pairwise_gradients_match_autograd(fn, neg_shape):
     g = torch.Generator().manual_seed(1)
     pos = 2 * torch.randn(13, generator=g, dtype=torch.float64)

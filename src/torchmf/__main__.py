@@ -1,7 +1,8 @@
-"""``python -m torchmf``: the command line (also what ``torchrun ... -m torchmf train ...`` runs on each rank)."""
+"""``python -m torchmf``: the command line (same as the ``torchmf`` command)."""
 
 import sys
 
 from torchmf.cli.main import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -85,6 +85,8 @@ def ranking_metrics(
     recommended : LongTensor or array-like, shape (n_users, m), m >= k
         Item indices per evaluated user, best first, padded with -1 where
         fewer items were available. Only the first ``k`` columns are used.
+        ``m < k`` is accepted when ``m >= n_items_known`` (the lists span the
+        catalogue; further columns could only be padding, counted as misses).
     relevant_indptr : LongTensor or array-like, shape (n_users + 1,)
         CSR row pointer: u's relevant items are
         ``relevant_items[relevant_indptr[u]:relevant_indptr[u + 1]]``.
@@ -116,9 +118,11 @@ def ranking_metrics(
     """
     check_k(k)
     rec = _as_long(recommended, "recommended")
-    if rec.dim() != 2 or rec.shape[1] < k:
+    whole_catalogue = n_items_known is not None and rec.dim() == 2 and rec.shape[1] >= n_items_known
+    if rec.dim() != 2 or (rec.shape[1] < k and not whole_catalogue):
         raise ValueError(f"recommended must have shape (n_users, >= k={k}), got {tuple(rec.shape)}")
-    rec = rec[:, :k]
+    kk = min(k, rec.shape[1])  # columns past the catalogue could only be padding
+    rec = rec[:, :kk]
     indptr = _as_long(relevant_indptr, "relevant_indptr")
     items = _as_long(relevant_items, "relevant_items")
     n_users = rec.shape[0]
@@ -131,11 +135,13 @@ def ranking_metrics(
     n_rel = (indptr[1:] - indptr[:-1]).to(torch.float64)
     hits = _hit_matrix(rec, indptr, items, n_items_known).to(torch.float64)
 
-    ranks = torch.arange(1, k + 1, dtype=torch.float64)
+    ranks = torch.arange(1, kk + 1, dtype=torch.float64)
     discounts = 1.0 / torch.log2(ranks + 1.0)
     n_hits = hits.sum(1)
     ideal_len = torch.clamp(n_rel, max=k).to(torch.int64)
-    idcg = torch.cumsum(discounts, 0)[torch.clamp(ideal_len - 1, min=0)]
+    longest = max(kk, int(ideal_len.max()) if len(ideal_len) else 0)  # bounded by the data, not by k
+    ideal = 1.0 / torch.log2(torch.arange(2, longest + 2, dtype=torch.float64))
+    idcg = torch.cumsum(ideal, 0)[torch.clamp(ideal_len - 1, min=0)]
     any_hit = n_hits > 0
     first = torch.argmax(hits, dim=1).to(torch.float64)  # first maximal index = first hit
 

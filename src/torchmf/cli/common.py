@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
-from collections.abc import Hashable, Sequence
+import tempfile
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +56,15 @@ def add_reading_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-_SEP_NAMES = {r"\t": "\t", "tab": "\t", "space": " ", "whitespace": " ", "comma": ",", "semicolon": ";", "pipe": "|"}
-
-
 def _sep(text: str | None) -> str | None:
+    """``--sep`` as the reader takes it (names such as ``tab`` understood by the reader itself)."""
+    from torchmf.data.readers import normalise_separator
+
     if text is None:
         return None
     if text == "":
         raise CLIError("--sep must not be empty")
-    return _SEP_NAMES.get(text.lower() if text.isalpha() else text, text)
+    return normalise_separator(text)
 
 
 def _columns(text: str | None) -> list[str] | None:
@@ -100,20 +102,28 @@ def read_data(path: str, args: argparse.Namespace) -> Any:
 def _check_field_count(path: str, sep: str | None, columns: list[str]) -> None:
     """Fail clearly when ``--columns`` names a different number of columns than the file has.
 
-    (pandas would silently turn extra leading fields into an index.)
+    The file's first lines and separator come from the reader's own helpers
+    (decompression and sniffing included), so the count is the one the reader sees.
     """
+    from torchmf.data.textfile import compression, peek_lines, separator_name, sniff_separator, split_fields
+    from torchmf.errors import DataError
+
     p = Path(path)
-    if not p.is_file() or p.suffix.lower() in (".parquet", ".pq"):
-        return  # the reader reports missing files and checks Parquet itself
-    with open(p, encoding="utf-8", errors="replace") as fh:
-        first = next((ln.strip("\r\n\ufeff") for ln in fh if ln.strip()), None)
+    try:
+        if not p.is_file() or p.suffix.lower() in (".parquet", ".pq") or compression(p) == "parquet":
+            return  # the reader reports missing files and checks Parquet itself
+        lines = peek_lines(p)
+    except DataError:
+        return  # binary data, an archive, a pipe: the reader says so
+    first = next((ln for ln in lines if ln.strip()), None)
     if first is None:
         return
-    if sep is None:  # same sniffing as torchmf.data.readers
-        sep = "::" if "::" in first else next((c for c in "\t,;|" if c in first), " ")
-    n = len(first.split() if sep.isspace() else first.split(sep))
+    sniffed = sniff_separator(lines)
+    sep = sep or sniffed
+    n = len(split_fields(first, sep))
     if n != len(columns):
-        raise CLIError(f"--columns names {len(columns)} columns but {path} line 1 has {n} fields")
+        hint = f" (wrong --sep? the file looks {separator_name(sniffed)}-separated)" if sep != sniffed else ""
+        raise CLIError(f"--columns names {len(columns)} columns but {path} line 1 has {n} fields{hint}")
 
 
 def read_ids(path: str) -> list[str]:
@@ -133,6 +143,18 @@ def read_ids(path: str) -> list[str]:
     if not ids:
         raise CLIError(f"{path}: no ids in the file")
     return ids
+
+
+@contextlib.contextmanager
+def stdin_as_file(path: str) -> Iterator[str]:
+    """``path`` itself, or for ``-`` a temporary file holding stdin (the readers sniff files, not streams)."""
+    if path != "-":
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="torchmf-stdin-") as tmp:
+        target = Path(tmp) / "stdin.csv"
+        target.write_text(sys.stdin.read())
+        yield str(target)
 
 
 # ---------------------------------------------------------------------- models
@@ -164,7 +186,7 @@ def check_k(k: int) -> int:
 # ---------------------------------------------------------------------- hyperparameters
 _HELP = {
     "factors": "latent dimension",
-    "epochs": "epochs (SGD) or sweeps (ALS)",
+    "epochs": "epochs (SGD) or sweeps (ALS, Gibbs)",
     "solver": "training algorithm",
     "loss": "objective (mse for ratings, the others for implicit feedback)",
     "lr": "learning rate (SGD)",
@@ -176,19 +198,24 @@ _HELP = {
     "biases": "fit a global mean and user/item biases",
     "init_std": "standard deviation of the initial factors",
     "cg_steps": "ALS conjugate-gradient steps, 0 = exact solve",
-    "alpha": "iALS confidence scale",
-    "confidence": "iALS confidence of a value",
+    "alpha": "iALS confidence scale (unset: chosen from the values, see --confidence)",
+    "confidence": "iALS confidence of a value (unset: log scaled to the median for heavy-tailed counts, else linear)",
+    "rank_by": "what a rating model's lists rank by: an iALS component on the same pairs, or the predicted rating",
     "confidence_eps": "iALS log-confidence epsilon",
     "unobserved_weight": "iALS weight of unobserved pairs",
     "negatives": "sampled negatives per positive",
     "negative_sampling": "how negatives are drawn",
     "early_stopping": "with validation: stop after N epochs without improvement",
+    "samples": "Gibbs: posterior samples kept and averaged",
+    "burn_in": "Gibbs: sweeps discarded before the kept samples",
+    "thin": "Gibbs: sweeps per kept sample",
+    "implicit_features": "Gibbs: add each user's rated items and each item's raters as features",
     "device": "auto (CUDA when available), cpu, cuda or cuda:N",
     "seed": "random seed",
 }
 # where the valid values of a string hyperparameter come from
 _CHOICES = {"solver": "solvers.solver_names", "loss": "solvers.losses", "optimizer": "OPTIMIZERS",
-            "confidence": "CONFIDENCE", "negative_sampling": "SAMPLING"}
+            "confidence": "CONFIDENCE", "negative_sampling": "SAMPLING", "rank_by": "RANK_BY"}
 _METAVAR = {int: "N", float: "X", str: "NAME"}
 
 
@@ -208,11 +235,17 @@ def _hp_specs() -> list[tuple[str, type, Any]]:
     return out
 
 
+# False while building the parser for the top-level --help (see main.build_parser)
+HYPERPARAMETER_OPTIONS = True
+
+
 def add_hyperparameters(parser: argparse.ArgumentParser) -> None:
     """Options mirroring MatrixFactorization's hyperparameters (unset = library default).
 
     Values are checked by the library, so a bad one is reported as a one-line error.
     """
+    if not HYPERPARAMETER_OPTIONS:
+        return
     from torchmf.estimator import params as params_module
 
     g = parser.add_argument_group("model hyperparameters (unset: the library's default)")
@@ -227,8 +260,12 @@ def add_hyperparameters(parser: argparse.ArgumentParser) -> None:
             text += ": " + ", ".join(sorted(choices) if isinstance(choices, dict) else choices)
         if default is not None:
             text += f" (default {default})"
+        elif name == "early_stopping":
+            text += " (default off)"
+        elif name == "batch_size":
+            text += " (default: automatic, from the data size)"
         else:
-            text += " (default off)" if name == "early_stopping" else " (default depends on loss and solver)"
+            text += f" (default: {per_loss_defaults(name)})"
         if typ is bool:
             g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
@@ -237,15 +274,39 @@ def add_hyperparameters(parser: argparse.ArgumentParser) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="show a progress bar (default: when stderr is a terminal)",
+        help="show progress: a bar on a terminal, one line per epoch otherwise (default: on)",
     )
+
+
+def per_loss_defaults(name: str) -> str:
+    """The default of hyperparameter ``name`` for each loss/solver, e.g. ``0.35 (mse/als), 0.03 (ials)``."""
+    from torchmf import solvers
+
+    if name == "solver":
+        by_solver: dict[str, list[str]] = {}
+        for loss in solvers.losses():
+            by_solver.setdefault(solvers.default_solver(loss), []).append(loss)
+        return ", ".join(f"{s} ({', '.join(losses)})" for s, losses in by_solver.items())
+    if name == "rank_by":
+        rating = [lo for lo in solvers.losses() if not solvers.is_ranking_loss(lo)]
+        return f"interactions ({', '.join(rating)}), scores (the ranking losses)"
+    groups: dict[str, list[str]] = {}
+    for loss in solvers.losses():
+        names = solvers.solvers_for(loss)
+        for solver in names:
+            value = solvers.get_solver(loss, solver).defaults[loss].get(name)
+            if value is not None:
+                groups.setdefault(repr(value) if isinstance(value, str) else str(value), []).append(
+                    loss if len(names) == 1 else f"{loss}/{solver}"
+                )
+    return ", ".join(f"{v} ({', '.join(where)})" for v, where in groups.items()) or "not used"
 
 
 def hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
     """The hyperparameters given on the command line, by MatrixFactorization name."""
     out = {name: getattr(args, name) for name, _, _ in _hp_specs() if getattr(args, name, None) is not None}
     progress = getattr(args, "progress", None)
-    out["verbose"] = sys.stderr.isatty() if progress is None else progress
+    out["verbose"] = True if progress is None else progress  # a bar on a terminal, one line per epoch elsewhere
     return out
 
 

@@ -39,7 +39,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from torchmf.cli.fit import holdout, validation_metrics
+    from torchmf.cli.train import holdout, validation_metrics
     from torchmf.data.demo import load_demo
     from torchmf.estimator.mf import MatrixFactorization
 

@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from torchmf.distributed import fit
     from torchmf.distributed.job import DEFAULT_TIMEOUT
 
-    if args.validation is not None or args.plot:
-        raise common.CLIError("--validation and --plot are not available in distributed training")
+    if args.validation is not None or args.plot or getattr(args, "auto", None) is not None:
+        raise common.CLIError("--validation, --plot and --auto are not available in distributed training")
     if args.nproc is not None and args.nproc < 1:
         raise common.CLIError(f"--nproc must be a positive integer, got {args.nproc}")
     est = common.estimator_from_args(args)

@@ -1,6 +1,6 @@
 """Entry point of the ``torchmf`` command: parser, logging and error handling.
 
-Each command lives in its own module (``fit``, ``query``, ``tune``, ``demo``)
+Each command lives in its own module (``train``, ``query``, ``tune``, ``demo``)
 and registers a sub-parser whose ``func`` runs it. User errors (bad files,
 unknown ids, bad options) print one ``torchmf: error: ...`` line and exit 2;
 ``--debug`` shows the traceback instead.
@@ -38,10 +38,13 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from torchmf import __version__
-    from torchmf.cli import demo, fit, query, tune
+def build_parser(options: bool = True) -> argparse.ArgumentParser:
+    """The ``torchmf`` parser; ``options=False`` leaves out the hyperparameter options (they need torch),
+    enough for the top-level ``--help`` and ``--version``."""
+    from torchmf.cli import common, demo, explore, index, query, serve, train, tune
+    from torchmf.version import __version__
 
+    common.HYPERPARAMETER_OPTIONS = options
     parser = argparse.ArgumentParser(
         prog="torchmf",
         description="Matrix-factorization recommenders on PyTorch: train, evaluate, tune and query models.",
@@ -52,10 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"torchmf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     parents = [_global_options(suppress=True)]
-    fit.add_parser(sub, parents)
+    train.add_parser(sub, parents)
     query.add_parsers(sub, parents)
     tune.add_parsers(sub, parents)
     demo.add_parser(sub, parents)
+    index.add_parser(sub, parents)
+    explore.add_parsers(sub, parents)
+    serve.add_parser(sub, parents)
     return parser
 
 
@@ -67,6 +73,8 @@ def _configure_logging(verbosity: int) -> None:
     root.handlers = [h for h in root.handlers if not isinstance(h, logging.StreamHandler)] + [handler]
     root.setLevel(level)
     root.propagate = False
+    # per-epoch progress lines (written when stderr is not a terminal; --no-progress turns them off)
+    logging.getLogger("torchmf.training.monitor").setLevel(min(level, logging.INFO))
 
 
 def _message(exc: BaseException) -> str:
@@ -87,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # keep output and log lines in order
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # only a command needs its full options: `torchmf --help` stays fast and does not import torch
+    wants_command = any(not a.startswith("-") for a in argv)
+    parser = build_parser(options=wants_command)
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     if args.command is None:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from torchmf.cli import common
+from torchmf.cli.titles import add_title_options, attach_titles
 
 __all__ = ["add_parsers"]
 
@@ -31,7 +32,7 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     _add_model(p)
     p.add_argument("--user", help="user id, as in the training file")
     p.add_argument("--item", help="item id, as in the training file")
-    p.add_argument("--pairs", metavar="FILE", help="CSV of user,item pairs (a header line is optional)")
+    p.add_argument("--pairs", metavar="FILE", help="CSV of user,item pairs (a header line is optional; - for stdin)")
     p.add_argument("--sep", help="field separator of --pairs (sniffed by default)")
     p.add_argument("-o", "--output", metavar="FILE", help="write the --pairs predictions here instead of stdout")
     p.add_argument(
@@ -45,16 +46,25 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="top-k items for a user or a list of users",
         description="Recommend the k best-scored items a user has not rated in training.",
         epilog="examples:\n  torchmf recommend model --user 1 -k 5\n"
-               "  torchmf recommend model --users users.txt --format csv -o recs.csv",
+               "  torchmf recommend model --users users.txt --format csv -o recs.csv\n"
+               "  torchmf recommend model --interactions visitor.csv -k 5   # lines 'item[,value]'\n"
+               "  torchmf recommend model --user 1 --items movies.csv --title-col title",
     )
     _add_model(p)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="user id, as in the training file")
     who.add_argument("--users", metavar="FILE", help="file of user ids, one per line (- for stdin)")
+    who.add_argument("--interactions", metavar="FILE",
+                     help="a visitor's items, one 'item[,value]' per line (- for stdin): recommendations for "
+                          "someone the model has never seen, nothing stored")
+    p.add_argument("--candidates", metavar="FILE", help="only rank these item ids, one per line (- for stdin)")
     p.add_argument("-k", type=int, default=10, help="number of items per user (default 10)")
     p.add_argument("--include-seen", action="store_true", help="also rank items the user rated in training")
+    p.add_argument("--approximate", action="store_true",
+                   help="use the model's approximate index ('torchmf index'); exact search when it has none")
     common.add_format(p)
     p.add_argument("-o", "--output", metavar="FILE", help="write to this file instead of stdout")
+    add_title_options(p)
     p.set_defaults(func=recommend)
 
     p = sub.add_parser(
@@ -67,6 +77,7 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--item", required=True, help="item id, as in the training file")
     p.add_argument("-k", type=int, default=10, help="number of items (default 10)")
     common.add_format(p)
+    add_title_options(p)
     p.set_defaults(func=similar)
 
     p = sub.add_parser(
@@ -90,6 +101,8 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("test", metavar="TEST_DATA", help="ratings file to evaluate on")
     p.add_argument("--train", metavar="TRAIN_DATA", help="training file whose items are excluded from rankings")
     p.add_argument("-k", type=int, default=10, help="cut-off of the ranking metrics (default 10)")
+    p.add_argument("--threshold", type=float, metavar="X",
+                   help="only test interactions with value >= X count as relevant (e.g. 4 stars); default all")
     common.add_format(p, ("table", "json"))
     common.add_reading_options(p)
     p.set_defaults(func=evaluate)
@@ -111,7 +124,8 @@ def predict(args: argparse.Namespace) -> int:
         return 0
     from torchmf.data.readers import read_table
 
-    df = read_table(args.pairs, sep=common._sep(args.sep), columns=None)
+    with common.stdin_as_file(args.pairs) as path:
+        df = read_table(path, sep=common._sep(args.sep), columns=None)
     if df.shape[1] < 2:
         raise common.CLIError(f"{args.pairs}: expected two columns, user and item; found {df.shape[1]}")
     df = df.iloc[:, :2]
@@ -127,16 +141,24 @@ def predict(args: argparse.Namespace) -> int:
 def recommend(args: argparse.Namespace) -> int:
     common.check_k(args.k)
     model = common.load_model(args.model)
-    exclude = not args.include_seen
-    if args.user is not None:
-        recs = model.recommend(common.resolve_id(model.user_map, args.user), k=args.k, exclude_seen=exclude)
+    exclude, approx = not args.include_seen, args.approximate
+    cand = None
+    if args.candidates is not None:
+        cand = [common.resolve_id(model.item_map, text) for text in common.read_ids(args.candidates)]
+    if args.interactions is not None:
+        recs = model.recommend_for(_visitor(model, args.interactions), k=args.k, exclude_seen=exclude, items=cand,
+                                   approximate=approx)
+        recs.insert(0, "rank", np.arange(1, len(recs) + 1))
+    elif args.user is not None:
+        recs = model.recommend(common.resolve_id(model.user_map, args.user), k=args.k, exclude_seen=exclude,
+                               items=cand, approximate=approx)
         recs.insert(0, "rank", np.arange(1, len(recs) + 1))
         if args.format == "json":
             recs = recs[["item", "score"]]
     else:
         ids = [common.resolve_id(model.user_map, text) for text in common.read_ids(args.users)]
-        recs = model.recommend(ids, k=args.k, exclude_seen=exclude)
-    common.emit(recs, args.format, args.output)
+        recs = model.recommend(ids, k=args.k, exclude_seen=exclude, items=cand, approximate=approx)
+    common.emit(attach_titles(recs, args), args.format, args.output)
     return 0
 
 
@@ -146,7 +168,7 @@ def similar(args: argparse.Namespace) -> int:
     out = model.similar_items(common.resolve_id(model.item_map, args.item), k=args.k)
     if args.format == "table":
         out.insert(0, "rank", np.arange(1, len(out) + 1))
-    common.emit(out, args.format)
+    common.emit(attach_titles(out, args), args.format)
     return 0
 
 
@@ -164,10 +186,19 @@ def info(args: argparse.Namespace) -> int:
         summary["rating range"] = [common.plain(float(x)) for x in model.rating_range_]
     if hist:
         summary["train loss (first, last)"] = [common.plain(hist[i]["train_loss"]) for i in (0, -1)]
-    if model.best_epoch_ is not None and hist:
+    validation = model.extras_.get("validation")
+    if validation:  # `train --validation`: the holdout's metrics, then a refit on all data
+        summary["validation"] = f"{validation['fraction']:.0%} holdout, then refit for {validation['epochs']} epochs"
+        summary.update({f"validation {k}": v for k, v in validation["metrics"].items()
+                        if not k.startswith(("users_", "test_items"))})
+    elif model.best_epoch_ is not None and hist:
         row = hist[model.best_epoch_ - 1]
         summary["best epoch"] = model.best_epoch_
         summary.update({f"validation {k[4:]}": common.plain(v) for k, v in row.items() if k.startswith("val_")})
+    if model.index_ is not None:
+        i = model.index_.info
+        summary["approximate index"] = (f"{model.index_.kind} (m={i.get('m')}, ef_search={i.get('ef_search')}, "
+                                        f"recall@10 {i.get('recall_at_10')})")
     params = {k: common.plain(v) for k, v in model.effective_params.items() if k != "verbose"}
     if args.format == "json":
         print(json.dumps({"model": summary, "hyperparameters": params, "history": hist}, indent=2))
@@ -180,15 +211,13 @@ def info(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from torchmf.evaluation import evaluate as _evaluate
+
     common.check_k(args.k)
-    try:
-        from torchmf.evaluation import evaluate as _evaluate
-    except ImportError:
-        raise common.CLIError("this torchmf has no torchmf.evaluation.evaluate yet") from None
     model = common.load_model(args.model)
     test = common.read_data(args.test, args)
     train = None if args.train is None else common.read_data(args.train, args)
-    metrics = _evaluate(model, test, train=train, k=args.k)
+    metrics = _evaluate(model, test, train=train, k=args.k, threshold=args.threshold)
     metrics = {k: common.plain(v) for k, v in dict(metrics).items()}
     if args.format == "json":
         print(json.dumps(metrics, indent=2))
@@ -212,3 +241,18 @@ def _show(v: Any) -> Any:
     if isinstance(v, list):
         return " .. ".join(str(x) for x in v) if len(v) == 2 else str(v)
     return v
+
+
+def _visitor(model: Any, path: str) -> dict[Any, float]:
+    """A visitor's 'item[,value]' lines as {item: value} (value 1 when absent), ids resolved like --user."""
+    out: dict[Any, float] = {}
+    for n, line in enumerate(common.read_ids(path), 1):
+        parts = [p.strip() for p in line.replace("\t", ",").split(",")]
+        if len(parts) > 2:
+            raise common.CLIError(f"{path} line {n}: expected 'item' or 'item,value', got {line!r}")
+        try:
+            value = float(parts[1]) if len(parts) == 2 else 1.0
+        except ValueError:
+            raise common.CLIError(f"{path} line {n}: value {parts[1]!r} is not a number") from None
+        out[common.resolve_id(model.item_map, parts[0])] = value
+    return out

@@ -40,7 +40,7 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "tune", parents=parents, formatter_class=_RAW,
         help="search hyperparameters (grid or Optuna) on a ratings file",
-        description="Score hyperparameter candidates on a per-user validation split (20%% of each\n"
+        description="Score hyperparameter candidates on a per-user validation split (20% of each\n"
                     "user's ratings) and list them best first. Options of the 'model\n"
                     "hyperparameters' group set the values every candidate shares.",
         epilog="examples:\n  torchmf tune ratings.csv --grid factors=16,32,64 reg=0.05,0.1,0.5\n"

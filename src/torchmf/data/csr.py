@@ -7,15 +7,63 @@ import scipy.sparse as sp
 
 from torchmf.errors import DataError
 
-__all__ = ["csr_order"]
+__all__ = ["count_repeats", "csr_order", "is_csr_sorted"]
+
+_BLOCK = 1 << 16
+
+
+def is_csr_sorted(rows: np.ndarray, cols: np.ndarray) -> bool:
+    """Whether the pairs already come sorted by row, then strictly by column (so none repeats).
+
+    One linear pass. Data read from files, scipy matrices and splits of them
+    usually come in this order, and then no sort is needed at all.
+    """
+    # block by block: unsorted data fails in the first block, and temporaries stay in cache
+    for start in range(0, len(rows) - 1, _BLOCK):
+        r, c = rows[start : start + _BLOCK + 1], cols[start : start + _BLOCK + 1]
+        step = r[1:] - r[:-1]
+        if (step < 0).any() or not (c[1:] > c[:-1])[step == 0].all():
+            return False
+    return True
+
+
+def _row_major_order(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> tuple[np.ndarray, int]:
+    """Permutation sorting the pairs by row, then column, and how many pairs repeat an earlier one."""
+    nnz = len(rows)
+    if max(n_rows, n_cols) <= 1 << 16:
+        # two stable radix sorts: numpy sorts 16-bit keys by radix
+        by_col = np.argsort(cols.astype(np.uint16), kind="stable")
+        order = by_col[np.argsort(rows[by_col].astype(np.uint16), kind="stable")]
+        key = rows[order].astype(np.int64) * n_cols + cols[order]
+        return order, int(np.count_nonzero(key[1:] == key[:-1]))
+    # scipy's COO -> CSR counting sort, then a sort inside each row
+    m = sp.csr_matrix((np.arange(1, nnz + 1, dtype=np.int64), (rows, cols)), shape=(n_rows, n_cols))
+    m.sort_indices()
+    return m.data - 1, nnz - m.nnz  # repeated pairs were summed
+
+
+def count_repeats(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> int:
+    """How many (row, column) pairs repeat an earlier one; linear time.
+
+    Parameters
+    ----------
+    rows, cols : numpy.ndarray of int, shape (nnz,)
+        Coordinates in ``[0, n_rows)`` and ``[0, n_cols)``.
+    n_rows, n_cols : int
+    """
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    if is_csr_sorted(rows, cols):
+        return 0
+    return _row_major_order(rows, cols, n_rows, n_cols)[1]
 
 
 def csr_order(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
     """Row pointers and the permutation that sorts entries by row, then column.
 
-    Linear time: two stable radix sorts (numpy sorts 16-bit keys by radix)
-    when both dimensions fit in 16 bits, else scipy's COO to CSR counting
-    sort; either is several times faster than ``np.lexsort``.
+    Linear time: the identity when the pairs already come in that order
+    (:func:`is_csr_sorted`), else two stable radix sorts (numpy sorts 16-bit
+    keys by radix) when both dimensions fit in 16 bits, else scipy's COO to
+    CSR counting sort; either is several times faster than ``np.lexsort``.
 
     Parameters
     ----------
@@ -37,17 +85,12 @@ def csr_order(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> t
     rows = np.asarray(rows)
     cols = np.asarray(cols)
     nnz = len(rows)
-    if max(n_rows, n_cols) <= 1 << 16:
-        by_col = np.argsort(cols.astype(np.uint16), kind="stable")
-        order = by_col[np.argsort(rows[by_col].astype(np.uint16), kind="stable")]
-        key = rows[order].astype(np.int64) * n_cols + cols[order]
-        repeats = int(np.count_nonzero(key[1:] == key[:-1]))
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_rows))]).astype(np.int64)
+    if is_csr_sorted(rows, cols):
+        order, repeats = np.arange(nnz, dtype=np.int64), 0
     else:
-        m = sp.csr_matrix((np.arange(1, nnz + 1, dtype=np.int64), (rows, cols)), shape=(n_rows, n_cols))
-        m.sort_indices()
-        repeats = nnz - m.nnz  # repeated pairs were summed
-        indptr, order = m.indptr.astype(np.int64, copy=False), m.data - 1
+        order, repeats = _row_major_order(rows, cols, n_rows, n_cols)
     if repeats:  # Interactions never holds them
         raise DataError(f"{repeats} (row, column) pairs repeat; deduplicate them first")
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
     return indptr, order

@@ -95,9 +95,9 @@ class IdMap:
         try:
             loc = self._index.get_loc(raw)
         except (KeyError, TypeError):
-            raise UnknownIdError(self.kind, raw) from None
+            raise self._unknown(raw) from None
         if not isinstance(loc, (int, np.integer)):  # pragma: no cover - unique index
-            raise UnknownIdError(self.kind, raw)
+            raise self._unknown(raw)
         return int(loc)
 
     def indices(self, raw: Iterable[Hashable] | np.ndarray, missing: str = "error") -> np.ndarray:
@@ -123,7 +123,7 @@ class IdMap:
             codes = np.array([self._index.get_loc(r) if r in self._index else -1 for r in arr])
         codes = np.asarray(codes, dtype=np.int64)
         if missing == "error" and (codes < 0).any():
-            raise UnknownIdError(self.kind, arr[int(np.flatnonzero(codes < 0)[0])])
+            raise self._unknown(arr[int(np.flatnonzero(codes < 0)[0])])
         return codes
 
     def raw(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
@@ -151,6 +151,20 @@ class IdMap:
             if cand in self:
                 return self.ids[self.index(cand)]
         raise UnknownIdError(self.kind, text)
+
+    def _unknown(self, raw: Any) -> UnknownIdError:
+        """UnknownIdError for ``raw``, hinting at the id meant when only its type is off:
+        ``unknown user id '1' (ids are int; did you mean 1?)``."""
+        if isinstance(raw, np.generic):
+            raw = raw.item()
+        err = UnknownIdError(self.kind, raw)
+        try:
+            meant = self.resolve(raw)
+        except (UnknownIdError, TypeError, ValueError):
+            return err
+        kind = type(meant.item() if isinstance(meant, np.generic) else meant).__name__
+        err.args = (f"{err.args[0]} (ids are {kind}; did you mean {meant!r}?)",)
+        return err
 
     # ------------------------------------------------------------------ editing
     def extend(self, raw_ids: Iterable[Hashable]) -> IdMap:

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Hashable, Mapping
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from torchmf.data.checks import check_ids, check_values, numeric_column, timestamp_column
+from torchmf.data.columns import find_column, role_column, warn_unused
+from torchmf.data.dedupe import dedupe
 from torchmf.data.idmap import IdMap
 from torchmf.errors import DataError
 
-__all__ = ["DUPLICATE_POLICIES", "Interactions"]
+__all__ = ["AUTO", "DUPLICATE_POLICIES", "Interactions"]
 
 Duplicates = Literal["error", "last", "mean", "sum"]
 DUPLICATE_POLICIES = ("error", "last", "mean", "sum")
+
+
+class _Auto(enum.Enum):
+    AUTO = "auto"
+
+    def __repr__(self) -> str:
+        return "AUTO"
+
+
+#: Default of ``from_pandas(rating_col=...)``: recognise the rating column by name.
+AUTO = _Auto.AUTO
 
 
 class Interactions:
@@ -52,6 +67,9 @@ class Interactions:
     ) -> None:
         self.users = np.ascontiguousarray(users, dtype=np.int64)
         self.items = np.ascontiguousarray(items, dtype=np.int64)
+        if not (isinstance(values, np.ndarray) and values.dtype == np.float32):
+            # before the cast: 1e300 must be refused by name, not become inf with a numpy warning
+            check_values(np.asarray(values), lambda pos: f"value at row {pos}")
         self.values = np.ascontiguousarray(values, dtype=np.float32)
         self.timestamps = None if timestamps is None else np.ascontiguousarray(timestamps, dtype=np.int64)
         self.user_map = user_map
@@ -67,8 +85,7 @@ class Interactions:
             if n and (arr.min() < 0 or arr.max() >= len(m)):
                 raise DataError(f"{name} index out of range for its id map (size {len(m)})")
         if n and not np.isfinite(self.values).all():
-            row = int(np.flatnonzero(~np.isfinite(self.values))[0])
-            raise DataError(f"value at row {row} is not finite: {self.values[row]}")
+            check_values(self.values, lambda pos: f"value at row {pos}")
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -79,6 +96,7 @@ class Interactions:
         ratings: Any = None,
         timestamps: Any = None,
         duplicates: Duplicates = "error",
+        source: str = "arrays",
     ) -> Interactions:
         """Build from parallel arrays of raw ids.
 
@@ -91,6 +109,14 @@ class Interactions:
         timestamps : array-like of int, shape (n,), optional
         duplicates : {"error", "last", "mean", "sum"}
             What to do with repeated (user, item) pairs.
+        source : str
+            Name used in error messages.
+
+        Raises
+        ------
+        DataError
+            Missing or blank ids, ratings that are not real numbers within
+            ``|value| <= MAX_ABS_VALUE`` (1e12), repeats under ``duplicates="error"``.
         """
         frame = {"user": _column(users, "users"), "item": _column(items, "items")}
         if ratings is not None:
@@ -108,6 +134,7 @@ class Interactions:
             rating_col="rating" if ratings is not None else None,
             timestamp_col="timestamp" if timestamps is not None else None,
             duplicates=duplicates,
+            source=source,
         )
 
     @classmethod
@@ -134,15 +161,15 @@ class Interactions:
                 users.append(user)
                 items.append(item)
                 ratings.append(rating)
-        return cls.from_arrays(users, items, ratings, duplicates=duplicates)
+        return cls.from_arrays(users, items, ratings, duplicates=duplicates, source="ratings dict")
 
     @classmethod
     def from_pandas(
         cls,
         df: pd.DataFrame,
-        user_col: str = "user",
-        item_col: str = "item",
-        rating_col: str | None = None,
+        user_col: str | None = None,
+        item_col: str | None = None,
+        rating_col: str | _Auto | None = AUTO,
         timestamp_col: str | None = None,
         duplicates: Duplicates = "error",
         source: str = "data frame",
@@ -152,10 +179,16 @@ class Interactions:
         Parameters
         ----------
         df : pandas.DataFrame, n rows
-        user_col, item_col : str
-            Columns holding raw user and item ids.
-        rating_col : str, optional
-            Column of ratings; None means implicit data (value 1 per row).
+        user_col, item_col : str, optional
+            Columns holding raw user and item ids; by default recognised by name
+            as :func:`torchmf.read_ratings` does (``user``, ``userId``,
+            ``item``, ``movieId``, ...; see ``torchmf.data.columns.ROLE_NAMES``).
+        rating_col : str or None, optional
+            Column of ratings. By default (``AUTO``) a column named like a rating
+            (``rating``, ``ratings``, ``score``, ``value``, ``count``, ``plays``,
+            ...) is used, and a numeric column left unused is warned about
+            (``logging`` and ``warnings.warn``). ``None`` means implicit data
+            (value 1 per row), silently.
         timestamp_col : str, optional
             Column of integer (or datetime) timestamps.
         duplicates : {"error", "last", "mean", "sum"}
@@ -163,29 +196,46 @@ class Interactions:
             timestamp when there is one, else by row order.
         source : str
             Name used in error messages (a file name, say).
+
+        Raises
+        ------
+        DataError
+            A missing column, missing or blank ids, ratings that are not real
+            numbers within ``|value| <= torchmf.data.checks.MAX_ABS_VALUE``
+            (1e12, so squared errors stay finite in float32), date columns as
+            ratings, repeats under ``duplicates="error"``.
         """
+        if not isinstance(df, pd.DataFrame):
+            raise DataError(f"from_pandas expects a pandas DataFrame, got {type(df).__name__}")
         if duplicates not in DUPLICATE_POLICIES:
             raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {duplicates!r}")
+        user_col = role_column(df, user_col, "user", source)
+        item_col = role_column(df, item_col, "item", source)
+        auto_rating = rating_col is AUTO
+        if auto_rating:
+            others = [c for c in df.columns if c not in (user_col, item_col)]
+            rating_col = find_column(others, "rating")  # type: ignore[assignment]
         wanted = [c for c in (user_col, item_col, rating_col, timestamp_col) if c is not None]
         missing = [c for c in wanted if c not in df.columns]
         if missing:
             raise DataError(f"{source}: missing column {missing[0]!r} (columns are {list(map(str, df.columns))})")
         if len(df) == 0:
             raise DataError(f"{source}: no interactions (the data is empty)")
+        if auto_rating:
+            warn_unused(df, (user_col, item_col, rating_col, timestamp_col), source)
         for col in (user_col, item_col):
-            bad = df[col].isna().to_numpy()
-            if bad.any():
-                raise DataError(f"{source}: {_row(df, bad)}: missing id in column {col!r}")
+            check_ids(df[col], col, source, df)
+        ids = (user_col, item_col)
         if rating_col is None:
             values = np.ones(len(df), dtype=np.float32)
         else:
-            values = _numeric(df[rating_col], rating_col, source, df).astype(np.float32)
+            values = numeric_column(df[rating_col], rating_col, source, df, ids).astype(np.float32)
         ts = None
         if timestamp_col is not None:
-            ts = _timestamps(df[timestamp_col], timestamp_col, source, df)
+            ts = timestamp_column(df[timestamp_col], timestamp_col, source, df, ids)
         user_map, users = IdMap.encode(df[user_col].to_numpy(), "user")
         item_map, items = IdMap.encode(df[item_col].to_numpy(), "item")
-        users, items, values, ts = _dedupe(
+        users, items, values, ts = dedupe(
             users, items, values, ts, len(item_map), duplicates, source, df, user_col, item_col
         )
         return cls(users, items, values, user_map, item_map, ts, implicit=rating_col is None)
@@ -194,24 +244,32 @@ class Interactions:
     def from_csr(cls, matrix: Any, user_ids: Any = None, item_ids: Any = None, implicit: bool = False) -> Interactions:
         """Build from a scipy.sparse matrix of shape (n_users, n_items).
 
-        Stored entries become interactions (explicit zeros included); ids default
-        to the row and column numbers.
+        Stored entries become interactions (explicit zeros included; repeated
+        entries of a non-canonical matrix are summed); ids default to the row
+        and column numbers. Interactions come in row-major order. A CSR matrix
+        in canonical form (sorted, no repeats: what scipy builds) is read
+        without copies beyond the three output arrays, so 50 M entries need
+        no more than those arrays' 1 GB.
         """
         import scipy.sparse as sp
 
         if not sp.issparse(matrix):
             raise DataError(f"from_csr expects a scipy.sparse matrix, got {type(matrix).__name__}")
-        coo = sp.coo_matrix(matrix)
-        coo.sum_duplicates()
-        n_users, n_items = coo.shape
+        csr = matrix.tocsr()  # no copy when it already is one
+        if not csr.has_canonical_format:
+            csr = csr.copy()
+            csr.sum_duplicates()  # also sorts each row's columns
+        n_users, n_items = csr.shape
         user_map = IdMap(np.arange(n_users) if user_ids is None else user_ids, "user")
         item_map = IdMap(np.arange(n_items) if item_ids is None else item_ids, "item")
         if len(user_map) != n_users or len(item_map) != n_items:
             raise DataError(
-                f"matrix shape {coo.shape} does not match {len(user_map)} user ids and {len(item_map)} item ids"
+                f"matrix shape {csr.shape} does not match {len(user_map)} user ids and {len(item_map)} item ids"
             )
-        order = np.lexsort((coo.col, coo.row))
-        return cls(coo.row[order], coo.col[order], coo.data[order], user_map, item_map, implicit=implicit)
+        check_values(csr.data, lambda pos: f"matrix entry (row {np.searchsorted(csr.indptr, pos, side='right') - 1}, "
+                                           f"column {csr.indices[pos]})")
+        users = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(csr.indptr))
+        return cls(users, csr.indices, csr.data, user_map, item_map, implicit=implicit)
 
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
@@ -324,89 +382,3 @@ def _column(values: Any, name: str) -> np.ndarray | list:
     arr = np.empty(len(values), dtype=object)
     arr[:] = list(values)
     return arr
-
-
-def _show(value: Any) -> str:
-    """repr of a value as the user wrote it: numpy scalars shown as plain Python."""
-    return repr(value.item() if isinstance(value, np.generic) else value)
-
-
-def _row(df: pd.DataFrame, mask: np.ndarray) -> str:
-    """Where the first True of ``mask`` is: "line N" of the file when known, else "row N"."""
-    pos = int(np.flatnonzero(mask)[0])
-    lines = df.attrs.get("line_numbers")
-    return f"line {int(lines[pos])}" if lines is not None else f"row {pos}"
-
-
-def _numeric(col: pd.Series, name: str, source: str, df: pd.DataFrame) -> np.ndarray:
-    converted = pd.to_numeric(col, errors="coerce")
-    bad = converted.isna().to_numpy()
-    if bad.any():
-        pos = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{source}: {_row(df, bad)}: column {name!r}: {_show(col.iloc[pos])} is not a number")
-    arr = converted.to_numpy(dtype=np.float64)
-    inf = ~np.isfinite(arr)
-    if inf.any():
-        pos = int(np.flatnonzero(inf)[0])
-        raise DataError(f"{source}: {_row(df, inf)}: column {name!r}: {_show(col.iloc[pos])} is not finite")
-    return arr
-
-
-def _timestamps(col: pd.Series, name: str, source: str, df: pd.DataFrame) -> np.ndarray:
-    if pd.api.types.is_datetime64_any_dtype(col):
-        if col.isna().any():
-            raise DataError(f"{source}: {_row(df, col.isna().to_numpy())}: column {name!r}: missing timestamp")
-        return (col.astype("datetime64[ns]").astype(np.int64) // 10**9).to_numpy()
-    arr = _numeric(col, name, source, df)
-    return arr.astype(np.int64)
-
-
-def _dedupe(
-    users: np.ndarray,
-    items: np.ndarray,
-    values: np.ndarray,
-    ts: np.ndarray | None,
-    n_items: int,
-    policy: str,
-    source: str,
-    df: pd.DataFrame,
-    user_col: str,
-    item_col: str,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    key = users * n_items + items
-    order = np.argsort(key, kind="stable")
-    sorted_key = key[order]
-    dup_next = sorted_key[1:] == sorted_key[:-1]
-    if not dup_next.any():
-        return users, items, values, ts
-    if policy == "error":
-        pos = int(order[int(np.flatnonzero(dup_next)[0]) + 1])
-        mask = np.zeros(len(key), dtype=bool)
-        mask[pos] = True
-        raise DataError(
-            f"{source}: {_row(df, mask)}: repeated ({user_col}, {item_col}) pair "
-            f"({_show(df[user_col].iloc[pos])}, {_show(df[item_col].iloc[pos])}); "
-            "pass duplicates='last', 'mean' or 'sum' to combine repeats (CLI: --duplicates)"
-        )
-    if policy == "last" and ts is not None:
-        # latest timestamp wins; ties broken by row order
-        order = np.lexsort((np.arange(len(key)), ts, key))
-        sorted_key = key[order]
-    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
-    ends = np.r_[starts[1:], len(sorted_key)]
-    first_rows = order[starts]
-    last_rows = order[ends - 1]
-    if policy == "last":
-        keep = np.sort(last_rows)
-        return users[keep], items[keep], values[keep], None if ts is None else ts[keep]
-    sums = np.add.reduceat(values[order].astype(np.float64), starts)
-    combined = sums / (ends - starts) if policy == "mean" else sums
-    # combined rows take the position of the first occurrence; latest timestamp
-    out_ts = None if ts is None else np.maximum.reduceat(ts[order], starts)
-    pos = np.argsort(first_rows, kind="stable")
-    return (
-        users[first_rows][pos],
-        items[first_rows][pos],
-        combined.astype(np.float32)[pos],
-        None if out_ts is None else out_ts[pos],
-    )

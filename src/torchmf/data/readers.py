@@ -12,42 +12,61 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from torchmf.data.columns import ROLE_NAMES, find_column
 from torchmf.data.idmap import INT_PATTERN
 from torchmf.data.interactions import Duplicates, Interactions
+from torchmf.data.textfile import (
+    check_regular_file,
+    compression,
+    head_lines,
+    is_number,
+    iter_lines,
+    read_text,
+    separator_name,
+    sniff_separator,
+    split_fields,
+)
 from torchmf.errors import DataError
 
-__all__ = ["read_ratings", "read_table"]
+__all__ = ["MAX_COLUMNS", "normalise_separator", "read_ratings", "read_table"]
 
-# Header names we recognise, lower-cased, by role.
-_ROLE_NAMES = {
-    "user": ("user", "user_id", "userid", "uid", "users", "customer", "customer_id", "visitor", "visitorid"),
-    "item": (
-        "item",
-        "item_id",
-        "itemid",
-        "iid",
-        "movie",
-        "movie_id",
-        "movieid",
-        "product",
-        "product_id",
-        "productid",
-        "track",
-        "track_id",
-        "artist",
-        "artist_id",
-        "book",
-        "isbn",
-        "items",
-    ),
-    "rating": ("rating", "ratings", "score", "value", "stars", "count", "plays", "playcount", "weight"),
-    "timestamp": ("timestamp", "time", "ts", "date", "datetime", "unix_time"),
-}
 _DEFAULT_COLUMNS = {
     2: ("user", "item"),
     3: ("user", "item", "rating"),
     4: ("user", "item", "rating", "timestamp"),
 }
+MAX_COLUMNS = 1000  # more fields than this on a line: not a ratings file, or the wrong separator
+_SEP_NAMES = {
+    r"\t": "\t",
+    "tab": "\t",
+    "space": " ",
+    "whitespace": " ",
+    r"\s+": " ",
+    "comma": ",",
+    "semicolon": ";",
+    "pipe": "|",
+}
+
+
+def normalise_separator(sep: str | None) -> str | None:
+    """``sep`` as the reader uses it: None (sniff), ``"::"``, ``" "`` (runs of blanks) or one character.
+
+    Names are accepted too: ``tab`` or ``\\t``, ``space``/``whitespace``, ``comma``,
+    ``semicolon``, ``pipe``. Anything else longer than one character raises
+    :class:`DataError`.
+    """
+    if sep is None:
+        return None
+    if not isinstance(sep, str) or sep == "":
+        raise DataError(f"separator must be a non-empty string, got {sep!r}")
+    sep = _SEP_NAMES.get(sep.lower() if sep.isalpha() else sep, sep)
+    if sep.isspace():
+        return "\t" if sep == "\t" else " "
+    if len(sep) > 1 and sep != "::":
+        raise DataError(
+            f"separator {sep!r} not supported: give one character, '::', 'tab' or 'space'"
+        )
+    return sep
 
 
 def read_table(
@@ -61,11 +80,14 @@ def read_table(
     Parameters
     ----------
     path : path-like
-        ``.parquet``/``.pq`` files are read with pandas' Parquet reader; anything
-        else is delimited text.
+        A regular file. Parquet (by suffix ``.parquet``/``.pq`` or content) is
+        read with pandas' Parquet reader; anything else is delimited text,
+        optionally gzip, bzip2, xz or zstd compressed (recognised by content).
+        Binary data, archives, pipes and devices raise :class:`DataError`.
     sep : str, optional
-        Field separator; sniffed from the first line when None (``::``, tab,
-        comma, semicolon, ``|`` or whitespace).
+        Field separator (see :func:`normalise_separator`); sniffed from the
+        first lines when None (``::``, tab, comma, semicolon, ``|`` or
+        whitespace: the one giving every line the same number of fields).
     columns : sequence of str, optional
         Names for the file's columns, in order (for files without a header).
     header : bool or "infer"
@@ -74,88 +96,96 @@ def read_table(
     Returns
     -------
     pandas.DataFrame
-        ``df.attrs["line_numbers"]`` maps each row to its line in the file.
+        Cells as str, empty cells NaN; for text files ``df.attrs["line_numbers"]``
+        maps each row to its line in the file.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, not a ratings file")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        try:
-            df = pd.read_parquet(path)
-        except ImportError as exc:
-            raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'torchmf[parquet]')") from exc
-        except Exception as exc:  # pyarrow raises many types for a bad file
-            raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
-        if columns is not None:
-            if len(columns) != df.shape[1]:
-                raise DataError(f"{path}: {len(columns)} column names given for {df.shape[1]} columns")
-            df.columns = list(columns)
-        df.attrs["line_numbers"] = np.arange(len(df))
-        return df
+    check_regular_file(path)
+    if path.suffix.lower() in (".parquet", ".pq") or compression(path) == "parquet":
+        return _read_parquet(path, columns)
 
-    text = _read_text(path)
-    lines = text.splitlines()
-    first = next((ln for ln in lines if ln.strip()), None)
-    if first is None:
+    text = read_text(path)
+    head = head_lines(text)
+    first_idx = next((i for i, ln in enumerate(head) if ln.strip()), None)
+    if first_idx is None:
         raise DataError(f"{path}: the file is empty")
-    if sep is None:
-        sep = _sniff(first)
+    given = normalise_separator(sep)
+    sniffed = sniff_separator(head)
+    sep = given or sniffed
+    hint = ""
+    if given is not None and given != sniffed:
+        hint = f" (wrong separator? the file looks {separator_name(sniffed)}-separated)"
     if sep == "::":
         # pandas' C parser takes single-character separators only; MovieLens'
         # ``::`` files are rewritten to tabs so they parse at C speed.
         text = text.replace("::", "\t")
-        lines = text.splitlines()
-        first = first.replace("::", "\t")
+        head = [ln.replace("::", "\t") for ln in head]
         sep = "\t"
-    fields = _split(first, sep)
+    first = head[first_idx]
+    line1 = first_idx + 1
+    fields = split_fields(first, sep)
+    if len(fields) > MAX_COLUMNS:
+        raise DataError(
+            f"{path}: line {line1} has more than {MAX_COLUMNS} fields ({len(fields):,} counted); a ratings "
+            f"file has a few columns such as user, item, rating, timestamp{hint or '; wrong separator?'}"
+        )
+    if given is not None and len(fields) == 1:
+        data_lines = [ln for ln in head[first_idx:] if ln.strip()][:50]
+        if all(len(split_fields(ln, sep)) == 1 for ln in data_lines):
+            looks = f"the file looks {separator_name(sniffed)}-separated" if hint else "no separator fits"
+            raise DataError(
+                f"{path}: wrong separator? with separator {separator_name(given)} found 1 field per line; {looks}"
+            )
     if header == "infer":
-        second = next((ln for ln in lines[lines.index(first) + 1 :] if ln.strip()), None)
-        header = _looks_like_header(fields, None if second is None else _split(second, sep))
+        second = next((ln for ln in head[first_idx + 1 :] if ln.strip()), None)
+        header = _looks_like_header(fields, None if second is None else split_fields(second, sep))
     if columns is None:
         if header:
-            columns = [f.strip() for f in fields]
+            columns = _header_names(fields, path, line1)
         elif len(fields) in _DEFAULT_COLUMNS:
             columns = list(_DEFAULT_COLUMNS[len(fields)])
         else:
             raise DataError(
-                f"{path}: line 1 has {len(fields)} fields; give column names "
-                "(columns=['user', 'item', 'rating', ...]) to say which is which"
+                f"{path}: line {line1} has {len(fields)} fields; give column names "
+                f"(columns=['user', 'item', 'rating', ...]) to say which is which{hint}"
             )
+    else:
+        columns = [str(c) for c in columns]
+        dup = next((c for c in columns if columns.count(c) > 1), None)
+        if dup is not None:
+            raise DataError(f"column name {dup!r} given twice in columns={columns}")
     n_cols = len(columns)
     if len(fields) != n_cols:
         raise DataError(
-            f"{path}: line 1 has {len(fields)} fields but {n_cols} column names were given ({list(columns)})"
+            f"{path}: line {line1} has {len(fields)} fields but {n_cols} column names were given "
+            f"({list(columns)}){hint}"
         )
-    whitespace = sep.isspace() if sep else False
+    skip = first_idx + 1 if header else first_idx
+    whitespace = sep == " "  # runs of blanks; a tab is a real separator (C parser, empty fields kept)
     try:
         df = pd.read_csv(
             io.StringIO(text),
             sep=r"\s+" if whitespace else sep,
             header=None,
             names=list(columns),
-            skiprows=1 if header else 0,
+            skiprows=skip,
             dtype=str,
             skip_blank_lines=False,
             keep_default_na=False,
             na_values=[""],
-            engine="c" if not whitespace else "python",
+            engine="c",  # r"\s+" included: the C parser treats it as runs of blanks
         )
     except pd.errors.ParserError as exc:
         match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
         if match:
             line = int(match.group(2))
-            raise DataError(f"{path}: line {line}: {match.group(3)} fields, expected {n_cols}") from None
-        raise DataError(f"{path}: cannot parse ({exc})") from None
-    offset = 2 if header else 1
-    line_numbers = np.arange(len(df)) + offset
+            raise DataError(f"{path}: line {line}: {match.group(3)} fields, expected {n_cols}{hint}") from None
+        raise DataError(f"{path}: cannot parse ({exc}){hint}") from None
+    line_numbers = np.arange(len(df)) + skip + 1
     blank = df.isna().all(axis=1).to_numpy()
-    short = df.iloc[:, -1].isna().to_numpy() & ~blank
-    if short.any():
-        row = int(np.flatnonzero(short)[0])
-        present = int(df.iloc[row].notna().sum())
-        raise DataError(f"{path}: line {line_numbers[row]}: {present} fields, expected {n_cols}")
+    maybe_short = df.iloc[:, -1].isna().to_numpy() & ~blank
+    if maybe_short.any():
+        _check_short_lines(text, line_numbers[maybe_short], sep, n_cols, path, hint)
     df = df.loc[~blank].reset_index(drop=True)
     df.attrs["line_numbers"] = line_numbers[~blank]
     return df
@@ -176,13 +206,16 @@ def read_ratings(
     """Read a ratings or interactions file into :class:`Interactions`.
 
     MovieLens' ``u.data`` (tab), ``ratings.dat`` (``::``) and ``ratings.csv``
-    (comma, with header) all read with no options. Without a header the
-    columns are taken as ``user, item[, rating[, timestamp]]``.
+    (comma, with header) all read with no options, also gzip, bzip2, xz or
+    zstd compressed. Without a header the columns are taken as
+    ``user, item[, rating[, timestamp]]``. Ratings must be real numbers with
+    ``|value| <= 1e12`` (``torchmf.data.checks.MAX_ABS_VALUE``); ids must not
+    be blank.
 
     Parameters
     ----------
     path : path-like
-        Delimited text or Parquet.
+        Delimited text (optionally compressed) or Parquet; a regular file.
     sep, columns, header
         See :func:`read_table`.
     user_col, item_col, rating_col, timestamp_col : str, optional
@@ -221,53 +254,68 @@ def read_ratings(
 
 
 # ---------------------------------------------------------------------- helpers
-def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
+def _read_parquet(path: Path, columns: Sequence[str] | None) -> pd.DataFrame:
     try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
+        df = pd.read_parquet(path)
+    except ImportError as exc:
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'torchmf[parquet]')") from exc
+    except Exception as exc:  # pyarrow raises many types for a bad file
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
+    if columns is not None:
+        if len(columns) != df.shape[1]:
+            raise DataError(f"{path}: {len(columns)} column names given for {df.shape[1]} columns")
+        df.columns = list(columns)
+    return df  # no line numbers: messages name 0-based rows, as for in-memory data
 
 
-def _sniff(line: str) -> str:
-    if "::" in line:
-        return "::"
-    for cand in ("\t", ",", ";", "|"):
-        if cand in line:
-            return cand
-    return " "
+def _header_names(fields: list[str], path: Path, line: int) -> list[str]:
+    """Column names from a header line: blanks named like pandas does, repeats refused."""
+    names = [f.strip() or f"Unnamed: {j}" for j, f in enumerate(fields)]
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{path}: line {line} (the header): column name {name!r} appears twice")
+        seen.add(name)
+    return names
 
 
-def _split(line: str, sep: str) -> list[str]:
-    return line.split() if sep.isspace() else line.split(sep)
+def _check_short_lines(
+    text: str, lines: np.ndarray, sep: str, n_cols: int, path: Path, hint: str
+) -> None:
+    """Raise for the first of ``lines`` (sorted line numbers) with fewer than ``n_cols`` fields.
 
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    pandas fills a short line's missing fields with NaN just as it does an empty
+    last field; only the raw line tells them apart. An empty field is left as
+    NaN, for :meth:`Interactions.from_pandas` to name if the column is used.
+    """
+    wanted = iter(lines.tolist())
+    target = next(wanted)
+    for number, line in enumerate(iter_lines(text), start=1):
+        if number < target:
+            continue
+        n = len(split_fields(line, sep))
+        if n < n_cols:
+            raise DataError(f"{path}: line {number}: {n} fields, expected {n_cols}{hint}")
+        target = next(wanted, None)
+        if target is None:
+            return
 
 
 def _looks_like_header(first: list[str], second: list[str] | None) -> bool:
-    known = {n for names in _ROLE_NAMES.values() for n in names}
+    known = {n for names in ROLE_NAMES.values() for n in names}
     if any(f.strip().lower() in known for f in first):
         return True
-    if any(_is_number(f.strip()) for f in first):
+    if any(is_number(f.strip()) for f in first):
         return False
     # all-text first line: a header if the next line has numbers where it had text
-    return second is not None and any(_is_number(f.strip()) for f in second)
+    return second is not None and any(is_number(f.strip()) for f in second)
 
 
 def _find(names: list[str], role: str, required: bool, path: str | os.PathLike) -> str | None:
-    lowered = {n.lower(): n for n in names}
-    for cand in _ROLE_NAMES[role]:
-        if cand in lowered:
-            return lowered[cand]
-    if required:
+    found = find_column(names, role)
+    if found is None and required:
         raise DataError(f"{path}: no {role} column among {names}; name it with {role}_col=... (CLI: --{role}-col)")
-    return None
+    return None if found is None else str(found)
 
 
 def _parse_ids(col: pd.Series) -> pd.Series:

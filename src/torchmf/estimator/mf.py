@@ -8,10 +8,9 @@ values at the edges and holds the fitted state.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -19,34 +18,40 @@ import pandas as pd
 import torch
 
 from torchmf import solvers
-from torchmf.checks import is_scalar, to_id_array
+from torchmf.checks import check_k
+from torchmf.data.convert import as_interactions
 from torchmf.data.interactions import Interactions
+from torchmf.data.profile import counts_guard, value_profile
 from torchmf.device import resolve_device
 from torchmf.errors import DataError, NotFittedError
 from torchmf.estimator import params as hparams
-from torchmf.estimator.foldin import fold_in_row
+from torchmf.estimator.foldin import FoldInMixin
 from torchmf.estimator.persistence import load_state, save_state
+from torchmf.estimator.predict import PredictMixin
+from torchmf.estimator.ranker import fit_ranker, ranker_from_state, ranker_tensors
 from torchmf.estimator.ranking import RankingMixin
 from torchmf.estimator.state import ModelState
 from torchmf.nn.mf import MFModel
+from torchmf.retrieval.base import Index
 
 __all__ = ["MatrixFactorization"]
 
 log = logging.getLogger(__name__)
 
 
-class MatrixFactorization(RankingMixin):
+class MatrixFactorization(PredictMixin, RankingMixin, FoldInMixin):
     """Matrix factorization recommender: fit, predict, recommend, save.
 
     Parameters
     ----------
-    factors : int, default 48
-        Latent dimension ``d``.
+    factors : int, optional
+        Latent dimension ``d``: 48, or 10 for ``solver="gibbs"``.
     epochs : int, optional
         Epochs (SGD) or full sweeps, users then items (ALS).
-    solver : {"als", "sgd"}, optional
-        Closed-form alternating least squares or minibatch SGD. Default: "als"
-        for ``mse`` and ``ials``, "sgd" for the sampled-negative losses.
+    solver : {"als", "sgd", "gibbs"}, optional
+        Closed-form alternating least squares, minibatch SGD, or (``mse``
+        only) Bayesian MF by Gibbs sampling. Default: "als" for ``mse`` and
+        ``ials``, "sgd" for the sampled-negative losses.
     loss : {"mse", "ials", "bpr", "logistic", "warp"}, default "mse"
         ``mse``: squared error on explicit ratings. ``ials``: weighted squared
         loss over all pairs with confidence from the values (Hu et al. 2008),
@@ -77,9 +82,13 @@ class MatrixFactorization(RankingMixin):
         ALS: conjugate-gradient steps per solve; 0 solves exactly (Cholesky).
     alpha : float, optional
         iALS: confidence ``1 + alpha * transform(value)`` of observed pairs.
-    confidence : {"linear", "log"}, default "linear"
-        iALS: ``transform(v) = v`` or ``log(1 + v / confidence_eps)``.
-    confidence_eps : float, default 1.0
+    confidence : {"linear", "log"}, optional
+        iALS: ``transform(v) = v`` or ``log(1 + v / confidence_eps)``. Default
+        from the data (:func:`torchmf.data.profile.confidence_defaults`): binary
+        data and ratings ``"linear"``, ``alpha=1``; heavy-tailed counts ``"log"``
+        with ``confidence_eps`` = the median count, ``alpha = 1 / log 2``.
+    confidence_eps : float, optional
+        See ``confidence``.
     unobserved_weight : float, optional
         iALS: weight of every unobserved pair.
     negatives : int, optional
@@ -89,6 +98,19 @@ class MatrixFactorization(RankingMixin):
         With a validation set: stop after this many epochs without
         improvement of validation RMSE (mse) or NDCG@10 (implicit losses).
         The best epoch's weights are always restored.
+    samples, burn_in, thin : int, optional
+        Gibbs: keep ``samples`` posterior draws (default 200), one every ``thin``
+        sweeps (2) after ``burn_in`` (100); ``epochs`` defaults to that chain
+        length. Embeddings are ``samples * factors`` wide (the draws side by side).
+    implicit_features : bool, optional
+        Gibbs: add each user's rated items and each item's raters as features
+        (Rendle et al. 2019's flipped SVD++); default False.
+    rank_by : {"interactions", "scores"}, optional
+        What a rating model's lists (``recommend``, ``similar_items``, ...) rank
+        by. ``"interactions"`` (default for ``mse``): an iALS component trained
+        on the same pairs plus a small share of the predicted rating
+        (:mod:`torchmf.estimator.ranker`); ``predict`` is unchanged.
+        ``"scores"``: the predicted rating (as ranking losses always do).
     device : str, default "auto"
         "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
     seed : int, default 0
@@ -112,7 +134,7 @@ class MatrixFactorization(RankingMixin):
 
     def __init__(
         self,
-        factors: int = 48,
+        factors: int | None = None,
         epochs: int | None = None,
         solver: str | None = None,
         loss: str = "mse",
@@ -126,12 +148,17 @@ class MatrixFactorization(RankingMixin):
         init_std: float = 0.1,
         cg_steps: int = 3,
         alpha: float | None = None,
-        confidence: str = "linear",
-        confidence_eps: float = 1.0,
+        confidence: str | None = None,
+        confidence_eps: float | None = None,
         unobserved_weight: float | None = None,
         negatives: int | None = None,
         negative_sampling: str = "uniform",
         early_stopping: int | None = None,
+        samples: int | None = None,
+        burn_in: int | None = None,
+        thin: int | None = None,
+        implicit_features: bool | None = None,
+        rank_by: str | None = None,
         device: str = "auto",
         seed: int = 0,
         verbose: bool = True,
@@ -140,6 +167,8 @@ class MatrixFactorization(RankingMixin):
         self._params = hparams.Params(**given)
         hparams.validate(self._params)
         self._model: MFModel | None = None
+        self._ranker: MFModel | None = None
+        self.index_: Index | None = None
         self.history_: list[dict[str, float]] = []
         self.best_epoch_: int | None = None
 
@@ -186,13 +215,22 @@ class MatrixFactorization(RankingMixin):
         """
         from torchmf.training import Validation, fit_model  # training is only needed to fit
 
-        train = _as_interactions(train, "train")
+        train = as_interactions(train, "train")
         if len(train) == 0:
             raise DataError("cannot fit on empty interactions")
         if validation is not None:
-            validation = _as_interactions(validation, "validation")
+            validation = as_interactions(validation, "validation")
         data = train.compact()
-        hp = hparams.resolve(self._params)
+        profile = value_profile(data.values)
+        hp = hparams.resolve(self._params, profile)
+        if hp["early_stopping"] is not None and validation is None:
+            raise ValueError(
+                f"early_stopping={hp['early_stopping']} needs validation data to watch: pass "
+                "fit(train, validation=...) (CLI: --validation FRACTION), or leave early_stopping=None"
+            )
+        if hp["early_stopping"] is not None and hp["epochs"] is not None and hp["early_stopping"] >= hp["epochs"]:
+            log.warning("early_stopping=%d can never stop a %d-epoch fit; the best epoch is still restored",
+                        hp["early_stopping"], hp["epochs"])
         device = resolve_device(hp["device"])
         val = None
         if validation is not None:
@@ -202,25 +240,34 @@ class MatrixFactorization(RankingMixin):
                 validation.values, data.rating_range(), device,
             )
         log.info("fitting %s on %s", self, data)
-        model, history, best = fit_model(data, hp, device, val)
-        self._install(model, hp, data.user_map, data.item_map, data.implicit, data.rating_range(), history, best)
-        self._set_seen(data.users, data.items)
+        extras: dict[str, Any] = {}
+        with counts_guard(profile, hp["loss"], solvers.is_ranking_loss(hp["loss"])):
+            model, history, best = fit_model(data, hp, device, val, extras=extras)
+        ranker = None
+        if hp["rank_by"] == "interactions":
+            ranker, extras["ranker"] = fit_ranker(data, hp, device)
+        self._install(model, hp, data.user_map, data.item_map, data.implicit, data.rating_range(), history, best,
+                      extras, ranker)
+        self._set_seen(data.users, data.items, data.values)
         return self
 
     def _install(self, model: MFModel, hp: dict[str, Any], user_map: Any, item_map: Any, implicit: bool,
                  rating_range: tuple[float, float], history: list[dict[str, float]], best: int | None,
-                 extras: dict[str, Any] | None = None) -> None:
-        self._model, self._hp = model, hp
+                 extras: dict[str, Any] | None = None, ranker: MFModel | None = None) -> None:
+        self._model, self._hp, self._ranker = model, hp, ranker
         self.user_map, self.item_map = user_map, item_map
         self.implicit_, self.rating_range_ = bool(implicit), (float(rating_range[0]), float(rating_range[1]))
         self.history_, self.best_epoch_ = history, best
         self.extras_: dict[str, Any] = dict(extras or {})
+        self.index_ = None  # an approximate index of other item factors would be stale
+        self.files_: dict[str, bytes] = {}  # extra files saved with the model (a refit drops them)
 
-    def _set_seen(self, users: np.ndarray, items: np.ndarray) -> None:
+    def _set_seen(self, users: np.ndarray, items: np.ndarray, values: np.ndarray) -> None:
         from torchmf.data.csr import csr_order
 
         self.seen_indptr_, order = csr_order(users, items, len(self.user_map), len(self.item_map))
         self.seen_indices_ = items[order].astype(np.int64)
+        self.seen_values_ = np.asarray(values, dtype=np.float32)[order]
 
     # ------------------------------------------------------------------ state
     @property
@@ -254,28 +301,59 @@ class MatrixFactorization(RankingMixin):
         """Item indices the user had in training, shape (n_seen,)."""
         return self.seen_indices_[self.seen_indptr_[user_index] : self.seen_indptr_[user_index + 1]]
 
+    def seen_values(self, user_index: int) -> np.ndarray:
+        """The training values of :meth:`seen_items`, shape (n_seen,)."""
+        return self.seen_values_[self.seen_indptr_[user_index] : self.seen_indptr_[user_index + 1]]
+
+    def explain(self, user: Hashable, item: Hashable, k: int = 10) -> pd.DataFrame:
+        """Which of ``user``'s own items contributed most to their score of ``item``.
+
+        ALS-trained models split the score exactly over the user's items (Hu et
+        al. 2008, section 5); other solvers report item-item dot products. See
+        :func:`torchmf.estimator.explain.explain`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``item``, ``contribution``, ``value``; the largest ``k`` contributions first.
+        """
+        from torchmf.estimator.explain import explain
+
+        return explain(self, user, item, check_k(k))
+
+    def history_frame(self) -> pd.DataFrame:
+        """The training history as a DataFrame: one row per epoch (``epoch``, ``train_loss``, ``val_*``)."""
+        return pd.DataFrame(self.history_)
+
     def to(self, device: str | torch.device) -> MatrixFactorization:
         """Move the weights to ``device`` ("auto", "cpu", "cuda", "cuda:N"); returns self."""
         self.model.to(resolve_device(device))
+        if self._ranker is not None:
+            self._ranker.to(resolve_device(device))
         return self
 
     def to_state(self) -> ModelState:
         """The fitted model as a :class:`ModelState` (tensors shared, not copied)."""
         return ModelState(
             params=self.get_params(), effective_params=dict(self._hp),
-            tensors=dict(self.model.state_dict()), user_map=self.user_map, item_map=self.item_map,
-            seen_indptr=self.seen_indptr_, seen_indices=self.seen_indices_, rating_range=self.rating_range_,
+            tensors={**self.model.state_dict(), **ranker_tensors(self._ranker)},
+            user_map=self.user_map, item_map=self.item_map,
+            seen_indptr=self.seen_indptr_, seen_indices=self.seen_indices_, seen_values=self.seen_values_,
+            rating_range=self.rating_range_,
             implicit=self.implicit_, history=list(self.history_), best_epoch=self.best_epoch_,
-            extras=dict(self.extras_),
+            extras=dict(self.extras_), index=self.index_, files=dict(self.files_),
         )
 
     @classmethod
     def from_state(cls, state: ModelState) -> MatrixFactorization:
         """An estimator holding ``state`` (tensors shared, not copied)."""
         est = cls(**{k: v for k, v in state.params.items() if k in hparams.Params.names()})
+        ranker = ranker_from_state(state)
         est._install(state.build_model(), dict(state.effective_params), state.user_map, state.item_map,
-                     state.implicit, state.rating_range, list(state.history), state.best_epoch, state.extras)
-        est.seen_indptr_, est.seen_indices_ = state.seen_indptr, state.seen_indices
+                     state.implicit, state.rating_range, list(state.history), state.best_epoch, state.extras, ranker)
+        est.seen_indptr_, est.seen_indices_, est.seen_values_ = state.seen_indptr, state.seen_indices, state.seen_values
+        est.index_ = state.index
+        est.files_ = dict(state.files)
         return est
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
@@ -287,99 +365,3 @@ class MatrixFactorization(RankingMixin):
     def load(cls, path: str | os.PathLike, device: str = "auto", mmap: bool = False) -> MatrixFactorization:
         """Read a model folder written by :meth:`save` (also available as ``torchmf.load``)."""
         return cls.from_state(load_state(path, device=device, mmap=mmap))
-
-    # ------------------------------------------------------------------ predict
-    def predict(self, users: Any, items: Any, unknown: str = "error") -> float | np.ndarray:
-        """Predicted ratings for (user, item) pairs of raw ids.
-
-        Parameters
-        ----------
-        users, items : raw id, or array-like of raw ids, shape (n,)
-        unknown : {"error", "fallback"}
-            For an id not seen in fit: raise :class:`UnknownIdError`, or
-            predict the global mean plus whichever bias is known.
-
-        Returns
-        -------
-        float for a single pair, else numpy.ndarray of float32, shape (n,);
-        clipped to the training rating range for rating models.
-        """
-        if unknown not in ("error", "fallback"):
-            raise ValueError(f"unknown must be 'error' or 'fallback', got {unknown!r}")
-        m = self.model
-        u_raw, i_raw = to_id_array(users), to_id_array(items)
-        if len(u_raw) != len(i_raw):
-            raise ValueError(f"users and items differ in length: {len(u_raw)} vs {len(i_raw)}")
-        missing = "error" if unknown == "error" else "ignore"
-        ut = torch.as_tensor(self.user_map.indices(u_raw, missing=missing), device=self.device)
-        it = torch.as_tensor(self.item_map.indices(i_raw, missing=missing), device=self.device)
-        known_u, known_i = ut >= 0, it >= 0
-        uc, ic = ut.clamp_min(0), it.clamp_min(0)  # -1 (unknown) falls back to mean + known bias
-        with torch.no_grad():
-            score = (m.user_embs.weight[uc] * m.item_embs.weight[ic]).sum(1) * (known_u & known_i)
-            if m.biases:
-                score = score + m.global_bias
-                score = score + m.user_bias.weight[uc, 0] * known_u + m.item_bias.weight[ic, 0] * known_i
-        if not self.is_ranking:  # ratings live in the training range; ranking scores are raw
-            score = score.clamp(*self.rating_range_)
-        out = score.float().cpu().numpy()
-        return float(out[0]) if is_scalar(users) and is_scalar(items) else out
-
-    def fold_in(self, user: Hashable, ratings: Mapping[Hashable, float] | Iterable[Hashable]) -> MatrixFactorization:
-        """Add a user, or refresh one, from their ratings; item factors stay fixed.
-
-        The user's factors minimise the training objective with the items held
-        fixed (each solver's :meth:`~torchmf.solvers.base.Solver.fold_in`): a
-        ridge regression for ``mse``, the exact ALS user solve for ``ials``,
-        deterministic L-BFGS on the expected loss for the sampled-negative losses.
-
-        Parameters
-        ----------
-        user : raw id
-            New (appended) or existing (replaced).
-        ratings : dict of raw item id -> rating, or iterable of raw item ids
-            Items must be known to the model; ratings must lie in the training
-            range. Ranking models take interaction strengths, or a plain list of
-            items (strength 1 each).
-
-        Returns
-        -------
-        self
-        """
-        m = self.model
-        w, items = fold_in_row(self, user, ratings)
-        if user in self.user_map:
-            row = self.user_map.index(user)
-        else:
-            self.user_map = self.user_map.extend([user])
-            row = len(self.user_map) - 1
-            m.resize(len(self.user_map))
-            self.seen_indptr_ = np.append(self.seen_indptr_, self.seen_indptr_[-1])
-        with torch.no_grad():
-            m.user_embs.weight[row] = w[: m.embedding_dim]
-            if m.biases:
-                m.user_bias.weight[row, 0] = w[-1]
-        start, end = self.seen_indptr_[row], self.seen_indptr_[row + 1]
-        self.seen_indices_ = np.concatenate([self.seen_indices_[:start], items, self.seen_indices_[end:]])
-        self.seen_indptr_ = self.seen_indptr_.copy()
-        self.seen_indptr_[row + 1 :] += len(items) - (end - start)
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> MatrixFactorization:
-        new = copy.copy(self)
-        for name, value in vars(self).items():
-            setattr(new, name, copy.deepcopy(value, memo))
-        return new
-
-
-# ---------------------------------------------------------------------- helpers
-def _as_interactions(data: Any, role: str) -> Interactions:
-    if isinstance(data, Mapping):
-        return Interactions.from_dict(data)
-    if isinstance(data, Interactions):
-        return data
-    if isinstance(data, pd.DataFrame):
-        raise DataError(f"{role} is a DataFrame: convert it with Interactions.from_pandas(df, user_col=..., "
-                        "item_col=..., rating_col=...) first")
-    raise DataError(f"{role} must be Interactions or a nested dict {{user: {{item: rating}}}}, "
-                    f"got {type(data).__name__}")

@@ -14,12 +14,15 @@ from typing import Any
 import torch
 
 from torchmf import solvers
+from torchmf.data.profile import ValueProfile
 from torchmf.solvers.optim import OPTIMIZERS
 
 __all__ = ["Params", "resolve", "validate"]
 
 CONFIDENCE = ("linear", "log")
 SAMPLING = ("uniform", "popularity")
+# what recommend()/similar_items() of a rating model rank by (see torchmf.estimator.ranker)
+RANK_BY = ("interactions", "scores")
 # a seed must fit torch.Generator.manual_seed and numpy's SeedSequence
 _MAX_SEED = 2**63 - 1
 # init_std beyond this starts every score orders of magnitude off any rating or rank
@@ -29,7 +32,11 @@ _MAX_INIT_STD = 10.0
 # effective parameters are always complete, JSON-serialisable numbers/strings.
 _NEUTRAL: dict[str, Any] = {
     "lr": 0.0, "reg_bias": 0.0, "optimizer": "sgd", "alpha": 0.0, "unobserved_weight": 0.0, "negatives": 0,
+    "samples": 0, "burn_in": 0, "thin": 0, "implicit_features": False,
+    "confidence": "linear", "confidence_eps": 1.0,
 }
+# Defaults every solver shares unless its own ``defaults`` say otherwise.
+_SHARED: dict[str, Any] = {"factors": 48}
 
 
 @dataclass
@@ -39,7 +46,7 @@ class Params:
     Attributes mirror :class:`~torchmf.MatrixFactorization`'s arguments.
     """
 
-    factors: int = 48
+    factors: int | None = None
     epochs: int | None = None
     solver: str | None = None
     loss: str = "mse"
@@ -53,12 +60,17 @@ class Params:
     init_std: float = 0.1
     cg_steps: int = 3
     alpha: float | None = None
-    confidence: str = "linear"
-    confidence_eps: float = 1.0
+    confidence: str | None = None
+    confidence_eps: float | None = None
     unobserved_weight: float | None = None
     negatives: int | None = None
     negative_sampling: str = "uniform"
     early_stopping: int | None = None
+    samples: int | None = None
+    burn_in: int | None = None
+    thin: int | None = None
+    implicit_features: bool | None = None
+    rank_by: str | None = None
     device: str = "auto"
     seed: int = 0
     verbose: bool = True
@@ -83,7 +95,7 @@ def _is_num(v: Any) -> bool:
 
 def validate(p: Params) -> None:
     """Raise ``ValueError`` naming the first invalid hyperparameter (or both of a bad pair)."""
-    _check(_is_int(p.factors) and p.factors > 0, "factors", p.factors, "a positive integer")
+    _check(p.factors is None or (_is_int(p.factors) and p.factors > 0), "factors", p.factors, "a positive integer")
     _check(p.epochs is None or (_is_int(p.epochs) and p.epochs > 0), "epochs", p.epochs, "a positive integer")
     names = solvers.solver_names()
     _check(p.solver is None or p.solver in names, "solver", p.solver, f"one of {names}")
@@ -106,8 +118,14 @@ def validate(p: Params) -> None:
         f"a positive number at most {_MAX_INIT_STD}",
     )
     _check(_is_int(p.cg_steps) and p.cg_steps >= 0, "cg_steps", p.cg_steps, "a non-negative integer")
-    _check(p.confidence in CONFIDENCE, "confidence", p.confidence, f"one of {CONFIDENCE}")
-    _check(_is_num(p.confidence_eps) and p.confidence_eps > 0, "confidence_eps", p.confidence_eps, "a positive number")
+    _check(p.confidence is None or p.confidence in CONFIDENCE, "confidence", p.confidence,
+           f"None (chosen from the data) or one of {CONFIDENCE}")
+    _check(p.confidence_eps is None or (_is_num(p.confidence_eps) and p.confidence_eps > 0), "confidence_eps",
+           p.confidence_eps, "None (chosen from the data) or a positive number")
+    _check(p.rank_by is None or p.rank_by in RANK_BY, "rank_by", p.rank_by, f"None or one of {RANK_BY}")
+    if p.rank_by == "interactions" and solvers.is_ranking_loss(p.loss):
+        raise ValueError(f"rank_by='interactions' applies to rating losses; loss={p.loss!r} already ranks by "
+                         "interactions (use rank_by=None or 'scores')")
     _check(p.negatives is None or (_is_int(p.negatives) and p.negatives > 0), "negatives", p.negatives,
            "a positive integer")
     _check(p.negative_sampling in SAMPLING, "negative_sampling", p.negative_sampling, f"one of {SAMPLING}")
@@ -115,6 +133,14 @@ def validate(p: Params) -> None:
         p.early_stopping is None or (_is_int(p.early_stopping) and p.early_stopping > 0),
         "early_stopping", p.early_stopping, "None or a positive integer (patience in epochs)",
     )
+    _check(p.samples is None or (_is_int(p.samples) and p.samples > 0), "samples", p.samples, "a positive integer")
+    _check(p.burn_in is None or (_is_int(p.burn_in) and p.burn_in >= 0), "burn_in", p.burn_in,
+           "a non-negative integer")
+    _check(p.thin is None or (_is_int(p.thin) and p.thin > 0), "thin", p.thin, "a positive integer")
+    _check(p.implicit_features is None or isinstance(p.implicit_features, bool), "implicit_features",
+           p.implicit_features, "True, False or None")
+    if p.implicit_features and solvers.get_solver(p.loss, p.solver).name != "gibbs":
+        raise ValueError("implicit_features=True needs solver='gibbs' (the only solver that samples them)")
     _check(_is_int(p.seed) and 0 <= p.seed <= _MAX_SEED, "seed", p.seed, "an integer from 0 to 2**63 - 1")
     _check(isinstance(p.verbose, bool), "verbose", p.verbose, "True or False")
     _check(isinstance(p.device, str), "device", p.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -127,12 +153,32 @@ def validate(p: Params) -> None:
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {p.device!r}")
 
 
-def resolve(p: Params) -> dict[str, Any]:
-    """Effective hyperparameters: the user's values with the solver's defaults for the loss filled in."""
+def resolve(p: Params, profile: ValueProfile | None = None) -> dict[str, Any]:
+    """Effective hyperparameters: the user's values with the solver's defaults for the loss filled in.
+
+    Parameters
+    ----------
+    p : Params
+    profile : ValueProfile, optional
+        What the training values look like (:func:`torchmf.data.profile.value_profile`).
+        A solver with a ``data_defaults(loss, profile, given)`` classmethod
+        fills the parameters it returns from it first (iALS: the confidence
+        transform and scale); without a profile (before fit) they are those
+        of binary data.
+
+    Returns
+    -------
+    dict
+        Every ``Params`` field, none None.
+    """
     out = {name: getattr(p, name) for name in Params.names()}
     cls = solvers.get_solver(p.loss, p.solver)
     out["solver"] = cls.name
-    for name, default in {**_NEUTRAL, **cls.defaults[p.loss]}.items():
+    data_defaults = getattr(cls, "data_defaults", None)
+    from_data = data_defaults(p.loss, profile, dict(out)) if data_defaults is not None else {}
+    for name, default in {**_SHARED, **_NEUTRAL, **cls.defaults[p.loss], **from_data}.items():
         if out[name] is None:
             out[name] = default
+    if out["rank_by"] is None:
+        out["rank_by"] = "scores" if cls.ranking else "interactions"
     return out

@@ -14,8 +14,12 @@ import torch
 
 from torchmf.data.idmap import IdMap
 from torchmf.nn.mf import MFModel
+from torchmf.retrieval.base import Index
 
 __all__ = ["ModelState"]
+
+# owners of MFModel.state_dict() names ("" is the global bias); other prefixes belong to features
+_MODEL_PARTS = ("", "user_embs", "item_embs", "user_bias", "item_bias")
 
 
 @dataclass
@@ -31,11 +35,16 @@ class ModelState:
     tensors : dict of str to torch.Tensor
         ``MFModel.state_dict()``: ``user_embs.weight`` (n_users, d),
         ``item_embs.weight`` (n_items, d) and, with biases,
-        ``user_bias.weight`` (n_users, 1), ``item_bias.weight`` (n_items, 1), ``global_bias`` ().
+        ``user_bias.weight`` (n_users, 1), ``item_bias.weight`` (n_items, 1), ``global_bias`` ();
+        names under another prefix belong to a feature (``ranker.*``: the
+        ranking component of :mod:`torchmf.estimator.ranker`) and are not
+        part of :meth:`build_model`'s model.
     user_map, item_map : IdMap
     seen_indptr : numpy.ndarray of int64, shape (n_users + 1,)
     seen_indices : numpy.ndarray of int64, shape (n_seen,)
         Each user's training items, CSR, sorted within a row.
+    seen_values : numpy.ndarray of float32, shape (n_seen,)
+        The training value of each of those interactions (1 for implicit data).
     rating_range : (float, float)
         Smallest and largest training value.
     implicit : bool
@@ -45,6 +54,12 @@ class ModelState:
     best_epoch : int or None
     extras : dict
         JSON-serialisable solver- or feature-specific metadata.
+    index : Index or None
+        An approximate index over the item factors (``MatrixFactorization.build_index``),
+        saved beside the weights with its checksum in the metadata.
+    files : dict of str to bytes
+        Extra files stored with the model, by name (the ANN index travels as ``index``);
+        checksummed and committed atomically with the weights.
     """
 
     params: dict[str, Any]
@@ -54,11 +69,14 @@ class ModelState:
     item_map: IdMap
     seen_indptr: np.ndarray
     seen_indices: np.ndarray
+    seen_values: np.ndarray
     rating_range: tuple[float, float]
     implicit: bool
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    index: Index | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -72,6 +90,12 @@ class ModelState:
     def factors(self) -> int:
         """Width of the stored embeddings (a solver may store more than ``params['factors']``)."""
         return int(self.tensors["user_embs.weight"].shape[1])
+
+    @property
+    def query_width(self) -> int:
+        """Width of the vectors recommendations rank by: ``factors``, plus the ranking component's (``ranker.*``)."""
+        extra = self.tensors.get("ranker.user_embs.weight")
+        return self.factors + (0 if extra is None else int(extra.shape[1]))
 
     @property
     def biases(self) -> bool:
@@ -88,6 +112,8 @@ class ModelState:
         model = MFModel(0, 0, self.factors, biases=self.biases)
         for name, t in self.tensors.items():
             owner, _, attr = name.rpartition(".")
+            if owner.split(".")[0] not in _MODEL_PARTS:  # a feature's tensors (e.g. "ranker.*"), not the MFModel's
+                continue
             module = model.get_submodule(owner) if owner else model
             setattr(module, attr, torch.nn.Parameter(t, requires_grad=False))
         model.user_embs.num_embeddings = self.n_users

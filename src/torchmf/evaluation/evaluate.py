@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from torchmf.data.convert import as_interactions
 from torchmf.data.interactions import Interactions
 from torchmf.errors import DataError
+from torchmf.estimator.protocol import Recommender
 from torchmf.metrics import mae, ranking_metrics, rmse
 
 __all__ = ["evaluate"]
@@ -18,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(
-    model: Any,
+    model: Recommender,
     test: Interactions,
     train: Interactions | None = None,
     k: int = 10,
@@ -59,8 +62,9 @@ def evaluate(
         ``test_items_unknown`` (relevant items the model never saw: they count
         in recall's denominator but cannot be hit).
     """
-    if not isinstance(test, Interactions):
-        raise DataError(f"test must be Interactions, got {type(test).__name__}")
+    test = as_interactions(test, "test")
+    if train is not None:
+        train = as_interactions(train, "train")
     if len(test) == 0:
         raise DataError("test set is empty")
     out: dict[str, Any] = {}
@@ -92,8 +96,15 @@ def evaluate(
         out[f"{name}@{k}"] = res[name]
     out["users_evaluated"] = res["n_users"]
     out["users_skipped"] = skipped
-    out["test_items_unknown"] = int((i < 0).sum())
-    if skipped:
+    n_test_users = len(pd.unique(users_raw[rel]))
+    unknown_items = int((i < 0).sum())
+    out["test_items_unknown"] = unknown_items
+    if skipped > n_test_users / 2 or unknown_items > len(i) / 2:
+        message = (f"evaluate: {skipped} of {n_test_users} test users and {unknown_items} of {len(i)} relevant test "
+                   "items are unknown to the model: is the test set from the same data?")
+        log.warning(message)
+        warnings.warn(message, stacklevel=2)
+    elif skipped:
         log.info("evaluate: %d test users unknown to the model were skipped", skipped)
     if per_user:
         frame = {"user": model.user_map.raw(eval_users)}

@@ -19,6 +19,8 @@ import pandas as pd
 
 from torchmf.data.interactions import Interactions
 from torchmf.data.split import kfold, user_split
+from torchmf.errors import TrainingError
+from torchmf.estimator.protocol import Recommender
 from torchmf.evaluation.evaluate import evaluate
 from torchmf.solvers import is_ranking_loss
 
@@ -27,11 +29,11 @@ __all__ = ["cross_validate", "default_metric", "grid_search", "optuna_search"]
 log = logging.getLogger(__name__)
 
 
-def _clone(estimator: Any, **overrides: Any) -> Any:
+def _clone(estimator: Recommender, **overrides: Any) -> Recommender:
     return type(estimator)(**{**estimator.get_params(), **overrides})
 
 
-def default_metric(estimator: Any, k: int = 10) -> str:
+def default_metric(estimator: Recommender, k: int = 10) -> str:
     """``"rmse"`` for rating losses, ``"ndcg@k"`` for ranking losses."""
     return f"ndcg@{k}" if is_ranking_loss(estimator.get_params()["loss"]) else "rmse"
 
@@ -41,7 +43,7 @@ def _lower_is_better(metric: str) -> bool:
 
 
 def cross_validate(
-    estimator: Any,
+    estimator: Recommender,
     data: Interactions | None = None,
     folds: int | Sequence[tuple[Interactions, Interactions]] = 5,
     k: int = 10,
@@ -95,7 +97,7 @@ def cross_validate(
 
 
 def _search(
-    estimator: Any,
+    estimator: Recommender,
     train: Interactions,
     validation: Interactions | None,
     candidates: Iterable[dict[str, Any]],
@@ -103,33 +105,44 @@ def _search(
     k: int,
     patience: int | None,
     seed: int,
-    on_result: Callable[[float], None] | None = None,
+    on_result: Callable[[float, Recommender], dict[str, Any] | None] | None = None,
+    per_epoch: bool = False,
 ) -> pd.DataFrame:
-    """Shared loop of the searches: each candidate is fit with early stopping and scored."""
+    """Shared loop of the searches: each candidate is fit with early stopping and scored.
+
+    Rating losses (and every loss when ``per_epoch``) are validated after each
+    epoch. ``on_result(value, model)`` sees each candidate's score and may
+    return extra columns for its row. A candidate whose training diverges
+    scores NaN.
+    """
     if validation is None:
         train, validation = user_split(train, test_fraction=0.2, seed=seed)
     metric = metric or default_metric(estimator, k)
     rows = []
     for overrides in candidates:
         params = dict(overrides)
-        explicit = not is_ranking_loss(estimator.get_params()["loss"])
-        if patience is not None and explicit and "early_stopping" not in params:
+        watch = per_epoch or not is_ranking_loss(estimator.get_params()["loss"])
+        if patience is not None and watch and "early_stopping" not in params:
             params["early_stopping"] = patience
         model = _clone(estimator, **params)
         start = time.perf_counter()
-        model.fit(train, validation=validation if explicit else None)
-        scores = evaluate(model, validation, k=k)
-        rows.append({**overrides, metric: scores[metric], "best_epoch": model.best_epoch_,
-                     "fit_seconds": time.perf_counter() - start})
-        log.info("%s -> %s=%.5f", overrides, metric, scores[metric])
+        try:
+            model.fit(train, validation=validation if watch else None)
+            value = float(evaluate(model, validation, k=k)[metric])
+        except TrainingError as exc:
+            log.info("%s diverged: %s", overrides, exc)
+            value = math.nan
+        row = {**overrides, metric: value, "best_epoch": model.best_epoch_, "fit_seconds": time.perf_counter() - start}
+        log.info("%s -> %s=%.5f", overrides, metric, value)
         if on_result is not None:
-            on_result(scores[metric])
+            row.update(on_result(value, model) or {})
+        rows.append(row)
     table = pd.DataFrame(rows)
     return table.sort_values(metric, ascending=_lower_is_better(metric), ignore_index=True)
 
 
 def grid_search(
-    estimator: Any,
+    estimator: Recommender,
     train: Interactions,
     grid: dict[str, Sequence[Any]],
     validation: Interactions | None = None,
@@ -188,13 +201,28 @@ class _OptunaFeed:
             self.trial = self.study.ask()
             yield {name: _suggest(self.trial, name, spec) for name, spec in self.space.items()}
 
-    def report(self, value: float) -> None:
-        self.study.tell(self.trial, value if math.isfinite(value) else None)
+    def report(self, value: float, model: Recommender | None = None) -> None:
+        self.study.tell(self.trial, value if math.isfinite(value) else None, skip_if_finished=True)
 
 
 def _suggest(trial: Any, name: str, spec: Any) -> Any:
+    """One value for ``name``: ``spec`` is a list of choices, ``(low, high)``, or typed.
+
+    Typed specs (the solvers' ``search_space``): ``("int", low, high[, "log"])``,
+    ``("float", low, high[, "log"])`` or ``("categorical", [choices])``.
+    """
     if isinstance(spec, list):
         return trial.suggest_categorical(name, spec)
+    if spec and isinstance(spec[0], str):
+        kind, *rest = spec
+        if kind == "categorical":
+            return trial.suggest_categorical(name, list(rest[0]))
+        log_scale = len(rest) > 2 and rest[2] == "log"
+        if kind == "int":
+            return trial.suggest_int(name, int(rest[0]), int(rest[1]), log=log_scale)
+        if kind == "float":
+            return trial.suggest_float(name, float(rest[0]), float(rest[1]), log=log_scale)
+        raise ValueError(f"search space entry {name!r}: unknown kind {kind!r} (int, float or categorical)")
     low, high = spec
     if isinstance(low, int) and isinstance(high, int):
         return trial.suggest_int(name, low, high, log=high / max(low, 1) >= 8)
@@ -202,7 +230,7 @@ def _suggest(trial: Any, name: str, spec: Any) -> Any:
 
 
 def optuna_search(
-    estimator: Any,
+    estimator: Recommender,
     train: Interactions,
     space: dict[str, Any],
     n_trials: int = 20,

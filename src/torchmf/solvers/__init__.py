@@ -15,6 +15,7 @@ from torchmf.solvers.base import (
     solver_names,
     solvers_for,
 )
+from torchmf.solvers.gibbs_solver import GibbsSolver
 from torchmf.solvers.ials_solver import IALSSolver
 from torchmf.solvers.pairwise_solver import PairwiseSolver
 from torchmf.solvers.sgd_solver import SGDSolver
@@ -28,3 +29,4 @@ register(ALSSolver, default_for=("mse",))
 register(SGDSolver)
 register(IALSSolver, default_for=("ials",))
 register(PairwiseSolver, default_for=("bpr", "logistic", "warp"))
+register(GibbsSolver)

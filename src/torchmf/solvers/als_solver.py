@@ -57,6 +57,11 @@ class ALSSolver:
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "mse": {"epochs": 5, "reg": 0.35, "reg_bias": 0.2, "reg_exponent": 0.75, "biases": True},
     }
+    # What torchmf.autotune searches: (kind, low, high[, "log"]); epochs come from early stopping.
+    search_space: ClassVar[dict[str, tuple]] = {
+        "factors": ("int", 8, 256, "log"), "reg": ("float", 0.05, 2.0, "log"),
+        "reg_bias": ("float", 0.01, 2.0, "log"), "reg_exponent": ("float", 0.5, 1.0),
+    }
 
     def __init__(self, model: MFModel, data: Interactions, hp: dict[str, Any], device: torch.device) -> None:
         self.t = model_tables(model)

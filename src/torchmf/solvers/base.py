@@ -41,6 +41,12 @@ class Solver(Protocol):
     defaults : dict of str to dict
         Per loss, the value of every hyperparameter the user left as None
         (every ``Params`` field that defaults to None must appear).
+
+    Optional: a classmethod ``data_defaults(loss, profile, given) -> dict``
+    returns defaults that depend on the training values (``profile`` a
+    :class:`~torchmf.data.profile.ValueProfile`, or None before fit; ``given``
+    the user's values); they take precedence over ``defaults`` for the
+    parameters the user left as None (iALS: the confidence transform and scale).
     """
 
     name: ClassVar[str]

@@ -165,8 +165,8 @@ class IALSChunk:
     ----------
     rows : torch.LongTensor, shape (R,)
         Rows solved by this chunk, bucket after bucket.
-    cols : torch.LongTensor, shape (E,)
-        Other side's row of every slot; padding points at ``n_other`` (a zero row).
+    cols : torch.IntTensor, shape (E,)
+        Other side's row of every slot (int32 where it fits); padding points at ``n_other`` (a zero row).
     conf : torch.Tensor, shape (E,)
         Confidence ``c`` of every slot; 0 in padding.
     weight : torch.Tensor, shape (E,)
@@ -219,7 +219,7 @@ def gathered_chunks(
     lay = ragged_layout(rows, cols, conf, n_rows, n_cols, max_elements=max_entries, growth=1.3, csr=csr)
     rows_t = torch.as_tensor(lay.rows, device=device)
     lam_t = lam[rows_t]
-    cols_t = torch.as_tensor(lay.cols, device=device)
+    cols_t = torch.as_tensor(lay.cols.astype(np.int32) if n_cols < 2**31 else lay.cols, device=device)
     conf_t = torch.as_tensor(lay.vals, device=device).to(dtype)
     weight_t = (conf_t - a0) * torch.as_tensor(lay.mask, device=device)
     rb, eb = lay.row_bounds.tolist(), lay.entry_bounds.tolist()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from torchmf.data.interactions import Interactions
+from torchmf.data.profile import ValueProfile, confidence_defaults, value_profile
 from torchmf.nn.mf import MFModel
 from torchmf.solvers.ials import (
     IALSSettings,
@@ -22,6 +24,8 @@ from torchmf.solvers.ials import (
 from torchmf.solvers.sgd import model_tables
 
 __all__ = ["IALSSolver"]
+
+log = logging.getLogger(__name__)
 
 
 class IALSSolver:
@@ -44,11 +48,42 @@ class IALSSolver:
     #   factors stays (64 and 128 are within the splits' +-0.002 noise);
     # - 8 sweeps with 3 warm-started CG steps match exact Cholesky solves and
     #   4-32 sweeps (the next sweep's warm start corrects the CG error).
+    # alpha / confidence / confidence_eps come from the data (data_defaults);
+    # these are the binary-data values.
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "ials": {
             "epochs": 8, "reg": 0.03, "reg_exponent": 1.0, "alpha": 1.0, "unobserved_weight": 0.3, "biases": False,
+            "confidence": "linear", "confidence_eps": 1.0,
         },
     }
+    # What torchmf.autotune searches: (kind, low, high[, "log"]) or ("categorical", choices); epochs come
+    # from early stopping. The confidence transform matters for counts, not for binary data.
+    search_space: ClassVar[dict[str, tuple]] = {
+        "factors": ("int", 16, 256, "log"), "reg": ("float", 0.003, 0.3, "log"),
+        "alpha": ("float", 0.1, 30.0, "log"), "unobserved_weight": ("float", 0.01, 1.0, "log"),
+        "confidence": ("categorical", ("linear", "log")),
+    }
+
+    @classmethod
+    def data_defaults(cls, loss: str, profile: ValueProfile | None, given: dict[str, Any]) -> dict[str, Any]:
+        """Confidence transform and scale for the training values (:func:`~torchmf.data.profile.confidence_defaults`).
+
+        Binary data and ratings keep ``confidence="linear", alpha=1``;
+        heavy-tailed counts get ``confidence="log"`` scaled to their median.
+        A transform the user chose keeps the binary-data ``alpha`` and
+        ``confidence_eps`` unless the rule picked that same transform.
+        """
+        rule = confidence_defaults(profile if profile is not None else value_profile([1.0]))
+        if given.get("confidence") not in (None, rule["confidence"]):
+            return {}
+        if profile is not None and profile.kind == "counts":
+            chosen = {k: given[k] if given.get(k) is not None else v for k, v in rule.items()}
+            log.info("iALS: the values look like heavy-tailed counts, %s; using confidence=%r, "
+                     "confidence_eps=%g, alpha=%.4g (1 + alpha * log(1 + count / eps): the median count gets "
+                     "confidence %.3g); pass confidence/alpha/confidence_eps to override",
+                     profile.describe(), chosen["confidence"], chosen["confidence_eps"], chosen["alpha"],
+                     1 + chosen["alpha"] * np.log1p(profile.median / chosen["confidence_eps"]))
+        return rule
 
     def __init__(self, model: MFModel, data: Interactions, hp: dict[str, Any], device: torch.device) -> None:
         self.hp = hp

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.nn.functional import softplus
 
-__all__ = ["PAIRWISE", "POINTWISE", "bpr", "logistic", "mse", "warp"]
+__all__ = ["PAIRWISE", "bpr", "logistic", "mse", "warp"]
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,5 +111,4 @@ def warp(
     return loss, -grad_neg.sum(1), grad_neg
 
 
-POINTWISE = {"mse": mse}
 PAIRWISE = {"bpr": bpr, "logistic": logistic, "warp": warp}

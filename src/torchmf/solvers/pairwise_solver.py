@@ -40,6 +40,10 @@ class PairwiseSolver:
         # so it needs more than one negative to be anything but BPR with a hinge.
         "warp": {**_COMMON, "negatives": 10},
     }
+    # What torchmf.autotune searches: (kind, low, high[, "log"]); epochs come from early stopping.
+    search_space: ClassVar[dict[str, tuple]] = {
+        "factors": ("int", 16, 256, "log"), "lr": ("float", 0.005, 0.3, "log"), "reg": ("float", 0.001, 0.1, "log"),
+    }
 
     def __init__(self, model: MFModel, data: Interactions, hp: dict[str, Any], device: torch.device) -> None:
         if hp["batch_size"] is None:

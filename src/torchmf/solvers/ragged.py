@@ -45,6 +45,8 @@ class RaggedLayout:
         Value of each slot; 0 in padding.
     row_bounds, entry_bounds : numpy.ndarray of int64, shape (n_buckets + 1,)
     widths : numpy.ndarray of int64, shape (n_buckets,)
+    slots : numpy.ndarray of int64, shape (nnz,)
+        The slot of each real entry, entries in CSR order (by row, then column).
     """
 
     rows: np.ndarray
@@ -54,19 +56,14 @@ class RaggedLayout:
     row_bounds: np.ndarray
     entry_bounds: np.ndarray
     widths: np.ndarray
+    slots: np.ndarray
 
     @property
     def mask(self) -> np.ndarray:
         """Real entries (True) versus padding, shape (E,)."""
-        return _slots(self.widths, self.row_bounds, self.counts)[1]
-
-
-def _slots(widths: np.ndarray, row_bounds: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Position of every slot in its padded row (0..w-1), and whether it holds a real entry; shapes (E,)."""
-    width_of_row = np.repeat(widths, np.diff(row_bounds))
-    starts = np.repeat(np.cumsum(width_of_row) - width_of_row, width_of_row)
-    rank = np.arange(starts.size) - starts
-    return rank, rank < np.repeat(counts, width_of_row)
+        mask = np.zeros(len(self.cols), dtype=bool)
+        mask[self.slots] = True
+        return mask
 
 
 def _bucket_bounds(degrees: np.ndarray, max_elements: int, growth: float) -> np.ndarray:
@@ -115,13 +112,9 @@ def ragged_layout(
     -------
     RaggedLayout
     """
-    rows = np.asarray(rows, dtype=np.int64)
-    cols = np.asarray(cols, dtype=np.int64)
     # entries grouped by row, columns ascending inside a row (gathers read memory in order)
     indptr, order = csr if csr is not None else csr_order(rows, cols, n_rows, n_cols)
-    cols_sorted, vals_sorted = cols[order], np.asarray(vals, dtype=np.float32)[order]
     counts_all = np.diff(indptr)
-    starts_all = indptr[:-1]
     by_degree = np.argsort(counts_all, kind="stable")
     by_degree = by_degree[counts_all[by_degree] > 0]
     counts = counts_all[by_degree]
@@ -130,14 +123,24 @@ def ragged_layout(
     widths = counts[row_bounds[1:] - 1]  # the longest (last) row of each bucket
     entry_bounds = np.concatenate([[0], np.cumsum(widths * np.diff(row_bounds))])
 
-    # slot j of padded row t holds that row's j-th entry, or padding once j >= its count
-    slot_rank, valid = _slots(widths, row_bounds, counts)
-    source = np.repeat(starts_all[by_degree], np.repeat(widths, np.diff(row_bounds))) + slot_rank
-    flat_cols = np.full(int(entry_bounds[-1]), n_cols, dtype=np.int64)
-    flat_vals = np.zeros(int(entry_bounds[-1]), dtype=np.float32)
-    flat_cols[valid] = cols_sorted[source[valid]]
-    flat_vals[valid] = vals_sorted[source[valid]]
-    return RaggedLayout(by_degree, counts, flat_cols, flat_vals, row_bounds, entry_bounds, widths)
+    # Padded row t starts at slot entry_bounds[b] + (t - row_bounds[b]) * widths[b]
+    # (per row, cheap); entry j of matrix row r goes to that start + j, so every
+    # real entry's slot is its CSR position shifted by its row's offset.
+    per_row = np.diff(row_bounds)
+    width_of_row = np.repeat(widths, per_row)
+    start = np.repeat(entry_bounds[:-1] - row_bounds[:-1] * widths, per_row)
+    start += np.arange(len(by_degree), dtype=np.int64) * width_of_row
+    shift = np.zeros(n_rows, dtype=np.int64)
+    shift[by_degree] = start - indptr[by_degree]
+    slots = np.repeat(shift, counts_all)
+    slots += np.arange(len(slots), dtype=np.int64)
+
+    n_slots = int(entry_bounds[-1])
+    flat_cols = np.full(n_slots, n_cols, dtype=np.int64)
+    flat_vals = np.zeros(n_slots, dtype=np.float32)
+    flat_cols[slots] = np.asarray(cols)[order]
+    flat_vals[slots] = np.asarray(vals)[order]
+    return RaggedLayout(by_degree, counts, flat_cols, flat_vals, row_bounds, entry_bounds, widths, slots)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,15 @@ class SGDSolver:
     losses: ClassVar[tuple[str, ...]] = ("mse",)
     ranking: ClassVar[bool] = False
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "mse": {"epochs": 40, "lr": 0.01, "reg": 0.1, "reg_bias": 0.01, "reg_exponent": 1.0, "biases": True},
+        "mse": {
+            "epochs": 40, "lr": 0.01, "reg": 0.1, "reg_bias": 0.01, "reg_exponent": 1.0, "optimizer": "sgd",
+            "biases": True,
+        },
+    }
+    # What torchmf.autotune searches: (kind, low, high[, "log"]); epochs come from early stopping.
+    search_space: ClassVar[dict[str, tuple]] = {
+        "factors": ("int", 8, 256, "log"), "lr": ("float", 0.002, 0.05, "log"),
+        "reg": ("float", 0.01, 0.5, "log"), "reg_bias": ("float", 0.001, 0.2, "log"),
     }
 
     def __init__(self, model: MFModel, data: Interactions, hp: dict[str, Any], device: torch.device) -> None:

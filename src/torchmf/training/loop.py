@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from torchmf.data.interactions import Interactions
-from torchmf.device import check_memory
+from torchmf.device import check_memory, thread_policy
 from torchmf.nn.mf import MFModel
 from torchmf.solvers import get_solver
-from torchmf.training.monitor import Monitor
+from torchmf.training.monitor import Monitor, baseline_loss, divergence_cause
 from torchmf.training.validation import VAL_K, RankingValidation, Validation
 
 __all__ = ["fit_model", "new_model"]
@@ -46,6 +46,19 @@ def new_model(data: Interactions, hp: dict[str, Any], device: torch.device) -> M
     return model.to(device)
 
 
+def _pair(data: Interactions, j: int) -> str:
+    """Interaction ``j`` as "user U, item I" with raw ids."""
+    user, item = data.user_map.raw([data.users[j]]).tolist()[0], data.item_map.raw([data.items[j]]).tolist()[0]
+    return f"user {user!r}, item {item!r}"
+
+
+def _kernel_work(hp: dict[str, Any], n_interactions: int) -> int:
+    """Elements one kernel call touches, for the thread policy: a minibatch (SGD family) or all pairs (ALS)."""
+    if hp["solver"] == "sgd" and hp["batch_size"]:
+        return hp["batch_size"] * (1 + (hp["negatives"] or 0)) * hp["factors"]
+    return n_interactions * hp["factors"]
+
+
 def _snapshot(model: MFModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -56,6 +69,7 @@ def fit_model(
     device: torch.device,
     validation: Validation | None = None,
     model: MFModel | None = None,
+    extras: dict[str, Any] | None = None,
 ) -> tuple[MFModel, list[dict[str, float]], int | None]:
     """Train on ``data`` (compacted) with the solver that ``hp`` names.
 
@@ -71,6 +85,9 @@ def fit_model(
         Held-out pairs: RMSE for rating losses, NDCG@10 for ranking losses.
     model : MFModel, optional
         Warm start: train this model (in place, on ``device``) instead of a fresh one.
+    extras : dict, optional
+        Filled with the solver's ``extras`` (JSON-able metadata, e.g. the width of
+        embeddings a solver rewrote in ``finish``) when it has any.
 
     Returns
     -------
@@ -106,13 +123,19 @@ def fit_model(
         higher_is_better=solver_cls.ranking,
         patience=hp["early_stopping"],
         divergence_hint=solver.divergence_hint(),
+        baseline=baseline_loss(data.values, hp, data.n_items, solver_cls.ranking),
+        cause=lambda: divergence_cause(data.values, lambda j: _pair(data, j), hp),
         verbose=hp["verbose"],
         desc=f"torchmf {hp['loss']}/{hp['solver']}" if solver_cls.ranking else f"torchmf {hp['solver']}",
     )
-    with torch.no_grad():
+    # intra-op threads matched to the free cores and to each kernel's work (device.thread_policy)
+    with torch.no_grad(), thread_policy(_kernel_work(hp, len(data)), device) as threads:
         for epoch in range(1, hp["epochs"] + 1):
+            threads.refresh()
             if monitor.end_epoch(epoch, solver.epoch()):
                 break
         monitor.finish()
         solver.finish()
+    if extras is not None:
+        extras.update(getattr(solver, "extras", {}))
     return model, monitor.history, monitor.best_epoch

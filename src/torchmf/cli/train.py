@@ -6,12 +6,10 @@ import argparse
 import time
 from typing import Any
 
-import numpy as np
-
 from torchmf.cli import common, distributed
 from torchmf.cli.plot import plot_histories, prepare_plot
 
-__all__ = ["add_parser", "holdout", "validation_metrics"]
+__all__ = ["add_parser", "holdout", "run_auto", "validation_metrics"]
 
 _DESCRIPTION = """\
 Train a matrix-factorization model on a ratings file and save it to a folder.
@@ -27,6 +25,7 @@ examples:
   torchmf train u.data -o model --columns user,item,rating,timestamp --factors 64 --epochs 10
   torchmf train plays.tsv -o model --user-col listener --item-col artist --implicit
   torchmf train ratings.csv -o model --validation 0.2 --plot curves.png
+  torchmf train ratings.csv -o model --auto 60        # tune with Optuna for 60 s, then refit
   torchmf train parts/ -o model --nproc 4 --checkpoint-every 2      # 4 local processes
   torchrun --nproc-per-node 8 --nnodes 2 --rdzv-endpoint HOST:29500 -m torchmf train parts/ -o model
 """
@@ -47,8 +46,19 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--validation",
         metavar="FRACTION",
         type=float,
-        help="hold out this fraction of each user's ratings to report validation metrics (e.g. 0.2)",
+        help="hold out this fraction of each user's interactions: report validation metrics, choose the number "
+             "of epochs (with --early-stopping), then refit on all the data for that many epochs (e.g. 0.2)",
     )
+    p.add_argument(
+        "--auto",
+        metavar="SECONDS",
+        type=float,
+        help="tune the hyperparameters of the loss and solver with Optuna (torchmf.autotune) within this many "
+             "seconds, search and refit together, on a validation split carved from DATA; other "
+             "hyperparameter options set the values that are not searched",
+    )
+    p.add_argument("--no-refit", dest="refit", action="store_false",
+                   help="with --validation: save the model fitted on the training part instead of refitting")
     p.add_argument("-k", type=int, default=10, help="cut-off of the validation ranking metrics (default 10)")
     p.add_argument("--plot", metavar="FILE.png", help="write learning curves (loss, validation error per epoch)")
     common.add_reading_options(p)
@@ -64,17 +74,10 @@ def check_fraction(fraction: float) -> None:
 
 def holdout(data: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     """Per-user holdout (torchmf.data.split.user_split), else a seeded random split."""
+    from torchmf.data.split import user_split
     from torchmf.errors import DataError
 
     check_fraction(fraction)
-    try:
-        from torchmf.data.split import user_split
-    except ImportError:  # pragma: no cover - split module missing
-        rng = np.random.default_rng(seed)
-        test = rng.random(len(data)) < fraction
-        if test.all() or not test.any():
-            raise common.CLIError(f"--validation {fraction:g} leaves no training or no validation data") from None
-        return data.subset(~test), data.subset(test)
     try:
         return user_split(data, fraction, seed=seed)
     except DataError as exc:
@@ -82,19 +85,10 @@ def holdout(data: Any, fraction: float, seed: int) -> tuple[Any, Any]:
 
 
 def validation_metrics(model: Any, train: Any, test: Any, k: int) -> dict[str, float]:
-    """RMSE/MAE of the kept epoch, plus ranking metrics when torchmf.evaluation has ``evaluate``."""
-    out: dict[str, float] = {}
-    try:
-        from torchmf.evaluation import evaluate
-    except ImportError:
-        evaluate = None
-    if evaluate is not None:
-        out.update(evaluate(model, test, train=train, k=k))
-    elif model.history_:
-        best = model.best_epoch_ or len(model.history_)
-        row = model.history_[best - 1]
-        out.update({k_[4:]: v for k_, v in row.items() if k_.startswith("val_")})
-    return out
+    """Rating (rating models only) and ranking metrics of the kept model on the validation data."""
+    from torchmf.evaluation import evaluate
+
+    return dict(evaluate(model, test, train=train, k=k))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +100,11 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         prepare_plot(args.plot)  # fail before training, not after
     est = common.estimator_from_args(args)
+    if args.auto is not None:
+        check_auto(args)
     data = common.read_data(args.data, args)
+    if args.auto is not None:
+        return run_auto(args, est, data)
     kind = "implicit" if data.implicit else "explicit"
     print(f"read {len(data):,} {kind} interactions from {args.data}: {data.n_users:,} users x {data.n_items:,} items")
     train, test = data, None
@@ -124,19 +122,71 @@ def run(args: argparse.Namespace) -> int:
     best = f", best epoch {est.best_epoch_}" if est.best_epoch_ is not None else ""
     print(
         f"trained {hp['solver'].upper()} with {hp['factors']} factors for {ran} "
-        f"{'sweep' if hp['solver'] == 'als' else 'epoch'}{'s' if ran != 1 else ''} in {took:.1f} s{best}"
+        f"{'sweep' if hp['solver'] in ('als', 'gibbs') else 'epoch'}{'s' if ran != 1 else ''} in {took:.1f} s{best}"
     )
+    curves = est.history_
     if test is not None:
+        metrics = validation_metrics(est, train, test, args.k)
         print(f"validation metrics (k={args.k}):")
-        print(_indent(common.metrics_table(validation_metrics(est, train, test, args.k))))
+        print(_indent(common.metrics_table(metrics)))
+        if args.refit:
+            est = refit(est, data, metrics, args.validation)
     elif est.history_:
         print(f"final training loss: {est.history_[-1]['train_loss']:.4f}")
     est.save(args.output)
     print(f"model saved to {args.output}")
     if args.plot:
-        where = plot_histories(args.plot, [est.history_], [""])
+        where = plot_histories(args.plot, [curves], [""])
         print(f"learning curves written to {where}")
     return 0
+
+
+def check_auto(args: argparse.Namespace) -> None:
+    if not args.auto > 0:
+        raise common.CLIError(f"--auto must be a positive number of seconds, got {args.auto:g}")
+    if args.validation is not None:
+        raise common.CLIError("--auto carves its own validation split; leave out --validation")
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise common.CLIError("--auto needs optuna: pip install 'torchmf[tune]'") from None
+
+
+def run_auto(args: argparse.Namespace, est: Any, data: Any) -> int:
+    """``--auto SECONDS``: autotune, report the trials, save the refitted best model."""
+    from torchmf.evaluation.autotune import autotune
+
+    kind = "implicit" if data.implicit else "explicit"
+    print(f"read {len(data):,} {kind} interactions from {args.data}: {data.n_users:,} users x {data.n_items:,} items")
+    p = est.get_params()
+    model = autotune(est, data, budget_s=args.auto, seed=p["seed"], k=args.k, verbose=p["verbose"])
+    info = model.extras_["autotune"]
+    states = model.tuning_["state"].value_counts().to_dict()
+    print(f"tuned {model.effective_params['solver'].upper()} ({p['loss']}) in {info['seconds']:.1f} s of "
+          f"{args.auto:g}: {info['trials']} trials ({', '.join(f'{n} {s}' for s, n in states.items())})")
+    best = ", ".join(f"{k}={common.plain(v)}" for k, v in info["params"].items())
+    print(f"best: {best}, {info['epochs']} epochs; validation {info['metric']} {info['validation']:.4f}")
+    model.save(args.output)
+    print(f"refitted on all {len(data):,} interactions; model saved to {args.output}")
+    if args.plot:
+        where = plot_histories(args.plot, [model.history_], [""])
+        print(f"learning curves written to {where}")
+    return 0
+
+
+def refit(est: Any, data: Any, metrics: dict[str, Any], fraction: float) -> Any:
+    """Refit on all of ``data`` for the epoch count validation chose; the validation run is kept in ``extras_``."""
+    epochs = est.best_epoch_ or len(est.history_)
+    final = type(est)(**{**est.get_params(), "epochs": epochs, "early_stopping": None})
+    start = time.perf_counter()
+    final.fit(data)
+    print(f"refitted on all {len(data):,} interactions for {epochs} epoch{'s' if epochs != 1 else ''} "
+          f"(the count validation chose) in {time.perf_counter() - start:.1f} s; the saved model is this refit")
+    final.extras_["validation"] = {
+        "fraction": fraction, "epochs": epochs,
+        "metrics": {k: common.plain(v) for k, v in metrics.items()}, "history": est.history_,
+    }
+    return final
 
 
 def _indent(text: str) -> str:

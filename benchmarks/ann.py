@@ -1,0 +1,147 @@
+"""Approximate (HNSW) against exact top-10 retrieval on a synthetic catalogue: recall@10 and single-query speed.
+
+    python benchmarks/ann.py                          # 1 M items, factors 64 (issue 14 target)
+    python benchmarks/ann.py --items 100000 --ef-search 50 100   # a quicker check
+
+The factors are random, not trained: item vectors are Gaussian with a decaying
+spectrum (dimension j scaled by 1/sqrt(j), as trained factors concentrate their
+variance in few directions), times a log-normal per-item norm (sigma
+``--norm-spread``: popular items have larger norms), plus a N(0, 0.3²) item
+bias; user vectors share the spectrum. Queries are users, scored
+``p_u · q_i + b_i``; nothing is excluded.
+
+Exact search is ``ExactIndex.search`` (what ``recommend`` uses without an
+index: one ``q @ items.T + bias`` and ``torch.topk`` over every item), also
+timed as the bare matmul + topk; HNSW is ``HNSWIndex.search`` through its
+full Python path, without exclusions and with ``--seen`` random items
+excluded per query (over-fetching). All answer one query at a time
+(single-query throughput) after a few warm-up queries; recall@10 (nothing
+excluded) is measured against exact search on ``--recall-queries`` users, for
+each ``--ef-search``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine
+from torchmf.retrieval import ExactIndex
+from torchmf.retrieval.hnsw import build_hnsw, measure_recall
+
+
+def synthetic_factors(n_items: int, n_users: int, dim: int, spread: float, seed: int):
+    """Random item/user factors with a decaying spectrum and log-normal item norms (see module doc)."""
+    rng = np.random.default_rng(seed)
+    scale = (1.0 / np.sqrt(np.arange(1, dim + 1))).astype(np.float32)
+    items = np.empty((n_items, dim), dtype=np.float32)
+    for s in range(0, n_items, 1 << 18):  # in blocks: bounded float64 temporaries
+        n = min(1 << 18, n_items - s)
+        norm = np.exp(rng.normal(0.0, spread, (n, 1)))
+        items[s : s + n] = rng.standard_normal((n, dim)) * scale * norm
+    bias = rng.normal(0.0, 0.3, n_items).astype(np.float32)
+    users = (rng.standard_normal((n_users, dim)) * scale).astype(np.float32)
+    return items, bias, users
+
+
+def per_query_seconds(fn, queries: np.ndarray, warmup: int = 5) -> float:
+    """Mean wall time of ``fn(one query row)`` over the rows, after ``warmup`` untimed calls."""
+    for i in range(min(warmup, len(queries))):
+        fn(queries[i : i + 1])
+    start = time.perf_counter()
+    for i in range(len(queries)):
+        fn(queries[i : i + 1])
+    return (time.perf_counter() - start) / len(queries)
+
+
+def excluding(index, seen: list[np.ndarray]):
+    """A one-query search that excludes the next list of ``seen`` items at each call (cycling)."""
+    lists = itertools.cycle(seen)
+
+    def run(q: np.ndarray) -> None:
+        s = next(lists)
+        index.search(q, 10, exclude=(np.array([0, len(s)]), s))
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--m", type=int, default=32)
+    ap.add_argument("--ef-construction", type=int, default=200)
+    ap.add_argument("--ef-search", type=int, nargs="+", default=[100, 200, 400])
+    ap.add_argument("--recall-queries", type=int, default=1000)
+    ap.add_argument("--timed-queries", type=int, default=200, help="single queries timed per method")
+    ap.add_argument("--seen", type=int, default=100, help="items excluded per query in the over-fetch timing")
+    ap.add_argument("--norm-spread", type=float, default=0.3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", metavar="FILE", help="also write the results here")
+    args = ap.parse_args(argv)
+
+    n_users = max(args.recall_queries, args.timed_queries)
+    items, bias, users = synthetic_factors(args.items, n_users, args.dim, args.norm_spread, args.seed)
+    print(f"machine: {machine()}")
+    print(f"catalogue: {args.items:,} items x {args.dim} factors (synthetic, norm spread {args.norm_spread})")
+
+    items_t, bias_t = torch.from_numpy(items), torch.from_numpy(bias)
+
+    exact_index = ExactIndex(items_t, bias_t)
+
+    def matmul_topk(q: np.ndarray) -> None:
+        with torch.no_grad():
+            torch.topk(torch.from_numpy(q) @ items_t.T + bias_t, 10, dim=1)
+
+    timed = users[: args.timed_queries]
+    bare_s = per_query_seconds(matmul_topk, timed)
+    exact_s = per_query_seconds(lambda q: exact_index.search(torch.from_numpy(q), 10), timed)
+    print(f"exact top-10 (ExactIndex.search): {exact_s * 1e3:.2f} ms/query = {1 / exact_s:,.0f} queries/s;"
+          f" bare matmul + topk {bare_s * 1e3:.2f} ms/query")
+    rng = np.random.default_rng(args.seed + 1)
+    seen = [np.sort(rng.choice(args.items, min(args.seen, args.items - 1), replace=False)) for _ in timed]
+
+    start = time.perf_counter()
+    index = build_hnsw(items, bias, m=args.m, ef_construction=args.ef_construction,
+                       ef_search=args.ef_search[0], recall_queries=users, n_recall=args.recall_queries,
+                       seed=args.seed)
+    build_s = time.perf_counter() - start
+    print(f"HNSW build (m={args.m}, ef_construction={args.ef_construction}): graph {index.info['build_seconds']:.1f} s,"
+          f" with recall measurement {build_s:.1f} s; recall@10 stored: {index.info['recall_at_10']:.4f}")
+
+    rows = []
+    for ef in args.ef_search:
+        index.set_ef_search(ef)
+        recall = measure_recall(index, users[: args.recall_queries])
+        sec = per_query_seconds(lambda q: index.search(q, 10), timed)
+        sec_seen = per_query_seconds(excluding(index, seen), timed)
+        rows.append({"ef_search": ef, "recall_at_10": round(recall, 4), "ms_per_query": round(sec * 1e3, 3),
+                     "queries_per_s": round(1 / sec), "speedup_vs_exact": round(exact_s / sec, 1),
+                     "ms_per_query_seen": round(sec_seen * 1e3, 3)})
+        print(f"HNSW ef_search={ef}: recall@10 {recall:.4f}, {sec * 1e3:.3f} ms/query = {1 / sec:,.0f} queries/s,"
+              f" {exact_s / sec:.1f}x exact; {sec_seen * 1e3:.3f} ms/query with {args.seen} seen items excluded")
+
+    print(f"\n| search | recall@10 | ms/query | queries/s | × exact | ms/query, {args.seen} seen excluded |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| exact (ExactIndex) | 1.0000 | {exact_s * 1e3:.2f} | {1 / exact_s:,.0f} | 1.0 | |")
+    for r in rows:
+        print(f"| HNSW ef_search={r['ef_search']} | {r['recall_at_10']:.4f} | {r['ms_per_query']:.3f} |"
+              f" {r['queries_per_s']:,} | {r['speedup_vs_exact']} | {r['ms_per_query_seen']:.3f} |")
+    if args.json:
+        out = {"machine": machine(), "args": vars(args), "exact_ms_per_query": exact_s * 1e3,
+               "bare_matmul_topk_ms_per_query": bare_s * 1e3, "build_seconds": index.info["build_seconds"],
+               "hnsw": rows}
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

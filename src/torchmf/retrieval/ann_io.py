@@ -1,0 +1,209 @@
+"""Save and load approximate indexes beside a model, checksummed: no pickle anywhere.
+
+An index is two files in the model folder:
+
+- ``index.hnsw.faiss``: the graph and vectors in faiss' own binary format
+  (``faiss.write_index``; plain arrays, nothing executable);
+- ``index.hnsw.json``: kind, sizes, build parameters and the recall measured at build time.
+
+:func:`save_index` returns a small JSON-able entry holding the SHA-256 of both
+files; the model's manifest stores it, and :func:`load_index` refuses an index
+whose files no longer match it (truncated, edited, swapped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from torchmf.errors import ModelFileError
+from torchmf.retrieval.ann_common import import_faiss
+from torchmf.retrieval.hnsw import HNSWIndex
+
+__all__ = ["INDEX_FORMAT", "index_files", "index_from_files", "index_names", "load_index", "save_index"]
+
+INDEX_FORMAT = "torchmf-ann-index"
+INDEX_FORMAT_VERSION = 1
+
+
+def _names(kind: str) -> tuple[str, str]:
+    return f"index.{kind}.faiss", f"index.{kind}.json"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def index_files(index: HNSWIndex) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The manifest entry of ``index`` and its files' content, by file name.
+
+    The model's save stores the files (content-addressed, committed atomically
+    with the weights); :func:`index_from_files` reads them back.
+
+    Returns
+    -------
+    entry : dict
+        JSON-able: ``kind``, ``format_version``, ``file``, ``sha256``, ``meta_file``,
+        ``meta_sha256``, ``n_items``, ``dim``, ``has_bias``, ``info`` (parameters, recall).
+    files : dict of str to bytes
+        ``{entry["file"]: graph and vectors, entry["meta_file"]: description}``.
+    """
+    if not isinstance(index, HNSWIndex):
+        raise TypeError(f"only HNSW indexes are saved, got {type(index).__name__}")
+    faiss = import_faiss()
+    data_name, meta_name = _names(index.kind)
+    meta = {
+        "format": INDEX_FORMAT,
+        "format_version": INDEX_FORMAT_VERSION,
+        "kind": index.kind,
+        "n_items": index.n_items,
+        "dim": index.dim,
+        "has_bias": index.has_bias,
+        "info": index.info,
+    }
+    meta_bytes = json.dumps(meta, indent=1, allow_nan=False).encode()
+    data = faiss.serialize_index(index.faiss_index).tobytes()
+    entry = {
+        "kind": index.kind,
+        "format_version": INDEX_FORMAT_VERSION,
+        "file": data_name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "meta_file": meta_name,
+        "meta_sha256": hashlib.sha256(meta_bytes).hexdigest(),
+        "n_items": index.n_items,
+        "dim": index.dim,
+        "has_bias": index.has_bias,
+        "info": index.info,
+    }
+    return entry, {data_name: data, meta_name: meta_bytes}
+
+
+def save_index(index: HNSWIndex, folder: str | os.PathLike) -> dict[str, Any]:
+    """Write ``index`` into ``folder`` (which must exist) and return its manifest entry.
+
+    Model saves go through :func:`index_files` instead (atomic with the weights);
+    this writes the two files of :func:`index_files` under their own names.
+
+    Parameters
+    ----------
+    index : HNSWIndex
+    folder : path
+        The index files are replaced atomically if present.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFileError(f"{folder}: not a folder")
+    entry, files = index_files(index)
+    for name, data in files.items():
+        tmp = folder / f".{name}.tmp"
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return entry
+
+
+def _read_checked(path: Path, sha256: Any) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: index file is missing") from None
+    if not isinstance(sha256, str) or hashlib.sha256(data).hexdigest() != sha256:
+        raise ModelFileError(f"{path}: checksum does not match the model's manifest (file changed or truncated)")
+    return data
+
+
+def index_names(entry: Any) -> tuple[str, str]:
+    """The two file names a manifest entry must name (raises ModelFileError for anything else)."""
+    if not isinstance(entry, dict) or entry.get("kind") != HNSWIndex.kind:
+        kind = entry.get("kind") if isinstance(entry, dict) else entry
+        raise ModelFileError(f"unsupported index kind {kind!r} in the manifest")
+    data_name, meta_name = _names(HNSWIndex.kind)
+    if entry.get("file") != data_name or entry.get("meta_file") != meta_name:
+        raise ModelFileError(f"manifest names index files {entry.get('file')!r}, {entry.get('meta_file')!r}")
+    return data_name, meta_name
+
+
+def load_index(folder: str | os.PathLike, entry: dict[str, Any]) -> HNSWIndex:
+    """Read the index that :func:`save_index` wrote, after checking both files' SHA-256.
+
+    Parameters
+    ----------
+    folder : path
+        The folder holding the files.
+    entry : dict
+        What :func:`save_index` returned (as stored in the model's manifest).
+
+    Raises
+    ------
+    ModelFileError
+        A file is missing, does not match its checksum, or disagrees with the entry.
+    ImportError
+        faiss is not installed.
+    """
+    folder = Path(folder)
+    try:
+        data_name, meta_name = index_names(entry)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{folder}: {exc}") from None
+    files = {meta_name: _read_checked(folder / meta_name, entry.get("meta_sha256")),
+             data_name: _read_checked(folder / data_name, entry.get("sha256"))}
+    return index_from_files(entry, files, folder)
+
+
+def index_from_files(entry: dict[str, Any], files: dict[str, bytes], where: Any) -> HNSWIndex:
+    """The index described by manifest ``entry`` from its files' content (:func:`index_files`).
+
+    Raises
+    ------
+    ModelFileError
+        Naming ``where``: a file missing from ``files``, not matching its
+        checksum, or disagreeing with the entry.
+    ImportError
+        faiss is not installed.
+    """
+    folder = Path(where)
+    try:
+        data_name, meta_name = index_names(entry)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{folder}: {exc}") from None
+    for name, key in ((data_name, "sha256"), (meta_name, "meta_sha256")):
+        if name not in files:
+            raise ModelFileError(f"{folder / name}: index file is missing")
+        if not isinstance(entry.get(key), str) or hashlib.sha256(files[name]).hexdigest() != entry[key]:
+            raise ModelFileError(f"{folder / name}: checksum does not match the model's manifest "
+                                 "(file changed or truncated)")
+    meta_raw, data = files[meta_name], files[data_name]
+    try:
+        meta = json.loads(meta_raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ModelFileError(f"{folder / meta_name}: not valid JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
+        raise ModelFileError(f"{folder / meta_name}: not a torchmf index description")
+    if meta.get("format_version") != INDEX_FORMAT_VERSION:
+        raise ModelFileError(f"{folder / meta_name}: index format version {meta.get('format_version')!r} not supported")
+    faiss = import_faiss()
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))  # already the concrete type
+    except RuntimeError as exc:
+        raise ModelFileError(f"{folder / data_name}: not a faiss index ({str(exc).splitlines()[0]})") from None
+    if not isinstance(index, faiss.IndexHNSWFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise ModelFileError(f"{folder / data_name}: not an inner-product HNSW index")
+    try:
+        out = HNSWIndex(index, int(meta["dim"]), bool(meta["has_bias"]), dict(meta["info"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{folder / meta_name}: {exc}") from None
+    if out.n_items != meta.get("n_items") or out.n_items != entry.get("n_items"):
+        said = entry.get("n_items")
+        raise ModelFileError(f"{folder / data_name}: holds {out.n_items} items, the manifest says {said}")
+    return out

@@ -1,0 +1,331 @@
+"""Approximate maximum-inner-product search with an HNSW graph (faiss).
+
+The graph is built with faiss' inner-product metric directly: item ``i`` with
+factors ``q_i`` and bias ``b_i`` is stored as ``x_i = [q_i, b_i]`` and a query
+``p`` is searched as ``y = [p, 1]``, so ``y · x_i`` is the model's score minus
+the per-row offset (user and global bias). The norm-augmentation transform
+(``[x_i, sqrt(M² − ‖x_i‖²)]`` searched by Euclidean distance) gives the same
+ranking in exact arithmetic but much worse graphs: on 50 000 synthetic items
+(factors 64, M=32, efSearch=100) its recall@10 was 0.72 against 0.96 for the
+inner-product graph, so it is not used.
+
+Seen items are removed by over-fetching (``k`` plus the row's number of
+excluded items, doubled while too few survive); a candidate subset is ranked
+exactly over the stored vectors. Recall@10 against exact search is measured
+when the index is built and kept in :attr:`HNSWIndex.info`.
+
+The faiss library is an optional dependency: ``pip install torchmf[ann]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from torchmf.retrieval.ann_common import filter_excluded, import_faiss, recall_at
+from torchmf.retrieval.base import CSR, csr_rows
+from torchmf.retrieval.exact import ExactIndex
+
+__all__ = ["HNSWIndex", "build_hnsw"]
+
+log = logging.getLogger(__name__)
+
+RECALL_K = 10
+# over-fetch never asks the graph for more than this share of the catalogue:
+# past it an exact scan is cheaper than a huge beam
+_MAX_FETCH_SHARE = 0.25
+
+
+class HNSWIndex:
+    """An HNSW graph over item vectors, answering top-``k`` inner-product queries.
+
+    Build one with :func:`build_hnsw` (or ``MatrixFactorization.build_index``);
+    read one back with :func:`torchmf.retrieval.ann_io.load_index`.
+
+    Attributes
+    ----------
+    kind : str
+        ``"hnsw"``.
+    n_items : int
+    dim : int
+        Width of the factor vectors (queries are ``(B, dim)``).
+    has_bias : bool
+        Whether item biases were folded into the index.
+    info : dict
+        JSON-able build parameters and measurements: ``m``, ``ef_construction``,
+        ``ef_search``, ``recall_at_10``, ``recall_queries``,
+        ``build_seconds``.
+    """
+
+    kind: ClassVar[str] = "hnsw"
+
+    def __init__(self, faiss_index: Any, dim: int, has_bias: bool, info: dict[str, Any]) -> None:
+        width = dim + int(has_bias)
+        if faiss_index.d != width:
+            raise ValueError(f"HNSW index has width {faiss_index.d}; dim={dim}, has_bias={has_bias} need {width}")
+        self._index = faiss_index
+        self.n_items = int(faiss_index.ntotal)
+        self.dim = int(dim)
+        self.has_bias = bool(has_bias)
+        self.info = dict(info)
+        self.ef_search = int(info.get("ef_search", 100))
+        self._param_cache: dict[int, Any] = {}
+
+    def __repr__(self) -> str:
+        recall = self.info.get("recall_at_10")
+        return f"HNSWIndex(n_items={self.n_items}, dim={self.dim}, m={self.info.get('m')}, recall_at_10={recall})"
+
+    @property
+    def faiss_index(self) -> Any:
+        """The underlying ``faiss.IndexHNSWFlat`` (written by ``faiss.write_index``)."""
+        return self._index
+
+    # ------------------------------------------------------------------ vectors
+    def exact(self) -> ExactIndex:
+        """Exact search over the stored vectors (queries as :meth:`_queries` makes them), valid while this lives."""
+        return ExactIndex(torch.from_numpy(self.all_item_vectors()))
+
+    def _queries(self, queries: torch.Tensor | np.ndarray) -> np.ndarray:
+        """``(B, dim)`` user vectors -> ``(B, width)`` float32 ``[p, 1]`` rows (``p`` without biases)."""
+        q = queries.detach().to("cpu", torch.float32).numpy() if isinstance(queries, torch.Tensor) else queries
+        q = np.asarray(q, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (B, {self.dim}), got {tuple(q.shape)}")
+        out = np.zeros((len(q), self._index.d), dtype=np.float32)
+        out[:, : self.dim] = q
+        if self.has_bias:
+            out[:, self.dim] = 1.0
+        return out
+
+    def item_vectors(self, items: np.ndarray) -> np.ndarray:
+        """Stored item rows ``[q_i, b_i]`` (``q_i`` without biases), shape ``(len(items), width)`` float32."""
+        items = np.ascontiguousarray(items, dtype=np.int64)
+        if len(items) == 0:
+            return np.zeros((0, self._index.d), dtype=np.float32)
+        return self._index.reconstruct_batch(items)
+
+    def all_item_vectors(self) -> np.ndarray:
+        """Every stored item row, shape ``(n_items, width)`` float32.
+
+        A view of the index's own storage (no copy; do not write to it), valid while this index lives.
+        """
+        faiss = import_faiss()
+        storage = faiss.downcast_index(self._index.storage)
+        return faiss.rev_swig_ptr(storage.get_xb(), self.n_items * self._index.d).reshape(self.n_items, -1)
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self,
+        queries: torch.Tensor,
+        k: int,
+        *,
+        offsets: torch.Tensor | None = None,
+        exclude: CSR | None = None,
+        candidates: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top-``k`` items per query row by ``queries[b] · q_i + b_i + offsets[b]``.
+
+        Parameters
+        ----------
+        queries : torch.Tensor, shape (B, dim)
+        k : int
+        offsets : torch.Tensor, shape (B,), optional
+            Added to every score of a row (user and global bias); does not change the ranking.
+        exclude : (indptr, indices), optional
+            CSR arrays, ``indptr`` of shape (B + 1,): item indices to drop per row.
+        candidates : numpy.ndarray of int64, shape (M,), optional
+            Rank only these items (exactly, over the subset).
+
+        Returns
+        -------
+        items : numpy.ndarray of int64, shape (B, k)
+            Best first, -1 padded.
+        scores : numpy.ndarray of float32, shape (B, k)
+            Exact scores of the items found, -inf padded.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        y = self._queries(queries)
+        B = len(y)
+        if candidates is not None:
+            cand = np.asarray(candidates, dtype=np.int64)
+            if len(cand) and (cand.min() < 0 or cand.max() >= self.n_items):
+                raise ValueError(f"candidates must be item indices in [0, {self.n_items})")
+            items, scores = self.exact().search(torch.from_numpy(y), k, exclude=exclude, candidates=cand)
+        else:
+            items, scores = self._graph_search(y, int(k), exclude)
+        if offsets is not None and B:
+            off = offsets.detach().to("cpu", torch.float32).numpy().reshape(B, 1)
+            scores = scores + off  # -inf stays -inf
+        return items, scores.astype(np.float32, copy=False)
+
+    def _params(self, fetch: int) -> Any:
+        """faiss search parameters for a beam of at least ``fetch`` (cached: building one costs ~25 µs)."""
+        ef = max(self.ef_search, fetch)
+        params = self._param_cache.get(ef)
+        if params is None:
+            params = import_faiss().SearchParametersHNSW(efSearch=ef)
+            self._param_cache[ef] = params
+        return params
+
+    def _graph_search(
+        self, y: np.ndarray, k: int, exclude: CSR | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        B, n = len(y), self.n_items
+        out_i = np.full((B, k), -1, dtype=np.int64)
+        out_s = np.full((B, k), -np.inf, dtype=np.float32)
+        if exclude is None:
+            n_excl = np.zeros(B, dtype=np.int64)
+        else:
+            if len(exclude[0]) != B + 1:
+                raise ValueError(f"exclude indptr must have {B + 1} entries (queries + 1), got {len(exclude[0])}")
+            n_excl = np.diff(exclude[0]).astype(np.int64)
+        want = np.minimum(k, np.maximum(n - n_excl, 0))  # results a row can have at most
+        # fetch k + (number excluded), rounded up to a power of two so that few groups share a search
+        fetch = np.minimum(2 ** np.ceil(np.log2(k + n_excl)).astype(np.int64), n)
+        limit = max(k, int(_MAX_FETCH_SHARE * n))
+        todo = np.flatnonzero(want > 0)
+        while len(todo):
+            big = fetch[todo] > limit
+            if big.any():  # a beam this wide costs more than scanning everything
+                rows = todo[big]
+                excl = None if exclude is None else exclude if len(rows) == B else csr_rows(*exclude, rows)
+                out_i[rows], out_s[rows] = self.exact().search(torch.from_numpy(y[rows]), k, exclude=excl)
+                todo = todo[~big]
+            groups = np.unique(fetch[todo])
+            for kf in groups:
+                rows = todo if len(groups) == 1 else todo[fetch[todo] == kf]
+                s, ids = self._index.search(y[rows], int(kf), params=self._params(int(kf)))
+                if exclude is not None and n_excl[rows].any():
+                    ids = filter_excluded(ids, exclude if len(rows) == B else csr_rows(*exclude, rows), n)
+                    s[ids < 0] = -np.inf
+                    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+                    ids, s = np.take_along_axis(ids, order, 1), np.take_along_axis(s, order, 1)
+                else:  # faiss returns each row best first, -1 padded
+                    ids, s = ids[:, :k], s[:, :k]
+                ids[~(s > -np.inf)] = -1
+                s[ids < 0] = -np.inf
+                out_i[rows, : ids.shape[1]], out_s[rows, : ids.shape[1]] = ids, s
+            # rows that lost too many results to exclusions go round again, fetching twice as many
+            short = (out_i[todo] >= 0).sum(1) < want[todo]
+            todo = todo[short & (fetch[todo] < n)]
+            fetch[todo] = np.minimum(2 * fetch[todo], n)
+        return out_i, out_s
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """Beam width at query time: larger = better recall, slower queries."""
+        if isinstance(ef_search, bool) or not isinstance(ef_search, (int, np.integer)) or ef_search < 1:
+            raise ValueError(f"ef_search must be a positive integer, got {ef_search!r}")
+        self.ef_search = int(ef_search)
+        self.info["ef_search"] = int(ef_search)
+
+
+def build_hnsw(
+    item_vectors: torch.Tensor | np.ndarray,
+    item_bias: torch.Tensor | np.ndarray | None = None,
+    *,
+    m: int = 32,
+    ef_construction: int = 200,
+    ef_search: int = 100,
+    recall_queries: torch.Tensor | np.ndarray | None = None,
+    n_recall: int = 1000,
+    seed: int = 0,
+) -> HNSWIndex:
+    """Build an HNSW index over item factors and measure its recall@10.
+
+    Parameters
+    ----------
+    item_vectors : torch.Tensor or numpy.ndarray, shape (n_items, d)
+    item_bias : torch.Tensor or numpy.ndarray, shape (n_items,), optional
+    m : int
+        Graph degree (faiss ``M``): larger = better recall, more memory, slower build.
+    ef_construction : int
+        Beam width while building.
+    ef_search : int
+        Default beam width while searching (raised to the fetch size when that is larger).
+    recall_queries : torch.Tensor or numpy.ndarray, shape (n, d), optional
+        Query vectors (typically user factors) to measure recall@10 on; ``n_recall`` of
+        them are drawn with ``seed``. Without them recall is measured on ``n_recall``
+        item vectors used as queries.
+    n_recall : int
+        Number of sampled queries for the recall measurement (0 skips it).
+    seed : int
+        Seed of the query sample.
+
+    Returns
+    -------
+    HNSWIndex
+        With ``info["recall_at_10"]``: mean share of the exact top-10 (over all items,
+        nothing excluded) that the index returns.
+    """
+    for name, v in (("m", m), ("ef_construction", ef_construction), ("ef_search", ef_search)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(n_recall, bool) or not isinstance(n_recall, (int, np.integer)) or n_recall < 0:
+        raise ValueError(f"n_recall must be a non-negative integer, got {n_recall!r}")
+    faiss = import_faiss()
+    vec = _as_f32(item_vectors)
+    if vec.ndim != 2 or len(vec) == 0:
+        raise ValueError(f"item_vectors must have shape (n_items, d) with n_items > 0, got {tuple(vec.shape)}")
+    n, d = vec.shape
+    parts = [vec]
+    if item_bias is not None:
+        bias = _as_f32(item_bias).reshape(-1)
+        if len(bias) != n:
+            raise ValueError(f"item_bias has {len(bias)} entries for {n} items")
+        parts.append(bias[:, None])
+    if not all(np.isfinite(p).all() for p in parts):
+        raise ValueError("item vectors or biases contain NaN or infinity")
+    x = np.ascontiguousarray(np.concatenate(parts, axis=1))
+    t0 = time.perf_counter()
+    index = faiss.IndexHNSWFlat(x.shape[1], int(m), faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = int(ef_construction)
+    index.add(x)
+    build_s = time.perf_counter() - t0
+    info: dict[str, Any] = {
+        "library": "faiss",
+        "library_version": faiss.__version__,
+        "metric": "inner_product",
+        "m": int(m),
+        "ef_construction": int(ef_construction),
+        "ef_search": int(ef_search),
+        "build_seconds": round(build_s, 3),
+    }
+    out = HNSWIndex(index, d, item_bias is not None, info)
+    rng = np.random.default_rng(seed)
+    pool = vec if recall_queries is None else recall_queries
+    if n_recall and len(pool):
+        rows = np.sort(rng.choice(len(pool), size=min(n_recall, len(pool)), replace=False))
+        sample = _as_f32(pool[torch.from_numpy(rows)] if isinstance(pool, torch.Tensor) else pool[rows])
+        out.info["recall_at_10"] = round(measure_recall(out, sample, RECALL_K), 4)
+        out.info["recall_queries"] = len(sample)
+        out.info["recall_source"] = "items" if recall_queries is None else "users"
+    log.info("built %r in %.1f s", out, build_s)
+    return out
+
+
+def measure_recall(index: HNSWIndex, queries: np.ndarray, k: int = RECALL_K, block: int = 256) -> float:
+    """Mean recall@``k`` of ``index`` against exact search over all items, nothing excluded.
+
+    Parameters
+    ----------
+    queries : numpy.ndarray, shape (B, dim)
+    """
+    exact = index.exact()
+    hits = []
+    for s in range(0, len(queries), block):
+        q = torch.from_numpy(np.ascontiguousarray(queries[s : s + block]))
+        approx, _ = index.search(q, k)
+        best, _ = exact.search(torch.from_numpy(index._queries(q)), k)
+        hits.append(recall_at(approx, best))
+    return float(np.concatenate(hits).mean()) if hits else float("nan")
+
+
+def _as_f32(v: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(v, torch.Tensor):
+        return v.detach().to("cpu", torch.float32).numpy()
+    return np.asarray(v, dtype=np.float32)

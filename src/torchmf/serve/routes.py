@@ -1,0 +1,283 @@
+"""The ``/v1`` endpoints: recommend, session, predict, similar, model, search.
+
+No ``from __future__ import annotations``: FastAPI reads these annotations and
+the request models are built per app.
+"""
+
+import re
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Path, Query
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from torchmf.data.idmap import INT_PATTERN
+from torchmf.errors import UnknownIdError
+from torchmf.serve.batcher import MicroBatcher
+from torchmf.serve.schemas import (
+    BatchRecommendations,
+    Error,
+    ItemSearchResult,
+    Limits,
+    ModelInfo,
+    Prediction,
+    Predictions,
+    SessionRecommendations,
+    SimilarItems,
+    UserRecommendations,
+    UserSearchResult,
+)
+from torchmf.serve.store import LoadedModel
+
+__all__ = ["Prefixed", "add_routes"]
+
+_NOT_FOUND = {404: {"model": Error, "description": "unknown user or item"}}
+_APPROX = "search the model's approximate (HNSW) index when it has one (torchmf index); exact otherwise"
+
+
+class Prefixed:
+    """``app.get``/``app.post`` under a path prefix with shared dependencies.
+
+    Routes are added to the app itself (not an included router) so each
+    request's ``scope["route"]`` carries the full path template for metrics.
+    """
+
+    def __init__(self, app: FastAPI, prefix: str, dependencies: list[Any]) -> None:
+        self.app, self.prefix, self.dependencies = app, prefix, dependencies
+
+    def get(self, path: str, **kwargs: Any) -> Callable:
+        return self.app.get(self.prefix + path, dependencies=self.dependencies, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Callable:
+        return self.app.post(self.prefix + path, dependencies=self.dependencies, **kwargs)
+
+
+def add_routes(
+    router: Prefixed,
+    current: Callable[[], LoadedModel],
+    batcher: MicroBatcher,
+    limits: Limits,
+    schemas: dict[str, Any],
+    model_dir: str,
+) -> None:
+    """Add the ``/v1`` routes; ``current()`` gives the model serving now (or raises 503)."""
+    Model = Annotated[LoadedModel, Depends(current)]
+    K = Annotated[int, Query(ge=1, le=limits.max_k, description="number of items")]
+    RecommendRequest = schemas["RecommendRequest"]
+    SessionRequest = schemas["SessionRequest"]
+    PredictRequest = schemas["PredictRequest"]
+
+    @router.get("/recommend/{user:path}", response_model=UserRecommendations, responses=_NOT_FOUND,
+                tags=["recommend"])
+    async def recommend_user(
+        lm: Model,
+        user: Annotated[str, Path(description="user id, as in the training file")],
+        k: K = 10,
+        exclude_seen: bool = True,
+        item: Annotated[
+            list[str] | None,
+            Query(max_length=limits.max_interactions, description="restrict to these candidate items (repeatable)"),
+        ] = None,
+        approximate: Annotated[bool, Query(description=_APPROX)] = False,
+    ) -> Any:
+        """Top-k items for one user, best first: ``model.recommend(user, k)``."""
+        m = lm.model
+        raw = _resolve(m.user_map, user)
+        if item:
+            cands = list(dict.fromkeys(_resolve(m.item_map, t) for t in item))
+            df = await run_in_threadpool(m.recommend, raw, k, exclude_seen, cands, approximate)
+            return _json(lm, {"user": raw, "items": _scored(lm, df["item"].tolist(), df["score"].to_numpy())})
+        items, scores = await batcher.top_k(m, m.user_map.index(raw), k, exclude_seen, approximate)
+        keep = items >= 0
+        return _json(lm, {"user": raw, "items": _scored(lm, m.item_map.raw(items[keep]).tolist(), scores[keep])})
+
+    @router.post("/recommend", response_model=BatchRecommendations, responses=_NOT_FOUND, tags=["recommend"])
+    async def recommend_users(lm: Model, body: RecommendRequest) -> Any:
+        """Top-k items for each of a list of users, scored as one batch."""
+        m = lm.model
+        raws = [_resolve(m.user_map, u) for u in body.users]
+        idx = m.user_map.indices(raws)
+        items, scores = await run_in_threadpool(
+            lambda: m.top_k(idx, body.k, body.exclude_seen, approximate=body.approximate)
+        )
+        results = []
+        for j, raw in enumerate(raws):
+            keep = items[j] >= 0
+            ranked = m.item_map.raw(items[j][keep]).tolist()
+            results.append({"user": raw, "items": _scored(lm, ranked, scores[j][keep])})
+        return _json(lm, {"results": results})
+
+    @router.post("/recommend/session", response_model=SessionRecommendations, responses=_NOT_FOUND,
+                 tags=["recommend"])
+    async def recommend_session(lm: Model, body: SessionRequest) -> Any:
+        """Top-k items for a visitor the model has never seen, from a few of their interactions.
+
+        The visitor is folded in (their factors fitted with the items held fixed)
+        and nothing is stored; the items given are not recommended back.
+        """
+        m = lm.model
+        if isinstance(body.interactions, dict):
+            given: Any = {}
+            for text, value in body.interactions.items():
+                raw = _resolve(m.item_map, text)
+                if raw in given:
+                    raise ValueError(f"body field 'interactions': item {text!r} appears twice")
+                given[raw] = value
+        else:
+            given = list(dict.fromkeys(_resolve(m.item_map, t) for t in body.interactions))
+        df = await run_in_threadpool(lambda: m.recommend_for(given, k=body.k, exclude_seen=True))
+        return _json(lm, {"items": _scored(lm, df["item"].tolist(), df["score"].to_numpy())})
+
+    @router.get("/predict", response_model=Prediction, responses=_NOT_FOUND, tags=["predict"])
+    async def predict_one(
+        lm: Model,
+        user: Annotated[str, Query(description="user id")],
+        item: Annotated[str, Query(description="item id")],
+    ) -> Any:
+        """The model's score (predicted rating, for explicit models) of one (user, item) pair."""
+        m = lm.model
+        u, i = _resolve(m.user_map, user), _resolve(m.item_map, item)
+        return _json(lm, {"user": u, "item": i, "score": _num(await batcher.predict(m, u, i))})
+
+    @router.post("/predict", response_model=Predictions, responses=_NOT_FOUND, tags=["predict"])
+    async def predict_many(lm: Model, body: PredictRequest) -> Any:
+        """Scores of many (user, item) pairs."""
+        m = lm.model
+        users = [_resolve(m.user_map, u) for u, _ in body.pairs]
+        items = [_resolve(m.item_map, i) for _, i in body.pairs]
+        scores = await run_in_threadpool(m.predict, users, items)
+        return _json(lm, {"predictions": [
+            {"user": u, "item": i, "score": _num(s)} for u, i, s in zip(users, items, np.asarray(scores).tolist(),
+                                                                        strict=True)
+        ]})
+
+    @router.get("/similar/{item:path}", response_model=SimilarItems, responses=_NOT_FOUND, tags=["similar"])
+    async def similar(lm: Model, item: Annotated[str, Path(description="item id")], k: K = 10) -> Any:
+        """Items whose factors are closest (cosine) to the item's."""
+        m = lm.model
+        raw = _resolve(m.item_map, item)
+        df = await run_in_threadpool(m.similar_items, raw, k)
+        out: dict[str, Any] = {"item": raw, "items": _scored(lm, df["item"].tolist(), df["score"].to_numpy())}
+        title = _title(lm, raw)
+        if title is not None:
+            out["title"] = title
+        return _json(lm, out)
+
+    @router.get("/model", response_model=ModelInfo, tags=["model"])
+    async def model_info(lm: Model) -> Any:
+        """Hyperparameters, sizes, training summary, checksum, version and load time of the serving model."""
+        return _json(lm, _model_info(lm, model_dir))
+
+    @router.get("/items", response_model=ItemSearchResult, tags=["search"])
+    async def search_items(
+        lm: Model,
+        q: Annotated[str, Query(max_length=200, description="text in the id or title")] = "",
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> Any:
+        """Items whose id or title contains ``q`` (case-insensitive)."""
+        return _json(lm, {"items": lm.extras["search"].find(q, limit)})
+
+    @router.get("/users", response_model=UserSearchResult, tags=["search"])
+    async def search_users(
+        lm: Model,
+        q: Annotated[str, Query(max_length=200, description="text in the id")] = "",
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> Any:
+        """Users whose id contains ``q``, for pickers."""
+        ids = lm.model.user_map.ids
+        ql = q.strip().lower()
+        hits = [u for u in ids if ql in str(u).lower()][:limit] if ql else ids[:limit]
+        return _json(lm, {"users": hits})
+
+
+
+_INT = re.compile(INT_PATTERN)
+
+
+def _resolve(idmap: Any, text: Any) -> Any:
+    """``idmap.resolve(text)``, with fast paths for an exact id and a canonical integer.
+
+    (``IdMap.resolve`` lists every id to return an int match, O(n) per call;
+    these paths keep a look-up at O(1) and defer every other case to it.)
+    """
+    try:
+        idmap.index(text)
+        return text
+    except UnknownIdError:
+        pass
+    if isinstance(text, str) and _INT.fullmatch(text.strip()):
+        try:
+            n = int(text)
+            idmap.index(n)
+            return n
+        except UnknownIdError:
+            pass
+    return idmap.resolve(text)  # the other cases, and the error naming the id
+
+
+def _num(x: float) -> float | None:
+    return x if np.isfinite(x) else None
+
+
+def _title(lm: LoadedModel, item: Any) -> str | None:
+    cat = lm.extras.get("catalogue")
+    return None if cat is None else cat.title(item)
+
+
+def _scored(lm: LoadedModel, items: list[Any], scores: np.ndarray) -> list[dict[str, Any]]:
+    """``[{"item", "score"[, "title"]}]`` from raw ids and float scores, shape (n,)."""
+    values = scores.astype(np.float64).tolist()
+    if not np.isfinite(scores).all():
+        values = [_num(s) for s in values]
+    cat = lm.extras.get("catalogue")
+    if cat is None:
+        return [{"item": i, "score": s} for i, s in zip(items, values, strict=True)]
+    return [{"item": i, "score": s, "title": cat.title(i)} for i, s in zip(items, values, strict=True)]
+
+
+def _plain(v: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
+
+
+def _model_info(lm: LoadedModel, model_dir: str) -> dict[str, Any]:
+    m = lm.model
+    hist = list(m.history_ or [])
+    best = m.best_epoch_
+    training: dict[str, Any] = {"epochs_run": len(hist), "best_epoch": best}
+    if hist:
+        training["first_epoch"] = hist[0]
+        training["last_epoch"] = hist[-1]
+        if best is not None and 1 <= best <= len(hist):
+            training["best"] = hist[best - 1]
+    ranking = bool(m.is_ranking)
+    return _plain({
+        "version": lm.version,
+        "checksum": f"sha256:{lm.checksum}",
+        "loaded_at": lm.loaded_at_iso,
+        "model_dir": model_dir,
+        "users": len(m.user_map),
+        "items": len(m.item_map),
+        "training_interactions": len(m.seen_indices_),
+        "feedback": "implicit" if m.implicit_ else "explicit",
+        "ranking_scores": ranking,
+        "rating_range": None if ranking else [float(x) for x in m.rating_range_],
+        "hyperparameters": {k: v for k, v in m.effective_params.items() if k != "verbose"},
+        "approximate_index": None if m.index_ is None else {"kind": m.index_.kind, **getattr(m.index_, "info", {})},
+        "training": training,
+    })
+
+
+def _json(lm: LoadedModel, body: dict[str, Any]) -> JSONResponse:
+    """The response, with header ``X-Model-Version`` naming the model that computed it."""
+    return JSONResponse(body, headers={"X-Model-Version": lm.version})

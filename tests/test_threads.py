@@ -1,0 +1,110 @@
+"""The CPU thread policy (torchmf.device.thread_policy): choice, restore, and no effect on results."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import torchmf
+from torchmf import MatrixFactorization, device
+from torchmf.device import MIN_WORK_PER_THREAD, ThreadPolicy, fit_threads, thread_policy
+
+BIG = 64 * MIN_WORK_PER_THREAD
+
+
+@pytest.fixture
+def two_threads():
+    """torch at 2 intra-op threads for one test (conftest runs the suite at 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_small_work_runs_serial():
+    # below MIN_WORK_PER_THREAD elements per kernel a parallel region costs more than it saves
+    assert fit_threads(MIN_WORK_PER_THREAD - 1, limit=8, busy=0) == 1
+    assert fit_threads(0, limit=8, busy=0) == 1
+
+
+def test_threads_follow_free_cores(monkeypatch):
+    monkeypatch.setattr(device, "available_cores", lambda: 4)
+    assert fit_threads(BIG, limit=8, busy=0) == 4
+    assert fit_threads(BIG, limit=8, busy=1) == 3
+    assert fit_threads(BIG, limit=8, busy=3) == 1
+    assert fit_threads(BIG, limit=8, busy=10) == 1  # never below one
+    assert fit_threads(BIG, limit=2, busy=0) == 2  # never above the caller's limit
+    assert fit_threads(3 * MIN_WORK_PER_THREAD, limit=8, busy=0) == 3  # no more threads than the work feeds
+
+
+def test_busy_cores_sees_a_spinning_process(monkeypatch):
+    # all online cores ours: no scaling by this process's share (a container's quota would shrink it)
+    monkeypatch.setattr(device, "available_cores", lambda: os.cpu_count() or 1)
+    spin = "import time\nend = time.time() + 10\nwhile time.time() < end:\n    pass\n"
+    child = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        seen = 0
+        for _ in range(200):  # the child needs a moment to start; bounded to ~2 s
+            seen = max(seen, device.busy_cores())
+            if seen:
+                break
+            time.sleep(0.01)
+        assert seen >= 1
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_policy_restores_threads_even_on_error(two_threads, monkeypatch):
+    monkeypatch.setattr(device, "busy_cores", lambda: 1)
+    monkeypatch.setattr(device, "available_cores", lambda: 2)
+    with pytest.raises(RuntimeError), thread_policy(BIG, torch.device("cpu")) as policy:
+        assert torch.get_num_threads() == 1 == policy.threads
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == 2
+
+
+def test_policy_adapts_on_refresh(two_threads, monkeypatch):
+    busy = [0]
+    monkeypatch.setattr(device, "busy_cores", lambda: busy[0])
+    monkeypatch.setattr(device, "available_cores", lambda: 2)
+    with thread_policy(BIG, torch.device("cpu")) as policy:
+        assert torch.get_num_threads() == 2
+        busy[0] = 1
+        assert policy.refresh() == 2  # rate-limited: not re-read yet
+        assert policy.refresh(force=True) == 1 == torch.get_num_threads()
+    assert torch.get_num_threads() == 2
+
+
+def test_policy_off_and_on_gpu_leave_threads_alone(two_threads, monkeypatch):
+    monkeypatch.setattr(device, "busy_cores", lambda: 5)
+    with ThreadPolicy(BIG, torch.device("cuda")):
+        assert torch.get_num_threads() == 2
+    monkeypatch.setenv("TORCHMF_THREAD_POLICY", "off")
+    with ThreadPolicy(BIG, torch.device("cpu")):
+        assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize(
+    "params", [{}, {"solver": "sgd", "epochs": 3}, {"loss": "ials", "epochs": 3}, {"loss": "bpr", "epochs": 2}]
+)
+def test_fit_is_the_same_with_one_thread_or_two(two_threads, monkeypatch, params):
+    """The policy picks the thread count from the machine's load: results must not depend on it."""
+    implicit = params.get("loss") in ("ials", "bpr")
+    data, _ = torchmf.datasets.synthetic(n_users=300, n_items=200, n_interactions=20000, implicit=implicit, seed=1)
+    monkeypatch.setattr(device, "MIN_WORK_PER_THREAD", 1)  # let tiny kernels run on two threads
+    monkeypatch.setattr(device, "available_cores", lambda: 2)
+    factors = []
+    for busy in (0, 1):
+        monkeypatch.setattr(device, "busy_cores", lambda b=busy: b)
+        model = MatrixFactorization(device="cpu", verbose=False, seed=3, **params).fit(data)
+        assert torch.get_num_threads() == 2  # restored after the fit
+        factors.append((model.user_factors, model.item_factors))
+    np.testing.assert_array_equal(factors[0][0], factors[1][0])
+    np.testing.assert_array_equal(factors[0][1], factors[1][1])
