@@ -108,7 +108,7 @@ def test_bad_input_on_one_rank_stops_all_with_its_message(tmp_path):
     parts = _parts(tmp_path / "p", df, [0, 20, 40])
     with open(parts / "part-00001.csv", "a") as f:
         f.write("3,77,lots\n")
-    with pytest.raises(DataError, match=r"^rank 1: .*part-00001.csv: line 22: column 'rating': 'lots' is not a"):
+    with pytest.raises(DataError, match=r"^rank 1: .*part-00001.csv: line 22\b.*column 'rating': 'lots' is not a"):
         fit(MatrixFactorization(factors=2, epochs=2, verbose=False), parts, world_size=2)
 
 

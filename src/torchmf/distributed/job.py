@@ -249,21 +249,24 @@ def _check_output(cfg: JobConfig) -> None:
         raise ModelFileError(f"{cfg.output}: exists; pass overwrite=True (CLI: --overwrite) to replace it")
 
 
-def _gather_seen(shard: Shard) -> tuple[np.ndarray, np.ndarray] | None:
-    """The seen-items CSR of all users on rank 0 (None elsewhere): each rank's user block in order."""
+def _gather_seen(shard: Shard) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The seen-items CSR (indptr, items, values) of all users on rank 0 (None elsewhere), rank blocks in order."""
     lo, hi = shard.users_of(comm.rank())
-    users, items, _ = shard.by_user
+    users, items, values = shard.by_user
     indptr, order = csr_order(users - lo, items, hi - lo, shard.n_items)
     counts = torch.from_numpy(np.diff(indptr))
     indices = torch.from_numpy(items[order].astype(np.int64))
+    vals = torch.from_numpy(np.asarray(values, dtype=np.float32)[order])
     if comm.world() == 1:
-        return indptr, indices.numpy()
+        return indptr, indices.numpy(), vals.numpy()
     all_counts = comm.all_gather_rows(counts)
     all_indices = _gather_to_root(indices)
+    all_values = _gather_to_root(vals)
     if comm.rank() != 0:
         return None
     counts_np = torch.cat(all_counts).numpy()
-    return np.concatenate([[0], np.cumsum(counts_np)]).astype(np.int64), torch.cat(all_indices).numpy()
+    indptr = np.concatenate([[0], np.cumsum(counts_np)]).astype(np.int64)
+    return indptr, torch.cat(all_indices).numpy(), torch.cat(all_values).numpy()
 
 
 def _gather_to_root(t: torch.Tensor) -> list[torch.Tensor]:
@@ -282,11 +285,12 @@ def _gather_to_root(t: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _save(cfg: JobConfig, hp: dict[str, Any], shard: Shard, model: MFModel, history: list[dict[str, float]],
-          seen: tuple[np.ndarray, np.ndarray]) -> None:
+          seen: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     """Rank 0: the usual model folder (the single-process format; loading needs no distributed setup)."""
     state = ModelState(
         params=dict(cfg.params), effective_params=hp, tensors=dict(model.to("cpu").state_dict()),
         user_map=shard.user_map, item_map=shard.item_map, seen_indptr=seen[0], seen_indices=seen[1],
+        seen_values=seen[2],
         rating_range=shard.rating_range, implicit=shard.implicit, history=history, best_epoch=None,
         extras={"distributed": {"world_size": comm.world()}},
     )
