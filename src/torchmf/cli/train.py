@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from torchmf.cli import common
+from torchmf.cli import common, distributed
 from torchmf.cli.plot import plot_histories, prepare_plot
 
 __all__ = ["add_parser", "holdout", "run_auto", "validation_metrics"]
@@ -26,6 +26,8 @@ examples:
   torchmf train plays.tsv -o model --user-col listener --item-col artist --implicit
   torchmf train ratings.csv -o model --validation 0.2 --plot curves.png
   torchmf train ratings.csv -o model --auto 60        # tune with Optuna for 60 s, then refit
+  torchmf train parts/ -o model --nproc 4 --checkpoint-every 2      # 4 local processes
+  torchrun --nproc-per-node 8 --nnodes 2 --rdzv-endpoint HOST:29500 -m torchmf train parts/ -o model
 """
 
 
@@ -62,6 +64,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     common.add_reading_options(p)
     common.add_hyperparameters(p)
     add_checkpoint_options(p)
+    distributed.add_options(p)
     p.set_defaults(func=run)
 
 
@@ -90,6 +93,8 @@ def validation_metrics(model: Any, train: Any, test: Any, k: int) -> dict[str, f
 
 
 def run(args: argparse.Namespace) -> int:
+    if distributed.wanted(args):
+        return distributed.run(args)
     common.check_k(args.k)
     if args.validation is not None:
         check_fraction(args.validation)

@@ -14,7 +14,35 @@ from torchmf.solvers.als import ALSSide, als_half_sweep, als_side, ridge_rows
 from torchmf.solvers.ragged import Bucket, bucketize
 from torchmf.solvers.sgd import model_tables
 
-__all__ = ["ALSSolver", "ridge_fold_in"]
+__all__ = ["ALSSolver", "als_layout", "ridge_fold_in"]
+
+
+def als_layout(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int, n_cols: int,
+               hp: dict[str, Any], device: torch.device, dtype: torch.dtype = torch.float32) -> ALSSide | list[Bucket]:
+    """One side's ratings laid out for :func:`~torchmf.solvers.als.als_half_sweep`.
+
+    Matrix-free CG on CSR kernels where :func:`~torchmf.device.prefer_csr`
+    says it wins; else degree buckets (also the exact solves). Also used by the
+    sharded fit (:mod:`torchmf.distributed.als`) on each rank's rows.
+
+    Parameters
+    ----------
+    rows, cols : numpy.ndarray of int64, shape (nnz,)
+        Rated pairs; rows index this side, cols the other.
+    values : numpy.ndarray, shape (nnz,)
+    n_rows, n_cols : int
+    hp : dict
+        Effective hyperparameters (``factors``, ``biases``, ``cg_steps``).
+    device : torch.device
+    dtype : torch.dtype
+        Of the factors.
+    """
+    width = hp["factors"] + int(hp["biases"])
+    itemsize = torch.finfo(dtype).bits // 8
+    n_active = int(np.count_nonzero(np.bincount(rows, minlength=n_rows)))
+    if hp["cg_steps"] > 0 and prefer_csr(len(rows), n_active, n_cols, width, itemsize, device):
+        return als_side(rows, cols, values, n_rows, n_cols, device, dtype)
+    return bucketize(rows, cols, values, n_rows, n_cols, device)
 
 
 class ALSSolver:
@@ -44,18 +72,8 @@ class ALSSolver:
             global_mean=mu, reg=hp["reg"], reg_bias=hp["reg_bias"], cg_steps=hp["cg_steps"],
             reg_exponent=hp["reg_exponent"],
         )
-        width = hp["factors"] + int(hp["biases"])
-        itemsize = self.t["P"].element_size()
-
-        def layout(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> ALSSide | list[Bucket]:
-            # matrix-free CG on CSR kernels where it wins; else degree buckets (also the exact solves)
-            n_active = int(np.count_nonzero(np.bincount(rows, minlength=n_rows)))
-            if hp["cg_steps"] > 0 and prefer_csr(len(rows), n_active, n_cols, width, itemsize, device):
-                return als_side(rows, cols, data.values, n_rows, n_cols, device, self.t["P"].dtype)
-            return bucketize(rows, cols, data.values, n_rows, n_cols, device)
-
-        self.by_user = layout(data.users, data.items, data.n_users, data.n_items)
-        self.by_item = layout(data.items, data.users, data.n_items, data.n_users)
+        self.by_user = als_layout(data.users, data.items, data.values, data.n_users, data.n_items, hp, device)
+        self.by_item = als_layout(data.items, data.users, data.values, data.n_items, data.n_users, hp, device)
 
     def epoch(self) -> float:
         t = self.t
