@@ -177,6 +177,17 @@ def resolve_id(idmap: Any, text: str, fallback: bool = False) -> Hashable:
         raise
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for options that take a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def check_k(k: int) -> int:
     if k <= 0:
         raise CLIError(f"-k must be a positive integer, got {k}")

@@ -26,16 +26,6 @@ examples:
 """
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "index", parents=parents, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -43,12 +33,13 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         description=_DESCRIPTION, epilog=_EXAMPLES,
     )
     p.add_argument("model", metavar="MODEL_DIR", help="folder written by 'torchmf train'; the index is saved into it")
-    p.add_argument("--m", type=_positive, default=32, help="graph degree: more = better recall, bigger (default 32)")
-    p.add_argument("--ef-construction", type=_positive, default=200, metavar="N",
+    p.add_argument("--m", type=common.positive_int, default=32,
+                   help="graph degree: more = better recall, bigger (default 32)")
+    p.add_argument("--ef-construction", type=common.positive_int, default=200, metavar="N",
                    help="beam width while building (default 200)")
-    p.add_argument("--ef-search", type=_positive, default=100, metavar="N",
+    p.add_argument("--ef-search", type=common.positive_int, default=100, metavar="N",
                    help="beam width while searching: more = better recall, slower (default 100)")
-    p.add_argument("--recall-users", type=_positive, default=1000, metavar="N",
+    p.add_argument("--recall-users", type=common.positive_int, default=1000, metavar="N",
                    help="users sampled to measure recall@10 against exact search (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the user sample (default 0)")
     common.add_format(p, ("table", "json"))

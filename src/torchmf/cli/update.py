@@ -28,16 +28,6 @@ examples:
 """
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "update", parents=parents, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -48,7 +38,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("data", metavar="NEW_DATA", help="the new interactions (CSV, TSV, '::' or Parquet)")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="folder to save the updated model to")
     p.add_argument("--overwrite", action="store_true", help="replace DIR when it exists (e.g. DIR = MODEL_DIR)")
-    p.add_argument("--epochs", type=_positive, metavar="N",
+    p.add_argument("--epochs", type=common.positive_int, metavar="N",
                    help="ALS/iALS: alternations over the touched rows (default 1); SGD: passes (default 2)")
     common.add_reading_options(p)
     p.set_defaults(func=run)
