@@ -278,3 +278,15 @@ def test_a_solver_without_checkpoint_support_is_refused(small, tmp_path, monkeyp
     with pytest.raises(ValueError, match="does not support checkpoints"):
         make().fit(small, checkpoint_dir=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_partial_fit_grows_the_interaction_ranker_of_a_rating_model() -> None:
+    # rating models rank by an iALS component (rank_by="interactions"): new ids must be rankable after an update
+    base = {"u1": {"a": 5, "b": 3, "c": 4}, "u2": {"a": 2, "c": 5}, "u3": {"b": 4, "d": 1}}
+    model = torchmf.MatrixFactorization(factors=4, verbose=False, device="cpu").fit(base)
+    before = model._ranker.user_embs.weight[:3].clone()
+    model.partial_fit({"u9": {"a": 4, "e": 5}})
+    assert model._ranker.user_embs.weight.shape[0] == 4 and model._ranker.item_embs.weight.shape[0] == 5
+    assert set(model.recommend("u9", k=3)["item"]) <= {"b", "c", "d"}
+    assert len(model.similar_items("e", k=2)) == 2  # the new item has ranker factors too
+    assert torch.equal(model._ranker.user_embs.weight[2], before[2])  # u3 shares no item with u9: untouched

@@ -218,10 +218,8 @@ def partial_fit(est: MatrixFactorization, new_interactions: Any, epochs: int | N
                 _resolve_rows(model, merged, hp, touched_u, touched_i, new_users, new_items, 0)
             _sgd_passes(model, merged, new_rows=keep >= len(old_u), hp=hp, epochs=epochs, gen=gen)
     n_new_u, n_new_i = n_users - len(est.user_map), n_items - len(est.item_map)
-    if getattr(est, "_ranker", None) is not None:  # the interaction component ranks new ids too: refit it
-        from torchmf.estimator.ranker import fit_ranker
-
-        est._ranker, est.extras_["ranker"] = fit_ranker(merged, hp, est.device)
+    if getattr(est, "_ranker", None) is not None:  # the interaction component must rank the new ids too
+        est._ranker = _update_ranker(est, merged, touched_u, touched_i, new_users, new_items, epochs)
     est._model, est.user_map, est.item_map = model, user_map, item_map
     est.seen_indptr_, est.seen_indices_, est.seen_values_ = seen_csr(
         merged.users, merged.items, merged.values, n_users, n_items)
@@ -317,3 +315,21 @@ def _sgd_passes(model: MFModel, merged: Interactions, new_rows: np.ndarray, hp: 
     for _ in range(epochs):
         solver.epoch()
     solver.finish()
+
+
+def _update_ranker(est: MatrixFactorization, merged: Interactions, touched_u: np.ndarray, touched_i: np.ndarray,
+                   new_u: np.ndarray, new_i: np.ndarray, epochs: int) -> MFModel:
+    """The rating model's iALS ranking component updated like an iALS model: grown, touched rows re-solved.
+
+    It trains on the pairs with every value 1 (:mod:`torchmf.estimator.ranker`), with its own effective
+    hyperparameters; one alternation (ALS's default) whatever ``epochs`` the rating model's update used.
+    """
+    meta = est.extras_["ranker"]
+    rhp = meta["hp"]
+    ranker = copy.deepcopy(est._ranker)
+    ranker.grow(len(merged.user_map), len(merged.item_map), rhp["init_std"], torch.Generator().manual_seed(rhp["seed"]))
+    ones = Interactions(merged.users, merged.items, np.ones(len(merged), dtype=np.float32), merged.user_map,
+                        merged.item_map, None, implicit=True)
+    with torch.no_grad():
+        _resolve_rows(ranker, ones, rhp, touched_u, touched_i, new_u, new_i, ALS_ALTERNATIONS)
+    return ranker
