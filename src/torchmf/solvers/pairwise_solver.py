@@ -19,17 +19,17 @@ import torch
 
 from torchmf.data.interactions import Interactions
 from torchmf.nn.mf import MFModel
-from torchmf.solvers.optim import load_training_state, make_optimizer, training_state
+from torchmf.solvers.optim import make_optimizer
 from torchmf.solvers.pairwise import PairwiseSettings, fold_in_pairwise, make_pairwise_epoch
 from torchmf.solvers.sgd import model_tables
-from torchmf.solvers.sgd_solver import auto_batch_size
+from torchmf.solvers.sgd_solver import MinibatchSolver, auto_batch_size
 
 __all__ = ["PairwiseSolver"]
 
 _COMMON = {"epochs": 30, "lr": 0.05, "reg": 0.016, "reg_exponent": 1.0, "optimizer": "adagrad", "biases": False}
 
 
-class PairwiseSolver:
+class PairwiseSolver(MinibatchSolver):
     """Minibatch SGD on a ranking loss over sampled negatives."""
 
     name: ClassVar[str] = "sgd"
@@ -60,22 +60,6 @@ class PairwiseSolver:
         )
         self.gen, self.opt = gen, make_optimizer(hp["optimizer"], model_tables(model), hp["lr"])
         self._run_epoch = make_pairwise_epoch(model, users, items, settings, gen, self.opt)
-
-    def epoch(self) -> float:
-        return self._run_epoch()
-
-    def divergence_hint(self) -> str:
-        return f"lower lr (now {self.hp['lr']}) or raise reg (now {self.hp['reg']})"
-
-    def finish(self) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """RNG and optimiser state (the model's weights are checkpointed separately)."""
-        return training_state(self.gen, self.opt)
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_training_state(self.gen, self.opt, state)
 
     @classmethod
     def fold_in(cls, model: MFModel, items: torch.Tensor, values: torch.Tensor, hp: dict[str, Any],

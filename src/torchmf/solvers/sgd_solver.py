@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -13,7 +14,7 @@ from torchmf.solvers.als_solver import ridge_fold_in
 from torchmf.solvers.optim import load_training_state, make_optimizer, training_state
 from torchmf.solvers.sgd import SGDSettings, make_sgd_epoch, model_tables
 
-__all__ = ["SGDSolver", "auto_batch_size"]
+__all__ = ["MinibatchSolver", "SGDSolver", "auto_batch_size"]
 
 
 def auto_batch_size(loss: str, n_interactions: int) -> int:
@@ -30,7 +31,36 @@ def auto_batch_size(loss: str, n_interactions: int) -> int:
     return 16384
 
 
-class SGDSolver:
+class MinibatchSolver:
+    """What the minibatch solvers share: one epoch closure, an lr/reg hint, and RNG + optimiser checkpoints.
+
+    Subclasses set ``hp``, ``gen`` (the epoch's generator), ``opt`` (the row optimiser) and
+    ``_run_epoch`` in ``__init__``.
+    """
+
+    hp: dict[str, Any]
+    gen: torch.Generator
+    opt: Any
+    _run_epoch: Callable[[], float]
+
+    def epoch(self) -> float:
+        return self._run_epoch()
+
+    def divergence_hint(self) -> str:
+        return f"lower lr (now {self.hp['lr']}) or raise reg (now {self.hp['reg']})"
+
+    def finish(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """RNG and optimiser state (the model's weights are checkpointed separately)."""
+        return training_state(self.gen, self.opt)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        load_training_state(self.gen, self.opt, state)
+
+
+class SGDSolver(MinibatchSolver):
     """Funk-SVD style SGD (per-rating L2) with a row-sparse optimiser."""
 
     name: ClassVar[str] = "sgd"
@@ -59,22 +89,6 @@ class SGDSolver:
         settings = SGDSettings(hp["lr"], hp["reg"], hp["reg_bias"], hp["batch_size"], hp["optimizer"])
         self.gen, self.opt = gen, make_optimizer(hp["optimizer"], model_tables(model), hp["lr"])
         self._run_epoch = make_sgd_epoch(model, users, items, values, settings, gen, self.opt)
-
-    def epoch(self) -> float:
-        return self._run_epoch()
-
-    def divergence_hint(self) -> str:
-        return f"lower lr (now {self.hp['lr']}) or raise reg (now {self.hp['reg']})"
-
-    def finish(self) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """RNG and optimiser state (the model's weights are checkpointed separately)."""
-        return training_state(self.gen, self.opt)
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_training_state(self.gen, self.opt, state)
 
     @classmethod
     def fold_in(cls, model: MFModel, items: torch.Tensor, values: torch.Tensor, hp: dict[str, Any],
