@@ -12,7 +12,20 @@ from torchmf import solvers
 from torchmf.checks import to_id_array
 from torchmf.errors import DataError
 
-__all__ = ["FoldInMixin", "fold_in_row"]
+__all__ = ["FoldInMixin", "fold_in_row", "item_counts"]
+
+
+def item_counts(est: Any) -> np.ndarray:
+    """Training interactions per item, shape (n_items,), computed once per seen index.
+
+    Every fold-in (and every visitor the service scores) passes them to its solver; the seen
+    index is replaced, never edited in place, whenever it changes, so its identity keys the cache.
+    """
+    cached = getattr(est, "_item_counts_cache", None)
+    if cached is None or cached[0] is not est.seen_indices_ or len(cached[1]) != len(est.item_map):
+        cached = (est.seen_indices_, np.bincount(est.seen_indices_, minlength=len(est.item_map)))
+        est._item_counts_cache = cached
+    return cached[1]
 
 
 def fold_in_row(est: Any, who: Hashable, interactions: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -57,7 +70,7 @@ def fold_in_row(est: Any, who: Hashable, interactions: Any) -> tuple[torch.Tenso
             j = int(np.argmax(bad))
             raise DataError(f"fold-in: rating {vals[j]:g} of {who!r} for item {keys[j]!r} is outside the "
                             f"training range [{lo:g}, {hi:g}]")
-    counts = np.bincount(est.seen_indices_, minlength=len(est.item_map))
+    counts = item_counts(est)
     solver = solvers.get_solver(est._hp["loss"], est._hp["solver"])
     dev = est.device
     with torch.no_grad():

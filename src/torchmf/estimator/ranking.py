@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from torchmf.checks import check_k, is_scalar, to_id_array
-from torchmf.estimator.foldin import fold_in_row
+from torchmf.estimator.foldin import fold_in_row, item_counts
 from torchmf.estimator.ranker import RANKER, fold_in_ranker, ranker_index, ranker_queries
 from torchmf.retrieval import ExactIndex, Index, csr_rows, csr_union
 
@@ -87,8 +87,7 @@ class RankingMixin:
         """A visitor's row of the ranking component (None without one), shape (d_rank,)."""
         if self._ranker is None:
             return None
-        counts = np.bincount(self.seen_indices_, minlength=len(self.item_map))
-        return fold_in_ranker(self._ranker, self.extras_[RANKER], items, counts)
+        return fold_in_ranker(self._ranker, self.extras_[RANKER], items, item_counts(self))
 
     def top_k(
         self,
