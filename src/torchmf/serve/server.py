@@ -64,10 +64,32 @@ class _Server(uvicorn.Server):
             self._on_ready()
 
 
+def event_loop_and_parser() -> tuple[str, str]:
+    """uvicorn's ``loop`` and ``http``: uvloop and httptools when installed (``uvicorn[standard]``,
+    in the serve extra), else asyncio and the pure-Python h11 parser (slower, same behaviour)."""
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    try:
+        import httptools  # noqa: F401
+
+        http = "httptools"
+    except ImportError:
+        http = "h11"
+    if (loop, http) != ("uvloop", "httptools"):
+        log.warning("uvloop/httptools not installed: serving with %s and %s (slower; pip install 'torchmf[serve]')",
+                    loop, http)
+    return loop, http
+
+
 def _uvicorn_config(app: Any, workers: int, log_level: str, **kwargs: Any) -> uvicorn.Config:
+    loop, http = event_loop_and_parser()
     return uvicorn.Config(
         app, workers=workers, log_level=log_level, access_log=False, server_header=False,
-        timeout_keep_alive=30, lifespan="on", **kwargs,
+        timeout_keep_alive=30, lifespan="on", loop=loop, http=http, **kwargs,
     )
 
 
@@ -102,13 +124,13 @@ def serve(
     url = url_of(sock)
     _set_threads(threads)
     if workers <= 1:
-        app = create_app(config=dataclasses.replace(config, load="now"))
+        app = create_app(config=dataclasses.replace(config, load="now", freeze_gc=True))
         ucfg = _uvicorn_config(app, 1, log_level)
         _Server(ucfg, None if on_ready is None else lambda: on_ready(url)).run(sockets=[sock])
         return
     from uvicorn.supervisors import Multiprocess
 
-    worker_config = _to_json(dataclasses.replace(config, load="now", mmap=True))
+    worker_config = _to_json(dataclasses.replace(config, load="now", mmap=True, freeze_gc=True))
     os.environ[_ENV] = json.dumps({"threads": threads, "config": worker_config})
     ucfg = _uvicorn_config("torchmf.serve.server:app_from_env", workers, log_level, factory=True)
 
