@@ -188,7 +188,8 @@ def create_app(
     app.add_middleware(ServeMiddleware, metrics=metrics, max_body_bytes=config.limits.max_body_bytes)
     _add_error_handlers(app)
 
-    async def current() -> LoadedModel:  # async: FastAPI runs sync dependencies on a thread pool
+    def current() -> LoadedModel:
+        """The model serving now; the routes call it first (HTTP 503 before the first load)."""
         lm = store.current
         if lm is None:
             why = f" (last attempt: {store.last_error})" if store.last_error else ""

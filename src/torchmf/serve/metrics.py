@@ -49,6 +49,23 @@ class ServeMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
         )
         self._version: str | None = None
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency.
+
+        The labelled children are looked up once per (route, method, status)
+        and kept (``labels()`` takes a lock and builds its key on every call);
+        the label set stays bounded because ``route`` is a template or
+        ``"unmatched"``.
+        """
+        key = (route, method, status)
+        pair = self._children.get(key)
+        if pair is None:
+            labels = (route, method, str(status))
+            pair = self._children.setdefault(key, (self.requests.labels(*labels), self.latency.labels(*labels)))
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     def model_event(self, kind: str, payload: Any) -> None:
         """Hook for :class:`~torchmf.serve.store.ModelStore`: count loads and failures."""
@@ -115,9 +132,7 @@ class ServeMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             label = getattr(scope.get("route"), "path_format", None) or "unmatched"
-            labels = (label, scope.get("method", ""), str(status["code"]))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+            self.metrics.observe(label, scope.get("method", ""), status["code"], time.perf_counter() - start)
 
 
 def _replay(body: bytes, receive: Any) -> Any:

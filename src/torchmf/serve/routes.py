@@ -9,12 +9,11 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, Path, Query
+from fastapi import FastAPI, Path, Query
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from torchmf.data.idmap import INT_PATTERN
-from torchmf.errors import UnknownIdError
 from torchmf.serve.batcher import MicroBatcher
 from torchmf.serve.schemas import (
     BatchRecommendations,
@@ -64,7 +63,6 @@ def add_routes(
     model_dir: str,
 ) -> None:
     """Add the ``/v1`` routes; ``current()`` gives the model serving now (or raises 503)."""
-    Model = Annotated[LoadedModel, Depends(current)]
     K = Annotated[int, Query(ge=1, le=limits.max_k, description="number of items")]
     RecommendRequest = schemas["RecommendRequest"]
     SessionRequest = schemas["SessionRequest"]
@@ -73,7 +71,6 @@ def add_routes(
     @router.get("/recommend/{user:path}", response_model=UserRecommendations, responses=_NOT_FOUND,
                 tags=["recommend"])
     async def recommend_user(
-        lm: Model,
         user: Annotated[str, Path(description="user id, as in the training file")],
         k: K = 10,
         exclude_seen: bool = True,
@@ -84,6 +81,7 @@ def add_routes(
         approximate: Annotated[bool, Query(description=_APPROX)] = False,
     ) -> Any:
         """Top-k items for one user, best first: ``model.recommend(user, k)``."""
+        lm = current()
         m = lm.model
         raw = _resolve(m.user_map, user)
         if item:
@@ -95,8 +93,9 @@ def add_routes(
         return _json(lm, {"user": raw, "items": _scored(lm, m.item_map.raw(items[keep]).tolist(), scores[keep])})
 
     @router.post("/recommend", response_model=BatchRecommendations, responses=_NOT_FOUND, tags=["recommend"])
-    async def recommend_users(lm: Model, body: RecommendRequest) -> Any:
+    async def recommend_users(body: RecommendRequest) -> Any:
         """Top-k items for each of a list of users, scored as one batch."""
+        lm = current()
         m = lm.model
         raws = [_resolve(m.user_map, u) for u in body.users]
         idx = m.user_map.indices(raws)
@@ -112,12 +111,13 @@ def add_routes(
 
     @router.post("/recommend/session", response_model=SessionRecommendations, responses=_NOT_FOUND,
                  tags=["recommend"])
-    async def recommend_session(lm: Model, body: SessionRequest) -> Any:
+    async def recommend_session(body: SessionRequest) -> Any:
         """Top-k items for a visitor the model has never seen, from a few of their interactions.
 
         The visitor is folded in (their factors fitted with the items held fixed)
         and nothing is stored; the items given are not recommended back.
         """
+        lm = current()
         m = lm.model
         if isinstance(body.interactions, dict):
             given: Any = {}
@@ -133,18 +133,19 @@ def add_routes(
 
     @router.get("/predict", response_model=Prediction, responses=_NOT_FOUND, tags=["predict"])
     async def predict_one(
-        lm: Model,
         user: Annotated[str, Query(description="user id")],
         item: Annotated[str, Query(description="item id")],
     ) -> Any:
         """The model's score (predicted rating, for explicit models) of one (user, item) pair."""
+        lm = current()
         m = lm.model
         u, i = _resolve(m.user_map, user), _resolve(m.item_map, item)
         return _json(lm, {"user": u, "item": i, "score": _num(await batcher.predict(m, u, i))})
 
     @router.post("/predict", response_model=Predictions, responses=_NOT_FOUND, tags=["predict"])
-    async def predict_many(lm: Model, body: PredictRequest) -> Any:
+    async def predict_many(body: PredictRequest) -> Any:
         """Scores of many (user, item) pairs."""
+        lm = current()
         m = lm.model
         users = [_resolve(m.user_map, u) for u, _ in body.pairs]
         items = [_resolve(m.item_map, i) for _, i in body.pairs]
@@ -155,8 +156,9 @@ def add_routes(
         ]})
 
     @router.get("/similar/{item:path}", response_model=SimilarItems, responses=_NOT_FOUND, tags=["similar"])
-    async def similar(lm: Model, item: Annotated[str, Path(description="item id")], k: K = 10) -> Any:
+    async def similar(item: Annotated[str, Path(description="item id")], k: K = 10) -> Any:
         """Items whose factors are closest (cosine) to the item's."""
+        lm = current()
         m = lm.model
         raw = _resolve(m.item_map, item)
         df = await run_in_threadpool(m.similar_items, raw, k)
@@ -167,9 +169,10 @@ def add_routes(
         return _json(lm, out)
 
     @router.get("/explain/{user}/{item}", response_model=Explanation, responses=_NOT_FOUND, tags=["explain"])
-    async def explain(lm: Model, user: Annotated[str, Path(description="user id")],
+    async def explain(user: Annotated[str, Path(description="user id")],
                       item: Annotated[str, Path(description="item id")], k: K = 10) -> Any:
         """Which of the user's own items contributed most to their score of the item (``model.explain``)."""
+        lm = current()
         m = lm.model
         u, i = _resolve(m.user_map, user), _resolve(m.item_map, item)
         df = await run_in_threadpool(m.explain, u, i, k)
@@ -183,26 +186,27 @@ def add_routes(
         return _json(lm, {"user": u, "item": i, "items": rows})
 
     @router.get("/model", response_model=ModelInfo, tags=["model"])
-    async def model_info(lm: Model) -> Any:
+    async def model_info() -> Any:
         """Hyperparameters, sizes, training summary, checksum, version and load time of the serving model."""
+        lm = current()
         return _json(lm, _model_info(lm, model_dir))
 
     @router.get("/items", response_model=ItemSearchResult, tags=["search"])
     async def search_items(
-        lm: Model,
         q: Annotated[str, Query(max_length=200, description="text in the id or title")] = "",
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> Any:
         """Items whose id or title contains ``q`` (case-insensitive)."""
+        lm = current()
         return _json(lm, {"items": lm.extras["search"].find(q, limit)})
 
     @router.get("/users", response_model=UserSearchResult, tags=["search"])
     async def search_users(
-        lm: Model,
         q: Annotated[str, Query(max_length=200, description="text in the id")] = "",
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> Any:
         """Users whose id contains ``q``, for pickers."""
+        lm = current()
         ids = lm.model.user_map.ids
         ql = q.strip().lower()
         hits = [u for u in ids if ql in str(u).lower()][:limit] if ql else ids[:limit]
@@ -216,21 +220,16 @@ _INT = re.compile(INT_PATTERN)
 def _resolve(idmap: Any, text: Any) -> Any:
     """``idmap.resolve(text)``, with fast paths for an exact id and a canonical integer.
 
-    (``IdMap.resolve`` lists every id to return an int match, O(n) per call;
-    these paths keep a look-up at O(1) and defer every other case to it.)
+    (``IdMap.resolve`` lists every id to return an int match, O(n) per call, and
+    a failed ``IdMap.index`` builds a hint by resolving; these paths are two
+    hash look-ups, without exceptions, and defer every other case to it.)
     """
-    try:
-        idmap.index(text)
+    if text in idmap:
         return text
-    except UnknownIdError:
-        pass
     if isinstance(text, str) and _INT.fullmatch(text.strip()):
-        try:
-            n = int(text)
-            idmap.index(n)
+        n = int(text)
+        if n in idmap:
             return n
-        except UnknownIdError:
-            pass
     return idmap.resolve(text)  # the other cases, and the error naming the id
 
 
