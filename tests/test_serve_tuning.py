@@ -1,0 +1,82 @@
+"""What ``torchmf serve`` tunes for latency: the event loop and parser, the garbage collector, metrics."""
+
+from __future__ import annotations
+
+import builtins
+import gc
+
+import pytest
+from fastapi.testclient import TestClient
+
+from test_serve_support import save, train_small
+from torchmf.serve import create_app
+from torchmf.serve.app import GC_GEN0_THRESHOLD, freeze_heap
+from torchmf.serve.metrics import ServeMetrics
+from torchmf.serve.server import event_loop_and_parser
+
+
+@pytest.fixture()
+def restore_gc():
+    """Undo freeze_heap's process-wide changes after the test."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+def test_uvloop_and_httptools_are_picked_when_installed():
+    # the serve and test extras install them (uvicorn[standard])
+    assert event_loop_and_parser() == ("uvloop", "httptools")
+
+
+def test_falls_back_to_asyncio_and_h11_without_them(monkeypatch, caplog):
+    real_import = builtins.__import__
+
+    def no_fast_parts(name, *args, **kwargs):
+        if name in ("uvloop", "httptools"):
+            raise ImportError(f"no module named {name}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_fast_parts)
+    with caplog.at_level("WARNING", logger="torchmf.serve.server"):
+        assert event_loop_and_parser() == ("asyncio", "h11")
+    assert "uvloop/httptools not installed" in caplog.text
+
+
+def test_freeze_heap_freezes_and_raises_the_young_threshold(restore_gc):
+    gc.set_threshold(700, 10, 10)
+    freeze_heap()
+    assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == (GC_GEN0_THRESHOLD, 10, 10)
+    gc.set_threshold(GC_GEN0_THRESHOLD * 2, 10, 10)
+    freeze_heap()  # never lowers a threshold someone raised further
+    assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD * 2
+
+
+def test_app_freezes_the_heap_only_when_asked(tmp_path, restore_gc):
+    path = tmp_path / "model"
+    save(train_small(seed=3), path)
+    gc.unfreeze()
+    create_app(path, load="now")
+    assert gc.get_freeze_count() == 0  # embedding apps leave the process's collector alone
+    app = create_app(path, load="now", freeze_gc=True)
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    with TestClient(app) as client:  # and the app serves as before
+        assert client.get("/v1/recommend/3", params={"k": 3}).status_code == 200
+        assert client.post("/v1/admin/reload").status_code == 200  # a reload freezes again
+    assert gc.get_freeze_count() > 0
+
+
+def test_metrics_keep_one_child_per_label_set():
+    m = ServeMetrics()
+    for _ in range(3):
+        m.observe("/v1/recommend/{user:path}", "GET", 200, 0.002)
+    m.observe("/v1/recommend/{user:path}", "GET", 404, 0.001)
+    assert len(m._children) == 2
+    text = m.render().decode()
+    # 3 answered with 200 and 1 with 404, each once in the histogram's count
+    assert 'torchmf_http_requests_total{method="GET",route="/v1/recommend/{user:path}",status="200"} 3.0' in text
+    assert 'torchmf_http_requests_total{method="GET",route="/v1/recommend/{user:path}",status="404"} 1.0' in text
+    assert ('torchmf_http_request_duration_seconds_count{method="GET",route="/v1/recommend/{user:path}",'
+            'status="200"} 3.0') in text
