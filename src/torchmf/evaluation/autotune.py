@@ -30,9 +30,11 @@ from tqdm.auto import tqdm
 
 from torchmf.data.convert import as_interactions
 from torchmf.data.interactions import Interactions
+from torchmf.data.profile import value_profile
 from torchmf.data.split import random_split, user_split
 from torchmf.errors import TrainingError
 from torchmf.estimator import MatrixFactorization
+from torchmf.estimator.params import Params, resolve
 from torchmf.evaluation.evaluate import evaluate
 from torchmf.evaluation.selection import _clone, _lower_is_better, _search, default_metric
 from torchmf.evaluation.tuner import TrialRecord, Tuner
@@ -189,6 +191,8 @@ def autotune(
     watch = watch if ranking != _lower_is_better(metric) else None
     tuner = Tuner(study, spaces, fixed, samplers, start, float(budget_s), n_trials,
                    len(data) / max(len(train), 1), metric, watch, bar, _clock)
+    profile = value_profile(train.values)  # what the fit of each solver's defaults would see
+    tuner.start_from({name: resolve(Params(**{**params, "solver": name}), profile) for name in spaces})
     try:
         with epoch_hook(tuner.on_epoch):
             _search(trial_base, train, validation, tuner, metric, k, PATIENCE, seed,

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 # margin on the estimated time of the re-check and the refit (timings on a shared machine vary)
 SAFETY = 1.25
-# how many of the best trials are scored again on a second validation split before one is chosen
-FINALISTS = 3
+# how many of the best trials are scored again on a second validation split before one is chosen,
+# and the share of the budget that re-check may spend at most (fewer finalists when they cost more)
+FINALISTS, RECHECK_SHARE = 3, 0.2
 # median pruning per solver: from this many complete trials of the solver on, after this many epochs
 PRUNE_STARTUP, PRUNE_WARMUP = 4, 2
 
@@ -57,6 +58,7 @@ class Tuner:
         self.samplers = samplers  # sampler solver -> its epoch cap (None: the whole chain)
         self.start = start
         self.deadline = self.start + budget_s
+        self.recheck_budget = RECHECK_SHARE * budget_s
         self.refit_scale = refit_scale  # refit rows / trial rows
         self.metric, self.bar = metric, bar
         self.watch = watch  # the per-epoch validation column pruning reads (None: no pruning)
@@ -77,6 +79,15 @@ class Tuner:
         done = [t for t in self.trials if t.state == "complete"]
         return sorted(done, key=self._order)[:FINALISTS]
 
+    def _checkable(self, costs: list[float]) -> list[float]:
+        """The leading finalists' costs the re-check can afford (none unless two fit: nothing to compare)."""
+        out: list[float] = []
+        for cost in costs:
+            if sum(out) + cost > self.recheck_budget:
+                break
+            out.append(cost)
+        return out if len(out) > 1 else []
+
     def reserve(self, running: float | None = None) -> float:
         """Seconds to keep for the re-check and the refit (``running``: the running trial's cost, as a finalist)."""
         costs = [t.cost for t in self.finalists()]
@@ -84,8 +95,28 @@ class Tuner:
             costs = [running, *costs[:FINALISTS - 1]]
         if not costs:
             return 0.0
-        recheck = sum(costs) if len(costs) > 1 else 0.0
-        return SAFETY * (recheck + max(costs) * self.refit_scale)
+        return SAFETY * (sum(self._checkable(costs)) + max(costs) * self.refit_scale)
+
+    def start_from(self, settings: dict[str, dict[str, Any]]) -> None:
+        """Make each solver's ``settings`` (its resolved defaults) its first trial, in ``spaces`` order.
+
+        Numbers are clipped into the space; a choice the space lacks is left to the sampler.
+        """
+        several = len(self.spaces) > 1
+        for solver, space in self.spaces.items():
+            prefix = f"{solver}." if several else ""
+            first: dict[str, Any] = {"solver": solver} if several else {}
+            for name, spec in space.items():
+                value = settings[solver].get(name)
+                if value is None or not spec or not isinstance(spec[0], str):
+                    continue
+                if spec[0] == "categorical":
+                    if value in spec[1]:
+                        first[prefix + name] = value
+                else:
+                    value = min(max(value, spec[1]), spec[2])
+                    first[prefix + name] = int(value) if spec[0] == "int" else float(value)
+            self.study.enqueue_trial(first)
 
     # -- the candidates -------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -170,14 +201,14 @@ class Tuner:
         """Re-check the finalists (best first, while the budget allows) and return the winner.
 
         Finalists are ranked by the mean of both splits' scores; the best first-split trial when
-        no second finalist fits in the time left. None when no trial completed.
+        fewer than two of them fit in the re-check's share of the budget or the time left. None
+        when no trial completed.
         """
         finalists = self.finalists()
-        if len(finalists) < 2:
-            return finalists[0] if finalists else None
-        refit = SAFETY * max(t.cost for t in finalists) * self.refit_scale
+        checkable = finalists[:len(self._checkable([t.cost for t in finalists]))]
+        refit = SAFETY * max((t.cost for t in finalists), default=0.0) * self.refit_scale
         checked = []
-        for t in finalists:
+        for t in checkable:
             if self.clock() + SAFETY * t.cost + refit > self.deadline:
                 log.info("autotune: no time left to re-check trial %d", t.number)
                 break
@@ -187,6 +218,6 @@ class Tuner:
             if math.isfinite(t.recheck):
                 checked.append(t)
         if len(checked) < 2:
-            return finalists[0]
+            return finalists[0] if finalists else None
         sign = 1.0 if self.lower else -1.0
         return min(checked, key=lambda t: sign * (t.value + t.recheck) / 2)
