@@ -155,6 +155,37 @@ def test_budget_on_a_simulated_clock(ratings: torchmf.Interactions, monkeypatch:
     assert clock["t"] >= 80 * 0.5
 
 
+@pytest.fixture
+def simulated_clock(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
+    """Each epoch of any fit costs one simulated second on autotune's clock."""
+    clock = {"t": 0.0}
+    original = monitor_module.Monitor.end_epoch
+
+    def end_epoch(self, epoch: int, train_loss: float) -> bool:
+        clock["t"] += 1.0
+        return original(self, epoch, train_loss)
+
+    monkeypatch.setattr(monitor_module.Monitor, "end_epoch", end_epoch)
+    monkeypatch.setattr(autotune_module, "_clock", lambda: clock["t"])
+    return clock
+
+
+def test_budget_with_every_solver_on_a_simulated_clock(ratings: torchmf.Interactions,
+                                                       simulated_clock: dict[str, float]) -> None:
+    model = torchmf.autotune("mse", ratings, budget_s=120, max_epochs=12, verbose=False)
+    assert list(model.tuning_["solver"][:3]) == ["als", "sgd", "gibbs"]
+    assert 120 * 0.5 <= simulated_clock["t"] <= 120 * 1.1
+
+
+def test_budget_cuts_a_gibbs_chain(ratings: torchmf.Interactions, simulated_clock: dict[str, float]) -> None:
+    """The default chain (100 + 2 * 200 sweeps) does not fit 100 s with its refit: the trial is cut short."""
+    model = torchmf.autotune(torchmf.MatrixFactorization(solver="gibbs"), ratings, budget_s=100, verbose=False)
+    first = model.tuning_.iloc[0]
+    assert (first["burn_in"], first["samples"]) == (100, 200) and first["epochs"] < 500
+    assert len(model.history_) == model.extras_["autotune"]["epochs"]
+    assert simulated_clock["t"] <= 100 * 1.1
+
+
 def test_budget_stops_a_long_first_trial(ratings: torchmf.Interactions, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = {"t": 0.0}
     original = monitor_module.Monitor.end_epoch

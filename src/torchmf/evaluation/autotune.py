@@ -89,18 +89,34 @@ def autotune(
     max_epochs: int | None = None,
     verbose: bool = True,
 ) -> MatrixFactorization:
-    """Tune hyperparameters with Optuna within a time budget and return the refitted best model.
+    """Tune the solver and its hyperparameters with Optuna within a time budget; return the refitted best model.
 
     Needs optuna (``pip install 'torchmf[tune]'``). A validation split is
     carved from ``data`` only (a random 20% of the ratings for rating losses,
-    20% of each user's interactions for ranking losses). Optuna's TPE sampler
-    (seeded) proposes settings from the solver class's ``search_space``; each
-    trial trains with validation after every epoch, early stopping (patience
-    3) and median pruning against earlier trials. Trials stop being started
-    when the time left would not fit one more (the median trial so far) plus
-    the refit, and a running trial is stopped at the epoch where it would
-    overrun. The best setting is then refitted on all of ``data`` for the
-    epoch count its validation chose.
+    20% of each user's interactions for ranking losses).
+
+    What is searched: an estimator that names its ``solver`` tunes that
+    solver only; a loss name (or an estimator with ``solver=None``) searches
+    every solver registered for the loss that declares a ``search_space``
+    (``"mse"``: ALS, SGD and Gibbs), the solver being a categorical of the
+    search and each solver's values their own dimensions. Each solver's first
+    trial is its defaults (the estimator's values where it sets them); then
+    Optuna's TPE sampler (seeded) proposes. Trials of iterative solvers are
+    validated after every epoch, stop early (patience 3), are pruned when they
+    trail the median of the complete trials of the same solver at the same
+    epoch, and keep the epoch count validation chose. Trials of samplers
+    (Gibbs) are neither stopped early nor pruned (their per-epoch validation
+    scores one draw, not the averaged prediction they end with) and keep the
+    chain length they ran.
+
+    Choice: the 3 best trials are scored again on a second validation split
+    (another seed; at most 20% of the budget, fewer finalists when they cost
+    more) and the one with the best mean of both scores wins (top scores of
+    one split are often closer than its noise); with fewer than two
+    re-checked, the best of the first split. It is refitted on all of
+    ``data`` for its epoch count. Budget: no trial starts when the time left
+    would not fit one more (the median so far), the re-check and the refit,
+    and a running trial stops at the epoch where it would overrun.
 
     Parameters
     ----------
@@ -125,8 +141,8 @@ def autotune(
         table except for its ``seconds`` column; a run cut by its budget has
         a prefix of that table (its last trial possibly stopped earlier).
     max_epochs : int, optional
-        Epoch cap of each trial; 4 times the loss's default epochs (at least
-        20) by default.
+        Epoch cap of each trial; 4 times the solver's default epochs (at least
+        20) by default, a sampler's whole chain.
     verbose : bool
         Show a progress bar over the budget.
 
@@ -134,11 +150,13 @@ def autotune(
     -------
     MatrixFactorization
         Fitted on all of ``data``. ``tuning_`` is the trials table (a
-        DataFrame, one row per trial in trial order: the searched parameters,
-        the validation ``metric``, ``epochs`` (the epoch count validation
-        chose), ``state`` (complete, pruned or failed) and ``seconds``);
-        ``extras_["autotune"]`` records the best setting and is saved with
-        the model.
+        DataFrame, one row per trial in trial order: ``solver``, the searched
+        parameters (NaN where another solver's), the validation ``metric``,
+        ``<metric>_recheck`` (the second split's score, finalists only),
+        ``epochs`` (what the refit of that trial would run), ``state``
+        (complete, pruned or failed) and ``seconds``);
+        ``extras_["autotune"]`` records the chosen setting (with its solver)
+        and is saved with the model.
     """
     start = _clock()  # the budget counts from the call: reading, splitting and importing optuna included
     try:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 SAFETY = 1.25
 # how many of the best trials are scored again on a second validation split before one is chosen,
 # and the share of the budget that re-check may spend at most (fewer finalists when they cost more)
-FINALISTS, RECHECK_SHARE = 3, 0.2
+FINALISTS, RECHECK_SHARE = 5, 0.2
 # median pruning per solver: from this many complete trials of the solver on, after this many epochs
 PRUNE_STARTUP, PRUNE_WARMUP = 4, 2
 
@@ -75,8 +75,8 @@ class Tuner:
         return t.value if self.lower else -t.value
 
     def finalists(self) -> list[TrialRecord]:
-        """The best complete trials so far, best first."""
-        done = [t for t in self.trials if t.state == "complete"]
+        """The best scored trials so far (complete or pruned: a pruned one is scored at its best epoch), best first."""
+        done = [t for t in self.trials if math.isfinite(t.value)]
         return sorted(done, key=self._order)[:FINALISTS]
 
     def _checkable(self, costs: list[float]) -> list[float]:
