@@ -4,7 +4,7 @@
 then that solver's values, each solver's values their own dimensions of the
 search), watches every epoch of the running trial (median pruning among the
 complete trials of the same solver; the time budget), records each trial and,
-after the search, re-scores the finalists on a second validation split.
+after the search, re-scores the finalists on more validation splits.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from typing import Any
 
 from torchmf.evaluation.selection import _lower_is_better, _suggest
 
-__all__ = ["FINALISTS", "SAFETY", "TrialRecord", "Tuner"]
+__all__ = ["FINALISTS", "RECHECKS", "SAFETY", "TrialRecord", "Tuner"]
 
 log = logging.getLogger(__name__)
 
 # margin on the estimated time of the re-check and the refit (timings on a shared machine vary)
 SAFETY = 1.25
-# how many of the best trials are scored again on a second validation split before one is chosen,
-# and the share of the budget that re-check may spend at most (fewer finalists when they cost more)
-FINALISTS, RECHECK_SHARE = 5, 0.2
+# how many of the best trials are scored again, on how many more validation splits, before one is
+# chosen, and the share of the budget that re-check may spend at most (fewer finalists when they cost more)
+FINALISTS, RECHECKS, RECHECK_SHARE = 5, 2, 0.3
 # median pruning per solver: from this many complete trials of the solver on, after this many epochs
 PRUNE_STARTUP, PRUNE_WARMUP = 4, 2
 
@@ -38,7 +38,7 @@ class TrialRecord:
     number: int
     params: dict[str, Any]  # "solver" and the searched values
     value: float = math.nan  # the metric on the first validation split
-    recheck: float = math.nan  # the metric on the second split (finalists only)
+    recheck: float = math.nan  # the mean metric on the re-check splits (finalists only)
     epochs: int = 0  # the epoch count a refit uses
     seconds: float = 0.0
     cost: float = 0.0  # estimated seconds of a fit of `epochs` epochs on the trial's rows
@@ -83,9 +83,9 @@ class Tuner:
         """The leading finalists' costs the re-check can afford (none unless two fit: nothing to compare)."""
         out: list[float] = []
         for cost in costs:
-            if sum(out) + cost > self.recheck_budget:
+            if sum(out) + RECHECKS * cost > self.recheck_budget:
                 break
-            out.append(cost)
+            out.append(RECHECKS * cost)
         return out if len(out) > 1 else []
 
     def reserve(self, running: float | None = None) -> float:
@@ -209,7 +209,7 @@ class Tuner:
         refit = SAFETY * max((t.cost for t in finalists), default=0.0) * self.refit_scale
         checked = []
         for t in checkable:
-            if self.clock() + SAFETY * t.cost + refit > self.deadline:
+            if self.clock() + SAFETY * RECHECKS * t.cost + refit > self.deadline:
                 log.info("autotune: no time left to re-check trial %d", t.number)
                 break
             began = self.clock()
@@ -220,4 +220,4 @@ class Tuner:
         if len(checked) < 2:
             return finalists[0] if finalists else None
         sign = 1.0 if self.lower else -1.0
-        return min(checked, key=lambda t: sign * (t.value + t.recheck) / 2)
+        return min(checked, key=lambda t: sign * (t.value + RECHECKS * t.recheck) / (1 + RECHECKS))
