@@ -28,7 +28,8 @@ def plays() -> torchmf.Interactions:
     return torchmf.datasets.synthetic(n_users=60, n_items=40, n_interactions=1200, rank=3, implicit=True, seed=1)[0]
 
 
-def _tune(data: torchmf.Interactions, loss: str | torchmf.MatrixFactorization = "mse", **kw) -> torchmf.MatrixFactorization:
+def _tune(data: torchmf.Interactions, loss: str | torchmf.MatrixFactorization = "mse",
+          **kw) -> torchmf.MatrixFactorization:
     kw = {"budget_s": 600, "n_trials": 5, "max_epochs": 6, "verbose": False, **kw}
     return torchmf.autotune(loss, data, **kw)
 
@@ -222,7 +223,7 @@ def test_bad_arguments(ratings: torchmf.Interactions, monkeypatch: pytest.Monkey
     with pytest.raises(ValueError, match="metric"):
         torchmf.autotune("mse", ratings, metric="ndcg@5")  # k is 10
     monkeypatch.delattr(get_solver("mse", "als"), "search_space")
-    with pytest.raises(ValueError, match="'als'.*search_space"):
+    with pytest.raises(ValueError, match=r"'als'.*search_space"):
         torchmf.autotune(torchmf.MatrixFactorization(solver="als"), ratings)
     for solver in ("sgd", "gibbs"):
         monkeypatch.delattr(get_solver("mse", solver), "search_space")
