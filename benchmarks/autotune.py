@@ -1,6 +1,7 @@
 """``torchmf.autotune`` against the issue-11 targets, within a fixed time budget.
 
-- explicit: ``autotune("mse", u1.base, budget_s)``, RMSE on u1.test (target <= 0.905 at 60 s);
+- explicit: ``autotune("mse", u1.base, budget_s)`` (a loss name: ALS, SGD and Gibbs are all searched, the
+  solver a categorical of the search), RMSE on u1.test (target <= 0.905 at 60 s);
 - implicit: every ML-100k rating an interaction, ``user_split(data, 0.2, min_interactions=5, seed=0)``
   (the issue-4 protocol, as in benchmarks/same_run.py), ``autotune("ials", train, budget_s)``,
   NDCG@10 on the test part (target >= 0.45 at 60 s).

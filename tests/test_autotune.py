@@ -28,24 +28,27 @@ def plays() -> torchmf.Interactions:
     return torchmf.datasets.synthetic(n_users=60, n_items=40, n_interactions=1200, rank=3, implicit=True, seed=1)[0]
 
 
-def _tune(data: torchmf.Interactions, loss: str = "mse", **kw) -> torchmf.MatrixFactorization:
+def _tune(data: torchmf.Interactions, loss: str | torchmf.MatrixFactorization = "mse",
+          **kw) -> torchmf.MatrixFactorization:
     kw = {"budget_s": 600, "n_trials": 5, "max_epochs": 6, "verbose": False, **kw}
     return torchmf.autotune(loss, data, **kw)
 
 
 def test_trials_table_and_refit(ratings: torchmf.Interactions) -> None:
-    model = _tune(ratings)
+    model = _tune(ratings, torchmf.MatrixFactorization(solver="als"))
     table = model.tuning_
-    space = get_solver("mse").search_space
-    assert list(table.columns) == ["trial", *space, "rmse", "epochs", "state", "seconds"]
+    space = get_solver("mse", "als").search_space
+    assert list(table.columns) == ["trial", "solver", *space, "rmse", "rmse_recheck", "epochs", "state", "seconds"]
     assert list(table["trial"]) == list(range(5))
+    assert set(table["solver"]) == {"als"}  # an estimator that names its solver tunes only that one
     assert set(table["state"]) <= {"complete", "pruned", "failed"}
     assert (table["epochs"] >= 1).all() and (table["epochs"] <= 6).all()
-    # the refit is the best trial's setting, for its epoch count, on all the data
-    best = table.loc[table["rmse"].idxmin()]
+    # the refit is the chosen finalist's setting, for its epoch count, on all the data
     info = model.extras_["autotune"]
-    assert info["params"] == {name: best[name].item() for name in space}
-    assert info["validation"] == pytest.approx(best["rmse"])
+    chosen = table[table["rmse_recheck"].notna()]
+    best = chosen.loc[((chosen["rmse"] + 2 * chosen["rmse_recheck"]) / 3).idxmin()]  # the mean of 3 splits
+    assert info["params"] == {"solver": "als", **{name: best[name].item() for name in space}}
+    assert info["validation"] == pytest.approx(best["rmse"]) and info["recheck"] == pytest.approx(best["rmse_recheck"])
     hp = model.effective_params
     assert hp["factors"] == best["factors"] and hp["reg"] == pytest.approx(best["reg"])
     assert len(model.history_) == best["epochs"] == hp["epochs"]
@@ -53,6 +56,61 @@ def test_trials_table_and_refit(ratings: torchmf.Interactions) -> None:
     for name, (kind, *bounds) in space.items():
         if kind in ("int", "float"):
             assert table[name].between(bounds[0], bounds[1]).all(), name
+
+
+def test_finalists_are_rechecked_on_more_splits(ratings: torchmf.Interactions) -> None:
+    table = _tune(ratings, torchmf.MatrixFactorization(solver="als"), n_trials=7).tuning_
+    rechecked = table[table["rmse_recheck"].notna()]
+    # exactly the five best scored trials of the first split were scored again (pruned ones included)
+    top = table[table["rmse"].notna()].nsmallest(5, "rmse")
+    assert sorted(rechecked["trial"]) == sorted(top["trial"])
+    assert (rechecked["rmse_recheck"] != rechecked["rmse"]).all()
+
+
+def test_a_loss_name_searches_its_solvers(ratings: torchmf.Interactions) -> None:
+    """For a loss name the solver is part of the search: every solver of "mse" with a search_space."""
+    model = _tune(ratings, n_trials=12, max_epochs=4)
+    table = model.tuning_
+    assert set(table["solver"]) == {"als", "sgd", "gibbs"}  # the seeded TPE start is random over the three
+    for solver in ("als", "sgd", "gibbs"):
+        rows = table[table["solver"] == solver]
+        own = set(get_solver("mse", solver).search_space)
+        # each solver's rows fill its own parameters only
+        for name in {"factors", "lr", "reg_exponent", "samples", "implicit_features"}:
+            assert rows[name].notna().all() == (name in own), (solver, name)
+    assert model.effective_params["solver"] == model.extras_["autotune"]["params"]["solver"]
+
+
+def test_gibbs_trials_run_their_chain(ratings: torchmf.Interactions, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sampler's trials are neither early-stopped nor pruned; the refit runs the chosen trial's chain."""
+    short = {"factors": ("int", 2, 4), "samples": ("int", 3, 8), "burn_in": ("int", 2, 6),
+             "implicit_features": ("categorical", (False, True))}  # short chains keep the test quick
+    monkeypatch.setattr(get_solver("mse", "gibbs"), "search_space", short)
+    model = torchmf.autotune(torchmf.MatrixFactorization(solver="gibbs"), ratings, budget_s=600, n_trials=7,
+                             verbose=False, seed=1)
+    table = model.tuning_
+    assert (table["state"] == "complete").all()  # 7 trials: median pruning would be live from the 5th on
+    chains = table["burn_in"] + table["samples"] * 2  # thin 2 (the solver's default): the whole chain ran
+    assert (table["epochs"] == chains).all()
+    info = model.extras_["autotune"]
+    assert info["params"]["solver"] == "gibbs"
+    assert len(model.history_) == info["epochs"] == info["params"]["burn_in"] + info["params"]["samples"] * 2
+    assert model.effective_params["samples"] == info["params"]["samples"]
+
+
+def test_each_solver_starts_from_its_defaults(ratings: torchmf.Interactions) -> None:
+    table = _tune(ratings, n_trials=3, max_epochs=2).tuning_
+    assert list(table["solver"]) == ["als", "sgd", "gibbs"]  # the default solver first
+    for row in table.itertuples():
+        defaults = torchmf.MatrixFactorization(solver=row.solver).effective_params
+        for name, (kind, *bounds) in get_solver("mse", row.solver).search_space.items():
+            want = defaults[name] if kind == "categorical" else min(max(defaults[name], bounds[0]), bounds[1])
+            assert getattr(row, name) == pytest.approx(want), (row.solver, name)
+
+
+def test_max_epochs_caps_a_chain(ratings: torchmf.Interactions) -> None:
+    table = _tune(ratings, torchmf.MatrixFactorization(solver="gibbs"), n_trials=2, max_epochs=5).tuning_
+    assert (table["epochs"] == 5).all()
 
 
 def test_same_seed_same_trials(ratings: torchmf.Interactions) -> None:
@@ -73,7 +131,7 @@ def test_implicit_uses_ranking_metric(plays: torchmf.Interactions) -> None:
 def _ratings_only() -> torchmf.MatrixFactorization:
     """An ALS estimator whose fits train one model (no interaction ranker where the estimator has one)."""
     extra = {"rank_by": "scores"} if "rank_by" in torchmf.MatrixFactorization().get_params() else {}
-    return torchmf.MatrixFactorization(**extra)
+    return torchmf.MatrixFactorization(solver="als", **extra)
 
 
 def test_budget_on_a_simulated_clock(ratings: torchmf.Interactions, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,13 +145,46 @@ def test_budget_on_a_simulated_clock(ratings: torchmf.Interactions, monkeypatch:
 
     monkeypatch.setattr(monitor_module.Monitor, "end_epoch", end_epoch)
     monkeypatch.setattr(autotune_module, "_clock", lambda: clock["t"])
-    model = torchmf.autotune(_ratings_only(), ratings, budget_s=40, max_epochs=8, verbose=False)
+    model = torchmf.autotune(_ratings_only(), ratings, budget_s=120, max_epochs=8, verbose=False)
     table = model.tuning_
     # the search stopped on its own (no n_trials), used most of the budget, and the refit still fit in it
     assert len(table) >= 3
-    assert clock["t"] <= 40 * 1.1
-    assert table["seconds"].sum() + len(model.history_) == clock["t"]
-    assert clock["t"] >= 40 * 0.5
+    assert clock["t"] <= 120 * 1.1
+    info = model.extras_["autotune"]
+    assert table["seconds"].sum() + info["recheck_seconds"] + len(model.history_) == clock["t"]
+    assert info["recheck_seconds"] > 0  # the finalists were re-checked within the budget too
+    assert clock["t"] >= 120 * 0.5
+
+
+@pytest.fixture
+def simulated_clock(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
+    """Each epoch of any fit costs one simulated second on autotune's clock."""
+    clock = {"t": 0.0}
+    original = monitor_module.Monitor.end_epoch
+
+    def end_epoch(self, epoch: int, train_loss: float) -> bool:
+        clock["t"] += 1.0
+        return original(self, epoch, train_loss)
+
+    monkeypatch.setattr(monitor_module.Monitor, "end_epoch", end_epoch)
+    monkeypatch.setattr(autotune_module, "_clock", lambda: clock["t"])
+    return clock
+
+
+def test_budget_with_every_solver_on_a_simulated_clock(ratings: torchmf.Interactions,
+                                                       simulated_clock: dict[str, float]) -> None:
+    model = torchmf.autotune("mse", ratings, budget_s=120, max_epochs=12, verbose=False)
+    assert list(model.tuning_["solver"][:3]) == ["als", "sgd", "gibbs"]
+    assert 120 * 0.5 <= simulated_clock["t"] <= 120 * 1.1
+
+
+def test_budget_cuts_a_gibbs_chain(ratings: torchmf.Interactions, simulated_clock: dict[str, float]) -> None:
+    """The default chain (100 + 2 * 200 sweeps) does not fit 100 s with its refit: the trial is cut short."""
+    model = torchmf.autotune(torchmf.MatrixFactorization(solver="gibbs"), ratings, budget_s=100, verbose=False)
+    first = model.tuning_.iloc[0]
+    assert (first["burn_in"], first["samples"]) == (100, 200) and first["epochs"] < 500
+    assert len(model.history_) == model.extras_["autotune"]["epochs"]
+    assert simulated_clock["t"] <= 100 * 1.1
 
 
 def test_budget_stops_a_long_first_trial(ratings: torchmf.Interactions, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,7 +223,11 @@ def test_bad_arguments(ratings: torchmf.Interactions, monkeypatch: pytest.Monkey
     with pytest.raises(ValueError, match="metric"):
         torchmf.autotune("mse", ratings, metric="ndcg@5")  # k is 10
     monkeypatch.delattr(get_solver("mse", "als"), "search_space")
-    with pytest.raises(ValueError, match="search_space"):
+    with pytest.raises(ValueError, match=r"'als'.*search_space"):
+        torchmf.autotune(torchmf.MatrixFactorization(solver="als"), ratings)
+    for solver in ("sgd", "gibbs"):
+        monkeypatch.delattr(get_solver("mse", solver), "search_space")
+    with pytest.raises(ValueError, match="no solver of loss='mse'"):
         torchmf.autotune("mse", ratings)
 
 
@@ -146,8 +241,8 @@ def test_estimator_values_outside_the_space_are_kept(ratings: torchmf.Interactio
 def test_every_solver_declares_a_valid_space() -> None:
     est = torchmf.MatrixFactorization()
     names = set(est.get_params())
-    for loss in ("mse", "ials", "bpr"):
-        space = get_solver(loss).search_space
+    for loss, solver in (("mse", "als"), ("mse", "sgd"), ("mse", "gibbs"), ("ials", None), ("bpr", None)):
+        space = get_solver(loss, solver).search_space
         assert set(space) <= names, loss
         for spec in space.values():
             assert spec[0] in ("int", "float", "categorical")

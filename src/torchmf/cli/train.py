@@ -53,9 +53,10 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--auto",
         metavar="SECONDS",
         type=float,
-        help="tune the hyperparameters of the loss and solver with Optuna (torchmf.autotune) within this many "
-             "seconds, search and refit together, on a validation split carved from DATA; other "
-             "hyperparameter options set the values that are not searched",
+        help="tune with Optuna (torchmf.autotune) within this many seconds, search and refit together, on a "
+             "validation split carved from DATA: the solver too (every solver of the loss with a search space, "
+             "e.g. ALS, SGD and Gibbs for mse) unless --solver names one; other hyperparameter options set the "
+             "values that are not searched",
     )
     p.add_argument("--no-refit", dest="refit", action="store_false",
                    help="with --validation: save the model fitted on the training part instead of refitting")

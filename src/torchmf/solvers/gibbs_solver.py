@@ -51,6 +51,17 @@ class GibbsSolver:
                 "biases": True, "reg": 0.0, "reg_exponent": 0.0},
     }
 
+    # What torchmf.autotune searches. The noise and prior precisions are sampled (Normal-Gamma hyperpriors,
+    # myFM's a0 = b0 = g0 = 1), so there is no penalty to tune; what matters is the rank, the implicit
+    # features and the chain (longer is better but costs time: TPE trades them within the budget).
+    search_space: ClassVar[dict[str, tuple]] = {
+        "factors": ("int", 4, 32, "log"), "samples": ("int", 20, 200, "log"), "burn_in": ("int", 10, 100, "log"),
+        "implicit_features": ("categorical", (False, True)),
+    }
+    # A sampler: its per-epoch validation scores the current draw, not the averaged prediction, so
+    # autotune neither stops nor prunes its trials early and refits the chain length a trial ran.
+    sampler: ClassVar[bool] = True
+
     def __init__(self, model: MFModel, data: Interactions, hp: dict[str, Any], device: torch.device) -> None:
         if not hp["biases"]:
             raise ValueError("solver='gibbs' always samples biases; leave biases=None (or True)")
