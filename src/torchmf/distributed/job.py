@@ -22,9 +22,10 @@ import torch.distributed as dist
 from torchmf.data.csr import csr_order
 from torchmf.device import resolve_device
 from torchmf.distributed import comm
-from torchmf.distributed.als import make_als_sweep, make_ials_sweep
+from torchmf.distributed.als import make_als_sweep, make_ials_sweep, sync_tables
 from torchmf.distributed.checkpoint import load_checkpoint, save_checkpoint
 from torchmf.distributed.io import ReadOptions, Shard, load_shard
+from torchmf.distributed.rows import EXCHANGES, choose_exchange
 from torchmf.distributed.sgd import DSGD, PairwiseSGD
 from torchmf.errors import ModelFileError
 from torchmf.estimator import params as hparams
@@ -71,6 +72,9 @@ class JobConfig:
         Where checkpoints go (default: ``output + ".ckpt"``).
     resume : bool
         Continue from the latest complete checkpoint, if any.
+    exchange : {"auto", "all_gather", "all_to_all"}
+        How ALS/iALS ranks get the other side's factors each half-sweep
+        (:func:`~torchmf.distributed.rows.choose_exchange`); SGD ignores it.
     """
 
     data: str
@@ -82,6 +86,7 @@ class JobConfig:
     checkpoint_every: int | None = None
     checkpoint_dir: str | None = None
     resume: bool = False
+    exchange: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +117,8 @@ def _check(hp: dict[str, Any], cfg: JobConfig) -> None:
         raise ValueError(f"checkpoint_every must be a positive integer, got {cfg.checkpoint_every!r}")
     if not (isinstance(cfg.timeout, (int, float)) and cfg.timeout > 0):
         raise ValueError(f"timeout must be a positive number of seconds, got {cfg.timeout!r}")
+    if cfg.exchange not in EXCHANGES:
+        raise ValueError(f"exchange must be one of {', '.join(EXCHANGES)}; got {cfg.exchange!r}")
 
 
 def _fault(epoch: int) -> None:
@@ -165,15 +172,17 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
         hp["batch_size"] = auto_batch_size(hp["loss"], shard.n_total)
     model = _init_model(shard, hp, device)
     t = model_tables(model)
+    sgd = hp["solver"] == "sgd"
+    exchange = "all_gather" if sgd else choose_exchange(cfg.exchange, shard.n_users, shard.n_items,
+                                                         hp["factors"] + int(hp["biases"]))
     if hp["loss"] == "ials":
-        sweep = make_ials_sweep(shard, t, hp, device)
+        sweep = make_ials_sweep(shard, t, hp, device, exchange)
     elif hp["solver"] == "als":
-        sweep = make_als_sweep(shard, t, hp, float(model.global_bias) if hp["biases"] else 0.0, device)
+        sweep = make_als_sweep(shard, t, hp, float(model.global_bias) if hp["biases"] else 0.0, device, exchange)
     elif hp["loss"] == "mse":
         dsgd = DSGD(shard, model, hp, device)
     else:
         dsgd = PairwiseSGD(shard, model, hp, device)
-    sgd = hp["solver"] == "sgd"
     log.info("rank %d: laid out (RSS %.0f MiB, peak %.0f)", comm.rank(), _rss_mib(), _peak_rss_mib())
     full = {k: (model.user_bias.weight.data if k == "bu" else model.item_bias.weight.data if k == "bi" else v)
             for k, v in t.items()}
@@ -203,16 +212,20 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
                     dsgd.gather()
                 save_checkpoint(ckpt_dir, epoch, full, bounds, monitor.history, hp)
     monitor.finish()
+    log.info("rank %d: trained (RSS %.0f MiB, peak %.0f)", comm.rank(), _rss_mib(), _peak_rss_mib())
     sweeps = max(1, len(monitor.history) - epochs_before)
     per_sweep = (comm.stats.sent - sent_before) // sweeps
     if sgd:
         dsgd.gather()
+    elif exchange == "all_to_all":  # the sweeps updated only each rank's blocks of the full tables
+        sync_tables(t, shard)
     # the layouts (held by the sweep) and the item-block rows are no longer needed: free them before
     # rank 0 gathers the seen index and serialises the model, the other peak of a fit
     sweep = dsgd = None
     shard.by_item = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
     seen = _gather_seen(shard)
     shard.by_user = shard.by_item
+    log.info("rank %d: seen index gathered (RSS %.0f MiB, peak %.0f)", comm.rank(), _rss_mib(), _peak_rss_mib())
     # nobody returns before the model folder exists (or rank 0's error is everyone's)
     comm.agree(lambda: _save(cfg, hp, shard, model, monitor.history, seen) if comm.rank() == 0 else None,
                "saving the model")
