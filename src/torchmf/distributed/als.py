@@ -76,6 +76,13 @@ def _local(rows: np.ndarray, lo: int) -> np.ndarray:
     return rows - lo
 
 
+def _take(shard: Shard, side: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A side's rows (``by_user`` or ``by_item``), released from the shard: the layout keeps its own copy."""
+    rows = getattr(shard, side)
+    setattr(shard, side, (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)))
+    return rows
+
+
 def sync_tables(t: Tables, shard: Shard) -> None:
     """Make the full tables current on every rank after all_to_all sweeps, which update only each rank's blocks."""
     gather_block([t[k] for k in ("P", "bu") if k in t], shard.user_bounds)
@@ -98,16 +105,20 @@ def _block(tables: list[torch.Tensor], lo: int, hi: int) -> torch.Tensor:
 
 def make_als_sweep(shard: Shard, t: Tables, hp: dict[str, Any], mu: float, device: torch.device,
                    exchange: str = "all_gather") -> Callable[[], float]:
-    """One explicit-ALS sweep over the shard; returns the training loss (as the single process reports it)."""
+    """One explicit-ALS sweep over the shard; returns the training loss (as the single process reports it).
+
+    The shard's rows are laid out and then released (``shard.by_user`` and
+    ``shard.by_item`` become empty): the layouts hold their own copies.
+    """
     kw = dict(global_mean=mu, reg=hp["reg"], reg_bias=hp["reg_bias"], cg_steps=hp["cg_steps"],
               reg_exponent=hp["reg_exponent"])
     compact = exchange == "all_to_all"
     ulo, uhi = shard.users_of(comm.rank())
     ilo, ihi = shard.items_of(comm.rank())
-    u, i, v = shard.by_user
+    u, i, v = _take(shard, "by_user")
     item_plan, i, n_i = _columns(i, shard.item_bounds, shard.n_items, compact, device)
     by_user = als_layout(_local(u, ulo), i, v, uhi - ulo, n_i, hp, device, t["P"].dtype)
-    u, i, v = shard.by_item
+    u, i, v = _take(shard, "by_item")
     user_plan, u, n_u = _columns(u, shard.user_bounds, shard.n_users, compact, device)
     by_item = als_layout(_local(i, ilo), u, v, ihi - ilo, n_u, hp, device, t["P"].dtype)
     del u, i, v
@@ -142,7 +153,10 @@ def make_als_sweep(shard: Shard, t: Tables, hp: dict[str, Any], mu: float, devic
 
 def make_ials_sweep(shard: Shard, t: Tables, hp: dict[str, Any], device: torch.device,
                     exchange: str = "all_gather") -> Callable[[], float]:
-    """One iALS sweep over the shard; returns the full objective per interaction (the single-process loss)."""
+    """One iALS sweep over the shard; returns the full objective per interaction (the single-process loss).
+
+    Releases the shard's rows once laid out, as :func:`make_als_sweep`.
+    """
     s = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], hp["cg_steps"])
     k = hp["factors"]
     compact = exchange == "all_to_all"
@@ -153,10 +167,10 @@ def make_ials_sweep(shard: Shard, t: Tables, hp: dict[str, Any], device: torch.d
         conf = confidence(vals, hp["alpha"], hp["confidence"], hp["confidence_eps"])
         return ials_side(_local(rows, lo), cols, conf, hi - lo, n_cols, k, device, s, n_other=n_other)
 
-    u, i, v = shard.by_user
+    u, i, v = _take(shard, "by_user")
     item_plan, i, n_i = _columns(i, shard.item_bounds, shard.n_items, compact, device)
     by_user = side(u, i, v, ulo, uhi, n_i, shard.n_items)
-    u, i, v = shard.by_item
+    u, i, v = _take(shard, "by_item")
     user_plan, u, n_u = _columns(u, shard.user_bounds, shard.n_users, compact, device)
     by_item = side(i, u, v, ilo, ihi, n_u, shard.n_users)
     del u, i, v
