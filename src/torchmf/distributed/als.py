@@ -26,6 +26,7 @@ floating-point order of a few sums (the loss, the Gramians, reduced over ranks).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,8 @@ from torchmf.solvers.als_solver import als_layout
 from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_observed, ials_side
 
 __all__ = ["Tables", "gather_block", "make_als_sweep", "make_ials_sweep", "sync_tables"]
+
+log = logging.getLogger(__name__)
 
 # the model's tables as plain tensors: P, Q (and bu, bi with biases), full size on every rank
 Tables = dict[str, torch.Tensor]
@@ -95,6 +98,8 @@ def _columns(cols: np.ndarray, bounds: np.ndarray, n_other: int, compact: bool, 
     if not compact:
         return None, cols, n_other
     plan, cols = plan_rows(cols, bounds, n_other, device)
+    log.info("rank %d: all_to_all receives %d of %d rows (%.1f%%) from %d owners", comm.rank(), len(plan.needed),
+             n_other, 100.0 * len(plan.needed) / max(1, n_other), sum(c > 0 for c in plan.recv_counts))
     return plan, cols, len(plan.needed)
 
 
