@@ -87,6 +87,9 @@ def run_world(data: Path, world: int, factors: int, epochs: int, exchange: str =
     out = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True,
                          env=_env(TORCHMF_LOG="INFO"))
     wall = time.perf_counter() - start
+    log = data.parent / f"{data.name}-w{world}-{exchange}.log"  # every rank's phase lines (RSS after each step)
+    log.write_text(out.stderr)
+    print(f"log: {log}", flush=True)
     if out.returncode:
         raise SystemExit(f"world {world} failed:\n{out.stderr[-3000:]}")
     ranks = sorted((int(m[1]), float(m[2]), int(m[3]), int(m[4]), float(m[5]), float(m[6]))

@@ -114,14 +114,16 @@ def test_bad_part_names_file_and_line(tmp_path):
         fit(MatrixFactorization(verbose=False), tmp_path / "p" / "..")
 
 
-def test_resume_continues_to_the_uninterrupted_result(small, tmp_path):
+@pytest.mark.parametrize("exchange", ["all_gather", "all_to_all"])
+def test_resume_continues_to_the_uninterrupted_result(small, tmp_path, exchange):
     _, parts = small
     kw = dict(factors=4, epochs=5, verbose=False)
-    full = fit(MatrixFactorization(**kw), parts, output=tmp_path / "a", checkpoint_every=2)
+    # all_to_all keeps only the rank's blocks: its checkpoints are written from them
+    full = fit(MatrixFactorization(**kw), parts, output=tmp_path / "a", checkpoint_every=2, exchange=exchange)
     assert latest(tmp_path / "a.ckpt").name == "epoch-000004"
     # a resumed job starts after epoch 4 and only runs epoch 5
     again = fit(MatrixFactorization(**kw), parts, output=tmp_path / "b", checkpoint_dir=tmp_path / "a.ckpt",
-                resume=True)
+                resume=True, exchange=exchange)
     np.testing.assert_array_equal(again.user_factors, full.user_factors)
     assert again.history_ == full.history_
     with pytest.raises(ModelFileError, match="factors=4, now 5"):

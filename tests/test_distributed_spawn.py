@@ -78,11 +78,16 @@ def test_ials_matches_one_process(ml100k, world, exchange):
     np.testing.assert_array_equal(got.top_k(users, 10)[0], ref.top_k(users, 10)[0])
 
 
-def test_explicit_als_all_to_all_matches_one_process(ml100k):
+def test_explicit_als_all_to_all_matches_one_process(ml100k, tmp_path):
     path, parts = ml100k
     kw = dict(factors=16, epochs=5, verbose=False)  # explicit ALS with biases: the bias column travels too
-    got = fit(MatrixFactorization(**kw), parts, world_size=4, exchange="all_to_all")
+    got = fit(MatrixFactorization(**kw), parts, world_size=4, exchange="all_to_all", output=tmp_path / "m",
+              checkpoint_every=2)
     ref = MatrixFactorization(**kw).fit(read_ratings(path))
+    # its checkpoints (each rank's blocks) resume on 2 ranks that all-gather: epoch 5 again, same model
+    again = fit(MatrixFactorization(**kw), parts, world_size=2, exchange="all_gather",
+                checkpoint_dir=tmp_path / "m.ckpt", resume=True)
+    np.testing.assert_allclose(again.user_factors, got.user_factors, rtol=0, atol=1e-5)
     # issue 10: same factors as one process up to reassociation, max relative difference <= 1e-4 after 5 sweeps
     assert _max_rel(got.user_factors, ref.user_factors) <= 1e-4
     assert _max_rel(got.item_factors, ref.item_factors) <= 1e-4

@@ -15,9 +15,9 @@ Rank ``r`` owns users ``user_bounds[r]:user_bounds[r+1]`` and items
 With ``exchange="all_to_all"`` (:mod:`torchmf.distributed.rows`) a rank
 instead receives, each half-sweep, only the other side's rows its own
 interactions reference, as a compact table its layouts index; the iALS
-Gramian is then summed over the ranks' blocks, and the full tables (kept for
-the checkpoints and the model folder) are current only in this rank's blocks
-until :func:`sync_tables`.
+Gramian is then summed over the ranks' blocks, and a rank holds no full
+table at all: the sweeps take this rank's blocks (:func:`own_blocks`) and
+rank 0 collects them for the model folder at the end.
 
 Each row's solve sees exactly the data and the other side's factors it sees
 in one process, so the factors match the single-process fit up to the
@@ -41,7 +41,7 @@ from torchmf.solvers.als import als_half_sweep
 from torchmf.solvers.als_solver import als_layout
 from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_observed, ials_side
 
-__all__ = ["Tables", "gather_block", "make_als_sweep", "make_ials_sweep", "sync_tables"]
+__all__ = ["Tables", "gather_block", "make_als_sweep", "make_ials_sweep", "own_blocks"]
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,11 @@ def _take(shard: Shard, side: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rows
 
 
-def sync_tables(t: Tables, shard: Shard) -> None:
-    """Make the full tables current on every rank after all_to_all sweeps, which update only each rank's blocks."""
-    gather_block([t[k] for k in ("P", "bu") if k in t], shard.user_bounds)
-    gather_block([t[k] for k in ("Q", "bi") if k in t], shard.item_bounds)
+def own_blocks(t: Tables, shard: Shard) -> Tables:
+    """Copies of this rank's rows of the full tables (user rows of P, bu; item rows of Q, bi)."""
+    ulo, uhi = shard.users_of(comm.rank())
+    ilo, ihi = shard.items_of(comm.rank())
+    return {k: (v[ulo:uhi] if k in ("P", "bu") else v[ilo:ihi]).clone() for k, v in t.items()}
 
 
 def _columns(cols: np.ndarray, bounds: np.ndarray, n_other: int, compact: bool, device: torch.device
@@ -103,16 +104,18 @@ def _columns(cols: np.ndarray, bounds: np.ndarray, n_other: int, compact: bool, 
     return plan, cols, len(plan.needed)
 
 
-def _block(tables: list[torch.Tensor], lo: int, hi: int) -> torch.Tensor:
-    """Rows ``lo:hi`` of tables with the same rows as one (hi - lo, w) block (biases as a last column)."""
-    return torch.cat([x[lo:hi].reshape(hi - lo, -1) for x in tables], 1) if len(tables) > 1 else tables[0][lo:hi]
+def _block(tables: list[torch.Tensor]) -> torch.Tensor:
+    """Tables with the same rows as one (n, w) block (biases as a last column)."""
+    return torch.cat([x.reshape(x.shape[0], -1) for x in tables], 1) if len(tables) > 1 else tables[0]
 
 
 def make_als_sweep(shard: Shard, t: Tables, hp: dict[str, Any], mu: float, device: torch.device,
                    exchange: str = "all_gather") -> Callable[[], float]:
     """One explicit-ALS sweep over the shard; returns the training loss (as the single process reports it).
 
-    The shard's rows are laid out and then released (``shard.by_user`` and
+    ``t`` holds the full tables (all_gather) or only this rank's blocks
+    (all_to_all, :func:`own_blocks`); the sweep updates them in place. The
+    shard's rows are laid out and then released (``shard.by_user`` and
     ``shard.by_item`` become empty): the layouts hold their own copies.
     """
     kw = dict(global_mean=mu, reg=hp["reg"], reg_bias=hp["reg_bias"], cg_steps=hp["cg_steps"],
@@ -132,23 +135,25 @@ def make_als_sweep(shard: Shard, t: Tables, hp: dict[str, Any], mu: float, devic
     items = [t["Q"]] + ([bi] if bi is not None else [])
     k = t["P"].shape[1]
 
-    def part(x: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor | None:
-        return None if x is None else x[lo:hi]
+    mine_u = slice(None) if compact else slice(ulo, uhi)  # this rank's rows of the tables in t
+    mine_i = slice(None) if compact else slice(ilo, ihi)
 
-    def other(plan: RowPlan | None, tables: list[torch.Tensor], lo: int, hi: int
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def part(x: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+        return None if x is None else x[rows]
+
+    def other(plan: RowPlan | None, tables: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The other side's factors and biases as this half-sweep's layout indexes them."""
         if plan is None:
             return tables[0], tables[1] if len(tables) > 1 else None
-        rows = fetch(plan, _block(tables, lo, hi))
+        rows = fetch(plan, _block(tables))
         return rows[:, :k].contiguous(), rows[:, k].contiguous() if len(tables) > 1 else None
 
     def sweep() -> float:
-        als_half_sweep(by_user, t["P"][ulo:uhi], part(bu, ulo, uhi), *other(item_plan, items, ilo, ihi), **kw)
+        als_half_sweep(by_user, t["P"][mine_u], part(bu, mine_u), *other(item_plan, items), **kw)
         if not compact:
             gather_block(users, shard.user_bounds)
-        sse = als_half_sweep(by_item, t["Q"][ilo:ihi], part(bi, ilo, ihi), *other(user_plan, users, ulo, uhi),
-                             with_loss=True, **kw)
+        sse = als_half_sweep(by_item, t["Q"][mine_i], part(bi, mine_i), *other(user_plan, users), with_loss=True,
+                             **kw)
         if not compact:
             gather_block(items, shard.item_bounds)
         return 0.5 * float(comm.all_sum([sse])[0]) / shard.n_total
@@ -160,7 +165,7 @@ def make_ials_sweep(shard: Shard, t: Tables, hp: dict[str, Any], device: torch.d
                     exchange: str = "all_gather") -> Callable[[], float]:
     """One iALS sweep over the shard; returns the full objective per interaction (the single-process loss).
 
-    Releases the shard's rows once laid out, as :func:`make_als_sweep`.
+    ``t`` and the shard's rows as in :func:`make_als_sweep`.
     """
     s = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], hp["cg_steps"])
     k = hp["factors"]
@@ -180,7 +185,7 @@ def make_ials_sweep(shard: Shard, t: Tables, hp: dict[str, Any], device: torch.d
     by_item = side(i, u, v, ilo, ihi, n_u, shard.n_users)
     del u, i, v
     P, Q = t["P"], t["Q"]
-    Pb, Qb = P[ulo:uhi], Q[ilo:ihi]
+    Pb, Qb = (P, Q) if compact else (P[ulo:uhi], Q[ilo:ihi])
     a0 = s.unobserved_weight
 
     def sweep_all_gather() -> tuple[float, float]:

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torchmf.data.csr import csr_order
 from torchmf.device import resolve_device
 from torchmf.distributed import comm
-from torchmf.distributed.als import make_als_sweep, make_ials_sweep, sync_tables
+from torchmf.distributed.als import Tables, make_als_sweep, make_ials_sweep, own_blocks
 from torchmf.distributed.checkpoint import load_checkpoint, save_checkpoint
 from torchmf.distributed.io import ReadOptions, Shard, load_shard
 from torchmf.distributed.rows import EXCHANGES, choose_exchange
@@ -175,9 +175,24 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
         hp["batch_size"] = auto_batch_size(hp["loss"], shard.n_total)
     model = _init_model(shard, hp, device)
     t = model_tables(model)
+    full = {k: (model.user_bias.weight.data if k == "bu" else model.item_bias.weight.data if k == "bi" else v)
+            for k, v in t.items()}
+    bounds = {"P": shard.user_bounds, "Q": shard.item_bounds}
+    ckpt_dir = cfg.checkpoint_dir or f"{cfg.output}.ckpt"
+    start, history = 1, []
+    if cfg.resume:
+        got = comm.agree(lambda: load_checkpoint(ckpt_dir, full, hp), "reading the checkpoint")
+        if got is not None:
+            start, history = got[0] + 1, got[1]
+            log.info("resuming after epoch %d from %s", got[0], ckpt_dir)
     sgd = hp["solver"] == "sgd"
     exchange = "all_gather" if sgd else choose_exchange(cfg.exchange, shard.n_users, shard.n_items,
                                                          hp["factors"] + int(hp["biases"]))
+    if exchange == "all_to_all":  # no full table on any rank while training: each keeps its blocks
+        t = own_blocks(t, shard)
+        full = {k: v if v.dim() == 2 else v.unsqueeze(1) for k, v in t.items()}  # the checkpoints' shapes
+        for p in _table_params(model).values():
+            p.data = p.data.new_empty((0, p.shape[1]))
     # the seen index (8 bytes a pair) before the sweeps release the rows (40 bytes a pair at W > 1)
     seen_local = None if sgd else _local_seen(shard)
     if hp["loss"] == "ials":
@@ -190,16 +205,6 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
         dsgd = PairwiseSGD(shard, model, hp, device)
     _release_free_memory()
     log.info("rank %d: laid out (RSS %.0f MiB, peak %.0f)", comm.rank(), _rss_mib(), _peak_rss_mib())
-    full = {k: (model.user_bias.weight.data if k == "bu" else model.item_bias.weight.data if k == "bi" else v)
-            for k, v in t.items()}
-    bounds = {"P": shard.user_bounds, "Q": shard.item_bounds}
-    ckpt_dir = cfg.checkpoint_dir or f"{cfg.output}.ckpt"
-    start, history = 1, []
-    if cfg.resume:
-        got = comm.agree(lambda: load_checkpoint(ckpt_dir, full, hp), "reading the checkpoint")
-        if got is not None:
-            start, history = got[0] + 1, got[1]
-            log.info("resuming after epoch %d from %s", got[0], ckpt_dir)
     monitor = Monitor(
         hp["epochs"], snapshot=lambda: None, restore=lambda state: None,
         divergence_hint=f"lower lr (now {hp['lr']}) or raise reg (now {hp['reg']})" if sgd
@@ -216,15 +221,15 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
             if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < hp["epochs"]:
                 if sgd:
                     dsgd.gather()
-                save_checkpoint(ckpt_dir, epoch, full, bounds, monitor.history, hp)
+                save_checkpoint(ckpt_dir, epoch, full, bounds, monitor.history, hp, local=exchange == "all_to_all")
     monitor.finish()
     log.info("rank %d: trained (RSS %.0f MiB, peak %.0f)", comm.rank(), _rss_mib(), _peak_rss_mib())
     sweeps = max(1, len(monitor.history) - epochs_before)
     per_sweep = (comm.stats.sent - sent_before) // sweeps
     if sgd:
         dsgd.gather()
-    elif exchange == "all_to_all":  # the sweeps updated only each rank's blocks of the full tables
-        sync_tables(t, shard)
+    elif exchange == "all_to_all":  # rank 0 needs the whole tables for the model folder
+        _collect_tables(model, t, shard)
     # the layouts (held by the sweep) and the item-block rows are no longer needed: free them before
     # rank 0 gathers the seen index and serialises the model, the other peak of a fit
     sweep = dsgd = None
@@ -312,6 +317,24 @@ def _gather_to_root(t: torch.Tensor) -> torch.Tensor | None:
             dist.recv(out[start:start + sizes[r]], src=r)
         start += sizes[r]
     return out
+
+
+def _table_params(model: MFModel) -> dict[str, torch.nn.Parameter]:
+    """The model's tables as parameters, keyed as :func:`~torchmf.solvers.sgd.model_tables` keys them."""
+    params = {"P": model.user_embs.weight, "Q": model.item_embs.weight}
+    if model.biases:
+        params.update(bu=model.user_bias.weight, bi=model.item_bias.weight)
+    return params
+
+
+def _collect_tables(model: MFModel, blocks: Tables, shard: Shard) -> None:
+    """Rank 0's model gets the whole tables from every rank's blocks (the all_to_all design keeps no full table)."""
+    params = _table_params(model)
+    for name, block in blocks.items():
+        whole = _gather_to_root(block.reshape(-1))
+        if whole is not None:
+            n = shard.n_users if name in ("P", "bu") else shard.n_items
+            params[name].data = whole.view(n, -1)
 
 
 def _release_free_memory() -> None:
