@@ -8,6 +8,7 @@ from the environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -344,12 +345,11 @@ def _release_free_memory() -> None:
     allocators otherwise keep, so they would count under every later peak.
     """
     arrow = sys.modules.get("pyarrow")
-    if arrow is not None:
-        arrow.default_memory_pool().release_unused()
-    try:
+    with contextlib.suppress(AttributeError):  # pyarrow < 9 has no release_unused
+        if arrow is not None:
+            arrow.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc (macOS, Windows)
         ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def _save(cfg: JobConfig, hp: dict[str, Any], shard: Shard, model: MFModel, history: list[dict[str, float]],
