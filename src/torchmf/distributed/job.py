@@ -231,7 +231,7 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
         dsgd.gather()
     elif exchange == "all_to_all":  # rank 0 needs the whole tables for the model folder
         _collect_tables(model, t, shard)
-    # the layouts (held by the sweep) and the item-block rows are no longer needed: free them before
+    # the layouts (held by the sweep) and any rows left (SGD's) are no longer needed: free them before
     # rank 0 gathers the seen index and serialises the model, the other peak of a fit
     sweep = dsgd = None
     if seen_local is None:
