@@ -1,11 +1,13 @@
-"""Distributed fit: per-rank peak memory at W = 1 vs W = 4, and bytes sent per sweep vs the all-gather model.
+"""Distributed fit: per-rank peak memory at W = 1 vs W = 4, and bytes sent per sweep (all_gather and all_to_all).
 
 Generates (once, cached) a synthetic implicit set of ``--interactions`` pairs
 over ``--users`` x ``--items`` (item popularity ~ 1 / (rank + 10)^0.8, users
 uniform) written as 8 Parquet part files, then runs ``torchmf.distributed.fit``
 with iALS at each world size in a fresh process and reads every rank's
 "done" log line (peak RSS, RSS at the start of the job, bytes sent per
-epoch). Memory is reported above the rank's RSS at the start of the job:
+epoch). World sizes above 1 run once per ``--exchanges`` entry (the
+all_gather of whole factor tables, the all_to_all of only the referenced
+rows). Memory is reported above the rank's RSS at the start of the job:
 a process that has only imported torch and torchmf (the W = 1 job runs in
 such a process; W > 1 ranks are forked from one). The peak RSS of a fresh
 import-only process is printed too (import itself peaks a little higher
@@ -73,23 +75,26 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_world(data: Path, world: int, factors: int, epochs: int) -> dict:
+def run_world(data: Path, world: int, factors: int, epochs: int, exchange: str = "auto") -> dict:
     """One fit in a fresh process; every rank's figures from its log line."""
     code = (
         "import logging, sys, torchmf; from torchmf.distributed import fit; "
         "logging.basicConfig(level='INFO', format='torchmf: %(message)s'); "
         f"fit(torchmf.MatrixFactorization(loss='ials', factors={factors}, epochs={epochs}, verbose=False), "
-        f"sys.argv[1], world_size={world}, implicit=True)"
+        f"sys.argv[1], world_size={world}, implicit=True, exchange={exchange!r})"
     )
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True,
                          env=_env(TORCHMF_LOG="INFO"))
     wall = time.perf_counter() - start
+    log = data.parent / f"{data.name}-w{world}-{exchange}.log"  # every rank's phase lines (RSS after each step)
+    log.write_text(out.stderr)
+    print(f"log: {log}", flush=True)
     if out.returncode:
         raise SystemExit(f"world {world} failed:\n{out.stderr[-3000:]}")
     ranks = sorted((int(m[1]), float(m[2]), int(m[3]), int(m[4]), float(m[5]), float(m[6]))
                    for m in _DONE.finditer(out.stderr))
-    return {"world": world, "wall_s": wall, "ranks": [
+    return {"world": world, "exchange": exchange, "wall_s": wall, "ranks": [
         {"rank": r, "job_s": t, "sent_total": total, "sent_per_epoch": ep, "peak_rss_mib": rss, "start_rss_mib": rss0}
         for r, t, total, ep, rss, rss0 in ranks]}
 
@@ -117,6 +122,8 @@ def main() -> None:
     ap.add_argument("--factors", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--worlds", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--exchanges", nargs="+", default=["all_gather", "all_to_all"],
+                    choices=["auto", "all_gather", "all_to_all"])
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/torchmf-dist-bench"))
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
@@ -133,18 +140,20 @@ def main() -> None:
           "bytes per sweep per rank (upper bound; each rank sends its blocks to W - 1 peers: (W-1)/W of it)")
     results = []
     for w in args.worlds:
-        r = run_world(data, w, args.factors, args.epochs)
-        results.append(r)
-        for x in r["ranks"]:
-            x["above_mib"] = x["peak_rss_mib"] - x["start_rss_mib"]
-            print(f"W={w} rank {x['rank']}: peak RSS {x['peak_rss_mib']:.0f} MiB, {x['start_rss_mib']:.0f} at start "
-                  f"({x['above_mib']:.0f} above), job {x['job_s']:.1f} s, "
-                  f"sent {x['sent_per_epoch']:,} bytes per sweep ({x['sent_per_epoch'] / model_bytes:.2f} x model), "
-                  f"{x['sent_total']:,} in all", flush=True)
-    if len(results) >= 2:
-        one = max(x["above_mib"] for x in results[0]["ranks"])
-        many = max(x["above_mib"] for x in results[-1]["ranks"])
-        print(f"largest rank at W={results[-1]['world']}: {many / one:.0%} of the W={results[0]['world']} "
+        for exchange in args.exchanges if w > 1 else ["auto"]:
+            r = run_world(data, w, args.factors, args.epochs, exchange)
+            results.append(r)
+            for x in r["ranks"]:
+                x["above_mib"] = x["peak_rss_mib"] - x["start_rss_mib"]
+                print(f"W={w} {exchange} rank {x['rank']}: peak RSS {x['peak_rss_mib']:.0f} MiB, "
+                      f"{x['start_rss_mib']:.0f} at start ({x['above_mib']:.0f} above), job {x['job_s']:.1f} s, "
+                      f"sent {x['sent_per_epoch']:,} bytes per sweep "
+                      f"({x['sent_per_epoch'] / model_bytes:.3f} x model), "
+                      f"{x['sent_total']:,} in all", flush=True)
+    one = max(x["above_mib"] for x in results[0]["ranks"])
+    for r in results[1:]:
+        many = max(x["above_mib"] for x in r["ranks"])
+        print(f"largest rank at W={r['world']} ({r['exchange']}): {many / one:.1%} of the W={results[0]['world']} "
               "process, above the baseline")
     print(json.dumps({"baseline_mib": base, "model_bytes": model_bytes, "runs": results}))
 

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from torchmf import MatrixFactorization, read_ratings
 from torchmf.distributed import fit
 from torchmf.distributed.checkpoint import latest
 from torchmf.distributed.io import assign_parts, block_bounds, part_files
+from torchmf.distributed.rows import choose_exchange, fetch, plan_rows
 from torchmf.errors import DataError, ModelFileError
 
 
@@ -56,18 +58,38 @@ def test_block_bounds_balance_interactions():
     assert block_bounds(np.ones(10, dtype=np.int64), 4).tolist() == [0, 3, 5, 8, 10]
 
 
+@pytest.mark.parametrize("exchange", ["all_gather", "all_to_all"])
 @pytest.mark.parametrize("loss", ["mse", "ials"])
-def test_one_rank_matches_single_process(small, loss):
+def test_one_rank_matches_single_process(small, loss, exchange):
     path, parts = small
     kw = dict(loss=loss, factors=6, epochs=3, verbose=False)
     ref = MatrixFactorization(**kw).fit(read_ratings(path))
-    got = fit(MatrixFactorization(**kw), parts, world_size=1)
+    got = fit(MatrixFactorization(**kw), parts, world_size=1, exchange=exchange)
     # same ids in the same order as reading the concatenated parts at once
     assert got.user_map == ref.user_map and got.item_map == ref.item_map
     np.testing.assert_allclose(got.user_factors, ref.user_factors, rtol=0, atol=1e-6)
     np.testing.assert_allclose(got.item_factors, ref.item_factors, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(got.seen_indices_, ref.seen_indices_)
     assert got.history_[-1]["train_loss"] == pytest.approx(ref.history_[-1]["train_loss"], rel=1e-6)
+
+
+def test_exchange_is_chosen_by_the_table_budget():
+    # tables 2 (n_users + n_items) d 4 bytes = 2 * 300 * 10 * 4 = 24,000
+    assert choose_exchange("auto", 100, 200, 10, budget=24_000) == "all_gather"
+    assert choose_exchange("auto", 100, 200, 10, budget=23_999) == "all_to_all"
+    assert choose_exchange("all_to_all", 100, 200, 10, budget=10**12) == "all_to_all"
+    with pytest.raises(ValueError, match="exchange must be one of auto, all_gather, all_to_all; got 'ring'"):
+        choose_exchange("ring", 100, 200, 10)
+    with pytest.raises(ValueError, match="exchange must be one of"):
+        fit(MatrixFactorization(epochs=1), "unused", world_size=1, exchange="ring")
+
+
+def test_row_plan_remaps_to_the_sorted_needed_rows():
+    cols = np.array([7, 2, 7, 5, 2], dtype=np.int64)
+    plan, compact = plan_rows(cols, np.array([0, 10]), 10, torch.device("cpu"))
+    assert plan.needed.tolist() == [2, 5, 7] and compact.tolist() == [2, 0, 2, 1, 0]
+    table = torch.arange(10.0).unsqueeze(1)
+    assert fetch(plan, table).squeeze(1).tolist() == [2.0, 5.0, 7.0]
 
 
 def test_repeats_across_parts(tmp_path):
@@ -92,14 +114,16 @@ def test_bad_part_names_file_and_line(tmp_path):
         fit(MatrixFactorization(verbose=False), tmp_path / "p" / "..")
 
 
-def test_resume_continues_to_the_uninterrupted_result(small, tmp_path):
+@pytest.mark.parametrize("exchange", ["all_gather", "all_to_all"])
+def test_resume_continues_to_the_uninterrupted_result(small, tmp_path, exchange):
     _, parts = small
     kw = dict(factors=4, epochs=5, verbose=False)
-    full = fit(MatrixFactorization(**kw), parts, output=tmp_path / "a", checkpoint_every=2)
+    # all_to_all keeps only the rank's blocks: its checkpoints are written from them
+    full = fit(MatrixFactorization(**kw), parts, output=tmp_path / "a", checkpoint_every=2, exchange=exchange)
     assert latest(tmp_path / "a.ckpt").name == "epoch-000004"
     # a resumed job starts after epoch 4 and only runs epoch 5
     again = fit(MatrixFactorization(**kw), parts, output=tmp_path / "b", checkpoint_dir=tmp_path / "a.ckpt",
-                resume=True)
+                resume=True, exchange=exchange)
     np.testing.assert_array_equal(again.user_factors, full.user_factors)
     assert again.history_ == full.history_
     with pytest.raises(ModelFileError, match="factors=4, now 5"):

@@ -83,6 +83,20 @@ def test_round_trip_after_fold_in(model, tmp_path):
     assert "another" in loaded.user_map
 
 
+def test_weights_file_is_standard_safetensors():
+    import torch
+    from safetensors.torch import load
+
+    from torchmf.estimator.model_files import safetensors_bytes
+
+    # our one-copy writer (used by save_state) against the reference reader, every dtype and an empty tensor
+    ts = {"P": torch.randn(3, 4), "idx": torch.arange(5), "empty": torch.zeros(0),
+          "d": torch.ones(2, dtype=torch.float64), "h": torch.ones(3, dtype=torch.float16),
+          "i": torch.arange(3, dtype=torch.int32)}
+    got = load(bytes(safetensors_bytes(ts, {"format": "x"})))
+    assert set(got) == set(ts) and all(torch.equal(got[k], ts[k]) for k in ts)
+
+
 def test_loaded_model_can_be_saved_again(saved, model, tmp_path):
     loaded = torchmf.load(saved)
     loaded.save(tmp_path / "copy")

@@ -21,6 +21,10 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                    "--checkpoint-dir/--checkpoint-every/--resume apply as to a single-process fit")
     g.add_argument("--dist-timeout", type=float, metavar="SECONDS",
                    help="fail the job when a collective waits this long for a rank (default 50)")
+    g.add_argument("--exchange", choices=("auto", "all_gather", "all_to_all"), default="auto",
+                   help="how ALS/iALS ranks get the other side's factors: all_gather of the whole tables, or "
+                   "all_to_all of only the rows each rank's interactions reference; auto (default) takes "
+                   "all_gather while the tables fit in a quarter of each rank's share of memory")
 
 
 def wanted(args: argparse.Namespace) -> bool:
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     model = fit(est, args.data, world_size=args.nproc, output=args.output, overwrite=True,
                 timeout=DEFAULT_TIMEOUT if args.dist_timeout is None else args.dist_timeout,
                 checkpoint_every=args.checkpoint_every, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-                **read)
+                exchange=args.exchange, **read)
     if model is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
     hp = model.effective_params

@@ -26,7 +26,8 @@ __all__ = ["JobConfig", "fit", "make_config"]
 
 def make_config(estimator: Any, data_path: str | os.PathLike, output: str | os.PathLike, *,
                 overwrite: bool = False, timeout: float = DEFAULT_TIMEOUT, checkpoint_every: int | None = None,
-                checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, **read: Any) -> JobConfig:
+                checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, exchange: str = "auto",
+                **read: Any) -> JobConfig:
     """A :class:`JobConfig` from an estimator's parameters and the reading options."""
     known = {f.name for f in fields(ReadOptions)}
     unknown = sorted(set(read) - known)
@@ -34,7 +35,8 @@ def make_config(estimator: Any, data_path: str | os.PathLike, output: str | os.P
         raise TypeError(f"unknown reading option {unknown[0]!r}; valid: {sorted(known)}")
     return JobConfig(data=os.fspath(data_path), output=os.fspath(output), params=estimator.get_params(), read=read,
                      overwrite=overwrite, timeout=timeout, checkpoint_every=checkpoint_every,
-                     checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir), resume=resume)
+                     checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir), resume=resume,
+                     exchange=exchange)
 
 
 def fit(estimator: Any, data_path: str | os.PathLike, world_size: int | None = None,
@@ -53,7 +55,9 @@ def fit(estimator: Any, data_path: str | os.PathLike, world_size: int | None = N
         Model folder to write (default: a temporary folder, removed after loading).
     **options
         ``overwrite``, ``timeout`` (collective timeout, seconds),
-        ``checkpoint_every``, ``checkpoint_dir``, ``resume``, and the reading
+        ``checkpoint_every``, ``checkpoint_dir``, ``resume``, ``exchange``
+        ("auto", "all_gather" or "all_to_all": how ALS/iALS ranks get the
+        other side's factors, see :mod:`torchmf.distributed.rows`), and the reading
         options of :func:`torchmf.read_ratings` (``sep``, ``columns``,
         ``header``, ``user_col``, ``item_col``, ``rating_col``,
         ``timestamp_col``, ``implicit``, ``duplicates``).

@@ -38,13 +38,15 @@ def _fingerprint(hp: dict[str, Any], n_users: int, n_items: int) -> dict[str, An
 
 
 def save_checkpoint(folder: str | os.PathLike, epoch: int, tables: dict[str, torch.Tensor], bounds: dict[str, Any],
-                    history: list[dict[str, float]], hp: dict[str, Any]) -> None:
+                    history: list[dict[str, float]], hp: dict[str, Any], local: bool = False) -> None:
     """Write this rank's rows of ``tables`` after ``epoch`` (collective).
 
     Parameters
     ----------
     tables : dict of str -> torch.Tensor
-        Full-size tables, keys P, Q (and bu, bi); current on every rank.
+        Full-size tables, keys P, Q (and bu, bi), current in this rank's rows;
+        with ``local``, only this rank's rows (its user block of P and bu, its
+        item block of Q and bi).
     bounds : dict
         ``{"P": user_bounds, "Q": item_bounds}`` (arrays of shape (world + 1,)).
     """
@@ -56,14 +58,14 @@ def save_checkpoint(folder: str | os.PathLike, epoch: int, tables: dict[str, tor
         mine = {}
         for name, t in tables.items():
             b = bounds["P" if name in ("P", "bu") else "Q"]
-            mine[name] = t[int(b[r]):int(b[r + 1])].detach().to("cpu").contiguous()
+            mine[name] = (t if local else t[int(b[r]):int(b[r + 1])]).detach().to("cpu").contiguous()
         tmp = target / f".rank-{r:05d}.tmp"
         save_file(mine, str(tmp))
         os.replace(tmp, target / f"rank-{r:05d}.safetensors")
 
     comm.agree(write, "writing a checkpoint")
     if r == 0:
-        n_users, n_items = tables["P"].shape[0], tables["Q"].shape[0]
+        n_users, n_items = int(bounds["P"][-1]), int(bounds["Q"][-1])
         manifest = {
             "epoch": epoch, "world_size": comm.world(),
             "bounds": {k: [int(x) for x in v] for k, v in bounds.items()},

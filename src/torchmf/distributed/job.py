@@ -8,8 +8,11 @@ from the environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -22,9 +25,10 @@ import torch.distributed as dist
 from torchmf.data.csr import csr_order
 from torchmf.device import resolve_device
 from torchmf.distributed import comm
-from torchmf.distributed.als import make_als_sweep, make_ials_sweep
+from torchmf.distributed.als import Tables, make_als_sweep, make_ials_sweep, own_blocks
 from torchmf.distributed.checkpoint import load_checkpoint, save_checkpoint
 from torchmf.distributed.io import ReadOptions, Shard, load_shard
+from torchmf.distributed.rows import EXCHANGES, choose_exchange
 from torchmf.distributed.sgd import DSGD, PairwiseSGD
 from torchmf.errors import ModelFileError
 from torchmf.estimator import params as hparams
@@ -71,6 +75,9 @@ class JobConfig:
         Where checkpoints go (default: ``output + ".ckpt"``).
     resume : bool
         Continue from the latest complete checkpoint, if any.
+    exchange : {"auto", "all_gather", "all_to_all"}
+        How ALS/iALS ranks get the other side's factors each half-sweep
+        (:func:`~torchmf.distributed.rows.choose_exchange`); SGD ignores it.
     """
 
     data: str
@@ -82,6 +89,7 @@ class JobConfig:
     checkpoint_every: int | None = None
     checkpoint_dir: str | None = None
     resume: bool = False
+    exchange: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +120,8 @@ def _check(hp: dict[str, Any], cfg: JobConfig) -> None:
         raise ValueError(f"checkpoint_every must be a positive integer, got {cfg.checkpoint_every!r}")
     if not (isinstance(cfg.timeout, (int, float)) and cfg.timeout > 0):
         raise ValueError(f"timeout must be a positive number of seconds, got {cfg.timeout!r}")
+    if cfg.exchange not in EXCHANGES:
+        raise ValueError(f"exchange must be one of {', '.join(EXCHANGES)}; got {cfg.exchange!r}")
 
 
 def _fault(epoch: int) -> None:
@@ -159,22 +169,13 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
     rss0 = _rss_mib()
     comm.agree(lambda: _check_output(cfg) if comm.rank() == 0 else None, "checking the output folder")
     shard = load_shard(cfg.data, ReadOptions(**cfg.read))
+    _release_free_memory()  # what reading and the exchanges freed must not sit under the layouts' peak
     log.info("rank %d: %d + %d interactions by user + item block (%.1f s, RSS %.0f MiB, peak %.0f)", comm.rank(),
              len(shard.by_user[0]), len(shard.by_item[0]), time.perf_counter() - t0, _rss_mib(), _peak_rss_mib())
     if hp["batch_size"] is None:
         hp["batch_size"] = auto_batch_size(hp["loss"], shard.n_total)
     model = _init_model(shard, hp, device)
     t = model_tables(model)
-    if hp["loss"] == "ials":
-        sweep = make_ials_sweep(shard, t, hp, device)
-    elif hp["solver"] == "als":
-        sweep = make_als_sweep(shard, t, hp, float(model.global_bias) if hp["biases"] else 0.0, device)
-    elif hp["loss"] == "mse":
-        dsgd = DSGD(shard, model, hp, device)
-    else:
-        dsgd = PairwiseSGD(shard, model, hp, device)
-    sgd = hp["solver"] == "sgd"
-    log.info("rank %d: laid out (RSS %.0f MiB, peak %.0f)", comm.rank(), _rss_mib(), _peak_rss_mib())
     full = {k: (model.user_bias.weight.data if k == "bu" else model.item_bias.weight.data if k == "bi" else v)
             for k, v in t.items()}
     bounds = {"P": shard.user_bounds, "Q": shard.item_bounds}
@@ -185,6 +186,26 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
         if got is not None:
             start, history = got[0] + 1, got[1]
             log.info("resuming after epoch %d from %s", got[0], ckpt_dir)
+    sgd = hp["solver"] == "sgd"
+    exchange = "all_gather" if sgd else choose_exchange(cfg.exchange, shard.n_users, shard.n_items,
+                                                         hp["factors"] + int(hp["biases"]))
+    if exchange == "all_to_all":  # no full table on any rank while training: each keeps its blocks
+        t = own_blocks(t, shard)
+        full = {k: v if v.dim() == 2 else v.unsqueeze(1) for k, v in t.items()}  # the checkpoints' shapes
+        for p in _table_params(model).values():
+            p.data = p.data.new_empty((0, p.shape[1]))
+    # the seen index (8 bytes a pair) before the sweeps release the rows (40 bytes a pair at W > 1)
+    seen_local = None if sgd else _local_seen(shard)
+    if hp["loss"] == "ials":
+        sweep = make_ials_sweep(shard, t, hp, device, exchange)
+    elif hp["solver"] == "als":
+        sweep = make_als_sweep(shard, t, hp, float(model.global_bias) if hp["biases"] else 0.0, device, exchange)
+    elif hp["loss"] == "mse":
+        dsgd = DSGD(shard, model, hp, device)
+    else:
+        dsgd = PairwiseSGD(shard, model, hp, device)
+    _release_free_memory()
+    log.info("rank %d: laid out (RSS %.0f MiB, peak %.0f)", comm.rank(), _rss_mib(), _peak_rss_mib())
     monitor = Monitor(
         hp["epochs"], snapshot=lambda: None, restore=lambda state: None,
         divergence_hint=f"lower lr (now {hp['lr']}) or raise reg (now {hp['reg']})" if sgd
@@ -201,18 +222,25 @@ def _run(cfg: JobConfig, hp: dict[str, Any], device: torch.device) -> None:
             if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < hp["epochs"]:
                 if sgd:
                     dsgd.gather()
-                save_checkpoint(ckpt_dir, epoch, full, bounds, monitor.history, hp)
+                save_checkpoint(ckpt_dir, epoch, full, bounds, monitor.history, hp, local=exchange == "all_to_all")
     monitor.finish()
+    log.info("rank %d: trained (RSS %.0f MiB, peak %.0f)", comm.rank(), _rss_mib(), _peak_rss_mib())
     sweeps = max(1, len(monitor.history) - epochs_before)
     per_sweep = (comm.stats.sent - sent_before) // sweeps
     if sgd:
         dsgd.gather()
-    # the layouts (held by the sweep) and the item-block rows are no longer needed: free them before
+    elif exchange == "all_to_all":  # rank 0 needs the whole tables for the model folder
+        _collect_tables(model, t, shard)
+    # the layouts (held by the sweep) and any rows left (SGD's) are no longer needed: free them before
     # rank 0 gathers the seen index and serialises the model, the other peak of a fit
     sweep = dsgd = None
-    shard.by_item = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
-    seen = _gather_seen(shard)
-    shard.by_user = shard.by_item
+    if seen_local is None:
+        seen_local = _local_seen(shard)
+    shard.by_user = shard.by_item = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
+    _release_free_memory()
+    seen = _gather_seen(shard, seen_local)
+    del seen_local
+    log.info("rank %d: seen index gathered (RSS %.0f MiB, peak %.0f)", comm.rank(), _rss_mib(), _peak_rss_mib())
     # nobody returns before the model folder exists (or rank 0's error is everyone's)
     comm.agree(lambda: _save(cfg, hp, shard, model, monitor.history, seen) if comm.rank() == 0 else None,
                "saving the model")
@@ -249,39 +277,79 @@ def _check_output(cfg: JobConfig) -> None:
         raise ModelFileError(f"{cfg.output}: exists; pass overwrite=True (CLI: --overwrite) to replace it")
 
 
-def _gather_seen(shard: Shard) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The seen-items CSR (indptr, items, values) of all users on rank 0 (None elsewhere), rank blocks in order."""
+def _local_seen(shard: Shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This rank's users' seen items as CSR: indptr (block-local rows), items (int32 while they fit), values."""
     lo, hi = shard.users_of(comm.rank())
     users, items, values = shard.by_user
     indptr, order = csr_order(users - lo, items, hi - lo, shard.n_items)
-    counts = torch.from_numpy(np.diff(indptr))
-    indices = torch.from_numpy(items[order].astype(np.int64))
-    vals = torch.from_numpy(np.asarray(values, dtype=np.float32)[order])
+    index = np.int32 if shard.n_items < 2**31 else np.int64
+    return indptr, items.astype(index)[order], np.asarray(values, dtype=np.float32)[order]
+
+
+def _gather_seen(shard: Shard, local: tuple[np.ndarray, np.ndarray, np.ndarray]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The seen-items CSR (indptr, items, values) of all users on rank 0 (None elsewhere), rank blocks in order."""
+    indptr, items, values = local
     if comm.world() == 1:
-        return indptr, indices.numpy(), vals.numpy()
-    all_counts = comm.all_gather_rows(counts)
-    all_indices = _gather_to_root(indices)
-    all_values = _gather_to_root(vals)
+        return indptr, items.astype(np.int64), values
+    all_counts = comm.all_gather_rows(torch.from_numpy(np.diff(indptr)))
+    all_indices = _gather_to_root(torch.from_numpy(items.astype(np.int64)))  # the model file's dtype
+    all_values = _gather_to_root(torch.from_numpy(values))
     if comm.rank() != 0:
         return None
-    counts_np = torch.cat(all_counts).numpy()
-    indptr = np.concatenate([[0], np.cumsum(counts_np)]).astype(np.int64)
-    return indptr, torch.cat(all_indices).numpy(), torch.cat(all_values).numpy()
+    indptr = np.concatenate([[0], np.cumsum(torch.cat(all_counts).numpy())]).astype(np.int64)
+    return indptr, all_indices.numpy(), all_values.numpy()  # type: ignore[union-attr]
 
 
-def _gather_to_root(t: torch.Tensor) -> list[torch.Tensor]:
-    """Variable-length 1-D tensors gathered on rank 0 only, each received into its own exact-size buffer."""
+def _gather_to_root(t: torch.Tensor) -> torch.Tensor | None:
+    """Variable-length 1-D tensors concatenated in rank order on rank 0 (None elsewhere), received in place."""
     sizes = [int(x) for x in comm.all_gather_rows(torch.tensor([t.numel()]))]
     if comm.rank() != 0:
         if t.numel():
             comm.stats.add(t.numel() * t.element_size())
             dist.send(t.contiguous(), dst=0)
-        return []
-    out = [t] + [t.new_empty(n) for n in sizes[1:]]
+        return None
+    out = t.new_empty(sum(sizes))
+    out[: sizes[0]] = t
+    del t
+    start = sizes[0]
     for r in range(1, comm.world()):
         if sizes[r]:
-            dist.recv(out[r], src=r)
+            dist.recv(out[start:start + sizes[r]], src=r)
+        start += sizes[r]
     return out
+
+
+def _table_params(model: MFModel) -> dict[str, torch.nn.Parameter]:
+    """The model's tables as parameters, keyed as :func:`~torchmf.solvers.sgd.model_tables` keys them."""
+    params = {"P": model.user_embs.weight, "Q": model.item_embs.weight}
+    if model.biases:
+        params.update(bu=model.user_bias.weight, bi=model.item_bias.weight)
+    return params
+
+
+def _collect_tables(model: MFModel, blocks: Tables, shard: Shard) -> None:
+    """Rank 0's model gets the whole tables from every rank's blocks (the all_to_all design keeps no full table)."""
+    params = _table_params(model)
+    for name, block in blocks.items():
+        whole = _gather_to_root(block.reshape(-1))
+        if whole is not None:
+            n = shard.n_users if name in ("P", "bu") else shard.n_items
+            params[name].data = whole.view(n, -1)
+
+
+def _release_free_memory() -> None:
+    """Hand memory freed so far back to the OS: the C heap (glibc ``malloc_trim``) and Arrow's pool, if loaded.
+
+    Reading Parquet and the row exchanges free large buffers that the
+    allocators otherwise keep, so they would count under every later peak.
+    """
+    arrow = sys.modules.get("pyarrow")
+    with contextlib.suppress(AttributeError):  # pyarrow < 9 has no release_unused
+        if arrow is not None:
+            arrow.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc (macOS, Windows)
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _save(cfg: JobConfig, hp: dict[str, Any], shard: Shard, model: MFModel, history: list[dict[str, float]],

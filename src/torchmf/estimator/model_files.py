@@ -46,7 +46,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = [
     "MAX_JSON_DEPTH", "TEMP_PREFIX", "checkpoint", "fsync_dir", "locked", "open_regular", "parse_json",
-    "read_regular", "safetensors_tensors", "sha256_hex", "write_file",
+    "read_regular", "safetensors_bytes", "safetensors_tensors", "sha256_hex", "write_file",
 ]
 
 TEMP_PREFIX = ".torchmf-tmp-"
@@ -268,6 +268,37 @@ def safetensors_tensors(buf: bytearray | _mmap.mmap, path: Path) -> dict[str, to
             count = math.prod(shape)
             out[name] = torch.frombuffer(buf, dtype=dtype, count=count, offset=start + begin).reshape(shape)
     return out
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytearray:
+    """The safetensors file of ``tensors`` (CPU, contiguous), built in one buffer: one copy of the data.
+
+    ``safetensors.torch.save`` holds the data twice at its peak (its own
+    buffer, then the returned bytes), which is what a model with a large seen
+    index pays at save time. Tensors are laid out by item size (largest
+    first), then name, so every tensor is aligned to its item size.
+    """
+    names = {dtype: name for name, dtype in DTYPES.items()}
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    header: dict[str, Any] = {} if metadata is None else {"__metadata__": dict(metadata)}
+    pos = 0
+    for k in order:
+        t = tensors[k]
+        n = t.numel() * t.element_size()
+        header[k] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [pos, pos + n]}
+        pos += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data section starts 8-byte aligned
+    buf = bytearray(8 + len(text) + pos)
+    buf[:8] = len(text).to_bytes(8, "little")
+    buf[8 : 8 + len(text)] = text
+    start = 8 + len(text)
+    for k in order:
+        t = tensors[k]
+        if t.numel():
+            begin = start + header[k]["data_offsets"][0]
+            torch.frombuffer(buf, dtype=t.dtype, count=t.numel(), offset=begin).copy_(t.reshape(-1))
+    return buf
 
 
 # ---------------------------------------------------------------------- writing

@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save as st_save
 
 from torchmf.device import check_memory, resolve_device
 from torchmf.errors import DataError, ModelFileError
@@ -213,7 +212,7 @@ def save_state(state: ModelState, path: str | os.PathLike, overwrite: bool = Fal
     tensors["seen_indptr"] = torch.from_numpy(np.ascontiguousarray(state.seen_indptr, dtype=np.int64))
     tensors["seen_indices"] = torch.from_numpy(np.ascontiguousarray(state.seen_indices, dtype=np.int64))
     tensors["seen_values"] = torch.from_numpy(np.ascontiguousarray(state.seen_values, dtype=np.float32))
-    blob = st_save(tensors, metadata={"format": FORMAT_NAME})
+    blob = io.safetensors_bytes(tensors, metadata={"format": FORMAT_NAME})  # one copy of the data at the peak
     sha = io.sha256_hex(blob)
     weights = FileEntry(f"weights-{sha[:16]}.safetensors", sha, len(blob))
     extras = {name: _extra_bytes(name, v) for name, v in {**state.files, **(extra_files or {})}.items()}

@@ -152,6 +152,7 @@ def ials_side(
     s: IALSSettings,
     dtype: torch.dtype = torch.float32,
     layout: str = "auto",
+    n_other: int | None = None,
 ) -> IALSSide:
     """Lay out one side (rows index this side, cols the other) for :func:`ials_half_sweep`.
 
@@ -173,6 +174,10 @@ def ials_side(
         takes CSR on the CPU while the other side's factors are small enough
         to stay in cache and rows hold 32 pairs or more on average, else the
         gathered buckets.
+    n_other : int, optional
+        Size of the whole other side, for the ridge penalty (default
+        ``n_cols``); a sharded fit whose columns index a compact table of only
+        the referenced rows passes the full count.
     """
     if layout not in ("auto", "csr", "gathered"):
         raise ValueError(f"layout must be 'auto', 'csr' or 'gathered', got {layout!r}")
@@ -183,7 +188,8 @@ def ials_side(
         use_csr = prefer_csr(len(rows), int(np.count_nonzero(counts)), n_cols, k, itemsize, device)
         layout = "csr" if use_csr else "gathered"
     c = torch.as_tensor(np.asarray(conf)[order], device=device).to(dtype)
-    lam = ials_penalty(torch.as_tensor(counts, device=device).to(dtype), n_cols, s).unsqueeze(1)
+    lam = ials_penalty(torch.as_tensor(counts, device=device).to(dtype), n_cols if n_other is None else n_other,
+                       s).unsqueeze(1)
     chunks = exact = None
     if s.cg_steps <= 0:
         exact = _exact_buckets(rows, cols, conf, n_rows, n_cols, k, device, itemsize, csr=(crow, order))
@@ -299,6 +305,7 @@ def ials_half_sweep(
     s: IALSSettings,
     with_loss: bool = False,
     scores: torch.Tensor | None = None,
+    gram: torch.Tensor | None = None,
 ) -> float:
     """Re-solve every row of one side in place, the other side fixed.
 
@@ -319,12 +326,17 @@ def ials_half_sweep(
         current factors, when the caller has them (:func:`ials_observed`
         after the other side's half-sweep): CG on the CSR layout then skips
         one of its products. Ignored by the other layouts.
+    gram : torch.Tensor, shape (k, k), optional
+        ``a0 * T^T T`` of the whole other table ``T``, when ``other`` holds
+        only the rows this side references (a sharded fit's compact table);
+        by default computed from ``other``.
 
     Returns
     -------
     float
     """
-    gram = (other.T @ other).mul_(s.unobserved_weight)
+    if gram is None:
+        gram = (other.T @ other).mul_(s.unobserved_weight)
     if s.cg_steps > 0 and side.chunks is not None:
         return _gathered_cg(side.chunks, factors, other, gram, s, with_loss)
     kept = factors[side.empty] if len(side.empty) else None
