@@ -74,32 +74,36 @@ def merge_seen(indptr: np.ndarray, items: np.ndarray, values: np.ndarray, new_us
     -------
     Merged
     """
-    old_users = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+    n_old_users = len(indptr) - 1
+    old_users = np.repeat(np.arange(n_old_users, dtype=np.int64), np.diff(indptr))
     old_key = old_users * n_items + items  # strictly increasing: the index is CSR-sorted
     key = np.asarray(new_users, dtype=np.int64) * n_items + new_items
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]
     last = np.ones(len(key), dtype=bool)  # of a pair given twice, keep its last occurrence
     last[:-1] = sorted_key[1:] != sorted_key[:-1]
-    order, sorted_key = order[last], sorted_key[last]
+    if not last.all():
+        order, sorted_key = order[last], sorted_key[last]
     at = np.searchsorted(old_key, sorted_key)
     hit = at < len(old_key)
     hit[hit] = old_key[at[hit]] == sorted_key[hit]
-    keep_old = np.ones(len(old_key), dtype=bool)
-    keep_old[at[hit]] = False  # replaced by the new value
-    n_kept = len(old_key) - int(hit.sum())
+    replaced = at[hit]  # old pairs that take a new value
     # new pair j goes after the kept old pairs with smaller keys and after the new pairs before it
-    pos = (at - np.cumsum(hit) + hit) + np.arange(len(sorted_key))
-    is_new = np.zeros(n_kept + len(sorted_key), dtype=bool)
+    pos = at - (np.cumsum(hit) - hit) + np.arange(len(sorted_key))
+    counts = np.bincount(sorted_key // n_items, minlength=n_users)
+    counts[:n_old_users] += np.diff(indptr) - np.bincount(old_users[replaced], minlength=n_old_users)
+    m_indptr = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(counts, out=m_indptr[1:])
+    is_new = np.zeros(int(m_indptr[-1]), dtype=bool)
     is_new[pos] = True
-    m_users = np.empty(len(is_new), dtype=np.int64)
+    old_dest = np.flatnonzero(~is_new)
+    old_src = np.delete(np.arange(len(old_key)), replaced) if len(replaced) else slice(None)
+    m_users = np.repeat(np.arange(n_users, dtype=np.int64), counts)
     m_items = np.empty(len(is_new), dtype=np.int64)
     m_values = np.empty(len(is_new), dtype=np.float32)
-    for out, old, new in ((m_users, old_users, new_users), (m_items, items, new_items), (m_values, values, new_values)):
-        out[~is_new] = old[keep_old]
+    for out, old, new in ((m_items, items, new_items), (m_values, values, new_values)):
+        out[old_dest] = old[old_src]
         out[pos] = np.asarray(new)[order]
-    m_indptr = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(m_users, minlength=n_users), out=m_indptr[1:])
     new_pos = pos[np.argsort(order)]  # back to the order the new pairs came in
     return Merged(m_indptr, m_users, m_items, m_values, is_new, new_pos, n_items)
 
@@ -128,7 +132,13 @@ class SeenSides:
         """(indptr over items, permutation of the merged index sorted by item, then user)."""
         if self._by_item is None:
             m = self.merged
-            self._by_item = csr_order(m.items, m.users, m.n_items, m.n_users)
+            if m.n_items <= 1 << 16:  # users come ascending: one stable (radix) sort by item keeps them so
+                perm = np.argsort(m.items.astype(np.uint16), kind="stable")
+                indptr = np.zeros(m.n_items + 1, dtype=np.int64)
+                np.cumsum(np.bincount(m.items, minlength=m.n_items), out=indptr[1:])
+                self._by_item = indptr, perm
+            else:
+                self._by_item = csr_order(m.items, m.users, m.n_items, m.n_users)
         return self._by_item
 
     def select(self, side: str, name: str, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

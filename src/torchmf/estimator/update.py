@@ -117,13 +117,16 @@ def extend_map(known: IdMap, raw: np.ndarray) -> tuple[IdMap, np.ndarray]:
     is matched to the known id (:meth:`IdMap.resolve`), as the CLI does. One
     vectorised look-up; only the ids it misses are resolved one by one.
     """
-    raw = np.asarray(raw, dtype=object)
+    raw = np.asarray(raw)
     missing = known.indices(raw, missing="ignore") < 0
-    for pos in np.flatnonzero(missing).tolist():
-        try:
-            raw[pos] = known.resolve(raw[pos])
-        except UnknownIdError:
-            pass
+    # resolve matches a str id to a known number or the reverse: nothing to do when both sides hold integers
+    if missing.any() and not (raw.dtype.kind in "iu" and known.raw([]).dtype.kind in "iu"):
+        raw = raw.astype(object)
+        for pos in np.flatnonzero(missing).tolist():
+            try:
+                raw[pos] = known.resolve(raw[pos])
+            except UnknownIdError:
+                pass
     grown = known.extend(raw[missing])
     return grown, grown.indices(raw)
 
@@ -186,7 +189,7 @@ def partial_fit(est: MatrixFactorization, new_interactions: Any, epochs: int | N
     The update works on a copy of the weights and installs it at the end, so
     an error leaves ``est`` as it was.
     """
-    model = copy.deepcopy(est.model)
+    model = _copy_model(est.model)
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     new = as_interactions(new_interactions, "new_interactions")
@@ -233,6 +236,18 @@ def partial_fit(est: MatrixFactorization, new_interactions: Any, epochs: int | N
     })
     log.info("partial_fit: %d interactions, %d new users, %d new items, %d touched users, %d touched items",
              len(new), n_new_u, n_new_i, len(touched_u), len(touched_i))
+
+
+def _copy_model(model: MFModel) -> MFModel:
+    """``model`` with copies of its weights (``copy.deepcopy`` of a module costs milliseconds)."""
+    out = MFModel(0, 0, model.embedding_dim, biases=model.biases)
+    for name, p in model.named_parameters():
+        owner, _, attr = name.rpartition(".")
+        setattr(out.get_submodule(owner) if owner else out, attr,
+                torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
+    for table in ("user_embs", "item_embs") + (("user_bias", "item_bias") if model.biases else ()):
+        out.get_submodule(table).num_embeddings = out.get_submodule(table).weight.shape[0]
+    return out
 
 
 def _touched(idx: np.ndarray, n: int) -> np.ndarray:
@@ -328,7 +343,7 @@ def _update_ranker(est: MatrixFactorization, sides: SeenSides, rows: tuple[np.nd
     default) whatever ``epochs`` the rating model's update used.
     """
     rhp = est.extras_["ranker"]["hp"]
-    ranker = copy.deepcopy(est._ranker)
+    ranker = _copy_model(est._ranker)
     m = sides.merged
     ranker.grow(m.n_users, m.n_items, rhp["init_std"], torch.Generator().manual_seed(rhp["seed"]))
     with torch.no_grad():
