@@ -41,6 +41,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from torchmf.data.convert import as_interactions
@@ -73,6 +74,9 @@ _UPDATABLE = (ALSSolver, IALSSolver, SGDSolver, PairwiseSolver)  # the solvers p
 ALS_ALTERNATIONS = 1  # default ``epochs`` of partial_fit for ALS and iALS
 SGD_PASSES = 2  # default ``epochs`` of partial_fit for the SGD solvers
 OLD_SAMPLE_RATIO = 4.0  # old interactions replayed per new one by SGD updates
+# CG steps fewer than the training's in the alternations over touched rows (benchmarks/partial_fit.py)
+ALS_FEWER_CG_STEPS = 1
+IALS_FEWER_CG_STEPS = 2
 
 
 def seen_csr(users: np.ndarray, items: np.ndarray, values: np.ndarray, n_users: int, n_items: int
@@ -115,18 +119,27 @@ def extend_map(known: IdMap, raw: np.ndarray) -> tuple[IdMap, np.ndarray]:
 
     An id given as a string where the map holds the integer (or the reverse)
     is matched to the known id (:meth:`IdMap.resolve`), as the CLI does. One
-    vectorised look-up; only the ids it misses are resolved one by one.
+    vectorised look-up; only the ids it misses are resolved one by one, and
+    not at all when both sides hold integers (then the map keeps its integer dtype).
     """
     raw = np.asarray(raw)
-    missing = known.indices(raw, missing="ignore") < 0
-    # resolve matches a str id to a known number or the reverse: nothing to do when both sides hold integers
-    if missing.any() and not (raw.dtype.kind in "iu" and known.raw([]).dtype.kind in "iu"):
-        raw = raw.astype(object)
-        for pos in np.flatnonzero(missing).tolist():
-            try:
-                raw[pos] = known.resolve(raw[pos])
-            except UnknownIdError:
-                pass
+    codes = known.indices(raw, missing="ignore")
+    missing = codes < 0
+    if not missing.any():
+        return known, codes
+    if raw.dtype.kind in "iu" and known.raw([]).dtype.kind in "iu":
+        new_ids = pd.unique(raw[missing])  # in order of first appearance
+        grown = IdMap(np.concatenate([known.raw(np.arange(len(known))), new_ids]), known.kind)
+        if len(new_ids) == missing.sum():
+            codes[missing] = np.arange(len(known), len(grown))
+            return grown, codes
+        return grown, grown.indices(raw)
+    raw = raw.astype(object)
+    for pos in np.flatnonzero(missing).tolist():
+        try:
+            raw[pos] = known.resolve(raw[pos])
+        except UnknownIdError:
+            pass
     grown = known.extend(raw[missing])
     return grown, grown.indices(raw)
 
@@ -307,8 +320,8 @@ def _resolve_rows(model: MFModel, sides: SeenSides, values: np.ndarray, hp: dict
             step()
     if alternations < 1:
         return
-    # known rows start near their optimum: one CG step fewer than training (same accuracy on ML-100k)
-    k = max(1, hp["cg_steps"] - 1) if hp["cg_steps"] > 0 else 0
+    # known rows start near their optimum: fewer CG steps than training (same accuracy on ML-100k)
+    k = max(1, hp["cg_steps"] - (IALS_FEWER_CG_STEPS if implicit else ALS_FEWER_CG_STEPS)) if hp["cg_steps"] > 0 else 0
     users, items = solver_for("user", "touched", touched_u, k), solver_for("item", "touched", touched_i, k)
     for _ in range(alternations):
         users()
