@@ -77,8 +77,9 @@ def merge_seen(indptr: np.ndarray, items: np.ndarray, values: np.ndarray, new_us
     n_old_users = len(indptr) - 1
     old_users = np.repeat(np.arange(n_old_users, dtype=np.int64), np.diff(indptr))
     old_key = old_users * n_items + items  # strictly increasing: the index is CSR-sorted
-    key = np.asarray(new_users, dtype=np.int64) * n_items + new_items
-    order = np.argsort(key, kind="stable")
+    new_users, new_items = np.asarray(new_users, dtype=np.int64), np.asarray(new_items, dtype=np.int64)
+    key = new_users * n_items + new_items
+    order = _pair_order(new_users, new_items, key, max(n_users, n_items))
     sorted_key = key[order]
     last = np.ones(len(key), dtype=bool)  # of a pair given twice, keep its last occurrence
     last[:-1] = sorted_key[1:] != sorted_key[:-1]
@@ -104,8 +105,18 @@ def merge_seen(indptr: np.ndarray, items: np.ndarray, values: np.ndarray, new_us
     for out, old, new in ((m_items, items, new_items), (m_values, values, new_values)):
         out[old_dest] = old[old_src]
         out[pos] = np.asarray(new)[order]
-    new_pos = pos[np.argsort(order)]  # back to the order the new pairs came in
+    back = np.full(len(key), -1, dtype=np.int64)  # back to the order the new pairs came in
+    back[order] = pos
+    new_pos = back if len(order) == len(key) else back[back >= 0]
     return Merged(m_indptr, m_users, m_items, m_values, is_new, new_pos, n_items)
+
+
+def _pair_order(rows: np.ndarray, cols: np.ndarray, key: np.ndarray, largest: int) -> np.ndarray:
+    """Stable permutation sorting pairs by ``key`` (row-major): two radix sorts when the ids fit 16 bits."""
+    if largest > 1 << 16:
+        return np.argsort(key, kind="stable")
+    by_col = np.argsort(cols.astype(np.uint16), kind="stable")
+    return by_col[np.argsort(rows[by_col].astype(np.uint16), kind="stable")]
 
 
 def row_ranges(indptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
