@@ -13,13 +13,15 @@ the *touched* rows, those of users and items that occur in ``new``, with the
 other rows as the warm start:
 
 * ALS (``mse``) and iALS: first the new rows alone (new users, new items,
-  new users again: cheap, and it gives them sensible factors before their
-  known neighbours are re-solved against them), then ``epochs`` alternations
-  (default 1) of touched users then touched items, each row on *all* its
-  merged interactions, with the training solve (``cg_steps`` warm-started CG
-  steps, one fewer in the alternations; exact with ``cg_steps=0``) and the training penalty (``reg * n **
-  reg_exponent``; iALS's unobserved term over every item). Untouched rows
-  keep their factors.
+  and for iALS new users again: cheap, and it gives them sensible factors
+  before their known neighbours are re-solved against them), then ``epochs``
+  alternations (default 1) of touched users then touched items, each row on
+  *all* its merged interactions, with the training solve (``cg_steps``
+  warm-started CG steps, one fewer for ALS and two fewer, at least one, for
+  iALS in the alternations; exact with ``cg_steps=0``) and the training
+  penalty (``reg * n ** reg_exponent``; iALS's unobserved term over every
+  item). Untouched rows keep their factors. The data work is linear and
+  sorts nothing of the seen index's size but once (:mod:`torchmf.estimator.touched`).
 * SGD losses (``mse`` with ``solver="sgd"``, ``bpr``, ``logistic``, ``warp``):
   for ``mse`` the new rows first get the same ridge solves (SGD's per-rating
   L2 is ALS's weighted lambda), then ``epochs`` passes (default 2) of the
