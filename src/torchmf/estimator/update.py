@@ -229,18 +229,23 @@ def partial_fit(est: MatrixFactorization, new_interactions: Any, epochs: int | N
     touched_u, touched_i = _touched(nu, n_users), _touched(ni, n_items)
     new_users, new_items = np.arange(len(est.user_map), n_users), np.arange(len(est.item_map), n_items)
     rows = (touched_u, touched_i, new_users, new_items)
+    als = hp["solver"] == "als"
+    epochs = (ALS_ALTERNATIONS if als else SGD_PASSES) if epochs is None else epochs
+    # ridge starts for the new rows of an SGD mse model: SGD's per-rating L2 is ALS's weighted lambda
+    steps = _resolve_rows(model, sides, merged.values, hp, *rows, epochs if als else 0) if (
+        als or hp["loss"] == "mse") else []
+    ranker = None
+    if getattr(est, "_ranker", None) is not None:  # the interaction component must rank the new ids too
+        ranker, ranker_steps = _update_ranker(est, sides, rows)
+        steps += ranker_steps
     with torch.no_grad():
-        if hp["solver"] == "als":
-            epochs = ALS_ALTERNATIONS if epochs is None else epochs
-            _resolve_rows(model, sides, merged.values, hp, *rows, epochs)
-        else:
-            epochs = SGD_PASSES if epochs is None else epochs
-            if hp["loss"] == "mse":  # ridge starts for the new rows: SGD's per-rating L2 is ALS's weighted lambda
-                _resolve_rows(model, sides, merged.values, hp, *rows, 0)
+        for step in steps:
+            step()
+        if not als:
             _sgd_passes(model, merged, user_map, item_map, est.implicit_, hp=hp, epochs=epochs, gen=gen)
     n_new_u, n_new_i = n_users - len(est.user_map), n_items - len(est.item_map)
-    if getattr(est, "_ranker", None) is not None:  # the interaction component must rank the new ids too
-        est._ranker = _update_ranker(est, sides, rows)
+    if ranker is not None:
+        est._ranker = ranker
     est._model, est.user_map, est.item_map = model, user_map, item_map
     est.seen_indptr_, est.seen_indices_, est.seen_values_ = merged.indptr, merged.items, merged.values
     est.rating_range_ = (min(est.rating_range_[0], lo), max(est.rating_range_[1], hi))
@@ -271,8 +276,12 @@ def _touched(idx: np.ndarray, n: int) -> np.ndarray:
 
 
 def _resolve_rows(model: MFModel, sides: SeenSides, values: np.ndarray, hp: dict[str, Any], touched_u: np.ndarray,
-                  touched_i: np.ndarray, new_u: np.ndarray, new_i: np.ndarray, alternations: int) -> None:
-    """Closed-form re-solves of rows on all their merged entries, the other side fixed.
+                  touched_i: np.ndarray, new_u: np.ndarray, new_i: np.ndarray, alternations: int
+                  ) -> list[Callable[[], None]]:
+    """Closed-form re-solves of rows on all their merged entries, the other side fixed, as steps to run in order.
+
+    Every layout is built here, before any step runs: the data work is not interleaved with the solves
+    (nor, when the caller builds the ranking component's steps too, with theirs).
 
     First the new rows alone (users, items, and users again except for
     explicit ALS: cheap, and it gives them sensible factors before their
@@ -318,22 +327,19 @@ def _resolve_rows(model: MFModel, sides: SeenSides, values: np.ndarray, hp: dict
 
         return solve
 
+    steps: list[Callable[[], None]] = []
     if len(new_u) and len(new_i):
         first_u, first_i = solver_for("user", "new", new_u), solver_for("item", "new", new_i)
         # the new users once more against the solved new items: iALS and the SGD starts need it (iALS
         # NDCG -0.0036 without it, -0.0028 with it); explicit ALS's touched users step re-solves them
         # right away (u1 RMSE +0.00204 without, +0.00206 with)
-        again = (first_u,) if implicit or alternations < 1 else ()
-        for step in (first_u, first_i, *again):
-            step()
+        steps += [first_u, first_i] + ([first_u] if implicit or alternations < 1 else [])
     if alternations < 1:
-        return
+        return steps
     # known rows start near their optimum: fewer CG steps than training (same accuracy on ML-100k)
     k = max(1, hp["cg_steps"] - (IALS_FEWER_CG_STEPS if implicit else ALS_FEWER_CG_STEPS)) if hp["cg_steps"] > 0 else 0
     users, items = solver_for("user", "touched", touched_u, k), solver_for("item", "touched", touched_i, k)
-    for _ in range(alternations):
-        users()
-        items()
+    return steps + [users, items] * alternations
 
 
 def _sgd_passes(model: MFModel, merged: Merged, user_map: IdMap, item_map: IdMap, implicit: bool,
@@ -356,8 +362,9 @@ def _sgd_passes(model: MFModel, merged: Merged, user_map: IdMap, item_map: IdMap
     solver.finish()
 
 
-def _update_ranker(est: MatrixFactorization, sides: SeenSides, rows: tuple[np.ndarray, ...]) -> MFModel:
-    """The rating model's iALS ranking component updated like an iALS model: grown, touched rows re-solved.
+def _update_ranker(est: MatrixFactorization, sides: SeenSides, rows: tuple[np.ndarray, ...]
+                   ) -> tuple[MFModel, list[Callable[[], None]]]:
+    """The rating model's iALS ranking component, grown, and the steps that re-solve its touched rows.
 
     It trains on the pairs with every value 1 (:mod:`torchmf.estimator.ranker`), with its own effective
     hyperparameters, on the same row selections as the rating model's update; one alternation (ALS's
@@ -367,6 +374,4 @@ def _update_ranker(est: MatrixFactorization, sides: SeenSides, rows: tuple[np.nd
     ranker = _copy_model(est._ranker)
     m = sides.merged
     ranker.grow(m.n_users, m.n_items, rhp["init_std"], torch.Generator().manual_seed(rhp["seed"]))
-    with torch.no_grad():
-        _resolve_rows(ranker, sides, np.ones(len(m), dtype=np.float32), rhp, *rows, ALS_ALTERNATIONS)
-    return ranker
+    return ranker, _resolve_rows(ranker, sides, np.ones(len(m), dtype=np.float32), rhp, *rows, ALS_ALTERNATIONS)
