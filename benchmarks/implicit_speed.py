@@ -20,6 +20,14 @@ Usage::
     python benchmarks/implicit_speed.py                        # everything, default sizes
     python benchmarks/implicit_speed.py --cache /tmp/syn5m.npz # reuse the generated data
     python benchmarks/implicit_speed.py --losses bpr,warp --repeat 5
+    python benchmarks/implicit_speed.py --cache /tmp/syn5m.npz --versus-implicit --losses none
+
+``--versus-implicit`` times, in the same process and alternating round by round
+(``--rounds``), a whole 10-sweep iALS fit (``MatrixFactorization(loss="ials",
+epochs=10)``) against implicit's ``AlternatingLeastSquares(iterations=10)`` on the
+same pairs and factors, and top-10 of every user with seen items filtered
+(``top_k`` against implicit's ``recommend(..., filter_already_liked_items=True)``),
+both libraries on ``torch.get_num_threads()`` threads; it prints the ratios.
 """
 
 from __future__ import annotations
@@ -85,12 +93,18 @@ def main() -> None:
     ap.add_argument("--losses", default="bpr", help="sampled-negative losses to time (comma separated, or none)")
     ap.add_argument("--cache", help="npz file to keep the generated data in")
     ap.add_argument("--skip-ials", action="store_true", help="time only the sampled-negative losses")
+    ap.add_argument("--versus-implicit", action="store_true",
+                    help="same-run whole-fit and top-10 ratios against implicit's ALS (needs implicit)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of --versus-implicit")
+    ap.add_argument("--epochs", type=int, default=10, help="sweeps of the --versus-implicit fits")
     args = ap.parse_args()
     device = resolve_device("auto")
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads")
     data = load_data(args)
 
-    if not args.skip_ials:
+    if args.versus_implicit:
+        versus_implicit(args, data)
+    elif not args.skip_ials:
         time_ials(args, data, device)
 
     # ---- sampled-negative epochs
@@ -123,6 +137,46 @@ def time_ials(args: argparse.Namespace, data: Interactions, device: torch.device
     raw = est.user_map.raw(users)
     best, median = timed(lambda: est.recommend(raw, k=10), 1)
     print(f"recommend(all users, k=10) incl. DataFrame: {best:.2f} s")
+
+
+def versus_implicit(args: argparse.Namespace, data: Interactions) -> None:
+    """Whole iALS fit and all-user filtered top-10, torchmf then implicit, ``args.rounds`` rounds, same process."""
+    import scipy.sparse as sp
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    threads = torch.get_num_threads()
+    csr = sp.csr_matrix((np.ones(len(data), np.float32), (data.users, data.items)),
+                        shape=(data.n_users, data.n_items))
+    users = np.arange(data.n_users)
+    load = os.getloadavg()
+    times: dict[str, list[float]] = {k: [] for k in ("fit_t", "fit_i", "top_t", "top_i")}
+    for r in range(args.rounds):
+        t = time.perf_counter()
+        est = torchmf.MatrixFactorization(loss="ials", factors=args.factors, epochs=args.epochs, device="cpu",
+                                          verbose=False).fit(data)
+        times["fit_t"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        est.top_k(users, 10, exclude_seen=True)
+        times["top_t"].append(time.perf_counter() - t)
+        del est
+        t = time.perf_counter()
+        m = AlternatingLeastSquares(factors=args.factors, iterations=args.epochs, calculate_training_loss=False,
+                                    num_threads=threads, random_state=0)
+        m.fit(csr, show_progress=False)
+        times["fit_i"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        m.recommend(users, csr, N=10, filter_already_liked_items=True)
+        times["top_i"].append(time.perf_counter() - t)
+        del m
+        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
+    load = (load, os.getloadavg())
+    best = {k: min(v) for k, v in times.items()}
+    print(f"{threads} threads, {args.epochs} sweeps, factors {args.factors}, load average "
+          f"{load[0][0]:.1f} -> {load[1][0]:.1f} (1 min)")
+    print(f"whole fit: torchmf {best['fit_t']:.2f} s, implicit {best['fit_i']:.2f} s (best of {args.rounds}): "
+          f"ratio {best['fit_t'] / best['fit_i']:.2f}")
+    print(f"top-10 all users, seen filtered: torchmf {best['top_t']:.2f} s, implicit {best['top_i']:.2f} s: "
+          f"ratio {best['top_t'] / best['top_i']:.2f}")
 
 
 def MatrixFactorizationDefaults(**kwargs: object) -> dict:  # noqa: N802 - reads like the estimator call
