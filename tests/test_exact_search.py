@@ -48,6 +48,26 @@ def test_blocks_masks_and_candidates_match_a_dense_reference(monkeypatch, bias, 
         assert np.isneginf(scores[items == -1]).all() and np.isfinite(scores[items >= 0]).all()
 
 
+def test_same_results_on_one_thread_or_several(monkeypatch):
+    # search runs under the fit's thread policy (torchmf.device): the thread count must not change any result
+    g = torch.Generator().manual_seed(1)
+    q, w = torch.randn(300, 16, generator=g), torch.randn(2000, 16, generator=g)
+    indptr = np.arange(0, 301 * 7, 7)
+    indices = np.random.default_rng(1).integers(0, 2000, 300 * 7)
+    monkeypatch.setattr(exact, "_SCORE_ELEMENTS", 100 * 2000)
+    monkeypatch.setenv("TORCHMF_THREAD_POLICY", "off")
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs.append(ExactIndex(w).search(q, 10, exclude=(indptr, indices)))
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
 def test_csr_rows_of_every_row_in_order_is_the_csr_itself():
     indptr, indices = np.array([0, 2, 2, 5]), np.array([4, 1, 0, 3, 2])
     got = csr_rows(indptr, indices, np.arange(3))

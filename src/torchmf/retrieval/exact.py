@@ -7,6 +7,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from torchmf.device import thread_policy
 from torchmf.nn.mf import MFModel
 from torchmf.retrieval.base import CSR
 
@@ -86,7 +87,9 @@ class ExactIndex:
         out_scores = np.full((B, k), -np.inf, dtype=np.float32)
         if B == 0 or kk == 0:
             return out_items, out_scores
-        with torch.no_grad():
+        # threads matched to the free cores (torchmf.device.thread_policy): a descheduled thread stalls
+        # each block's product and topk at OpenMP's barrier on a busy machine
+        with torch.no_grad(), thread_policy(block * n_cols, dev) as threads:
             w = self.item_vectors if cand_t is None else self.item_vectors[cand_t]
             wt = w.T
             bias = None if self.item_bias is None else (self.item_bias if cand_t is None else self.item_bias[cand_t])
@@ -96,6 +99,7 @@ class ExactIndex:
             top_s = torch.empty((B, kk), dtype=torch.float32, device=dev)
             for start in range(0, B, block):
                 stop = min(B, start + block)
+                threads.refresh()
                 s = buf[: (stop - start) * n_cols].view(stop - start, n_cols)
                 torch.matmul(queries[start:stop], wt, out=s)
                 if offsets is not None:
