@@ -20,6 +20,15 @@ Usage::
     python benchmarks/implicit_speed.py                        # everything, default sizes
     python benchmarks/implicit_speed.py --cache /tmp/syn5m.npz # reuse the generated data
     python benchmarks/implicit_speed.py --losses bpr,warp --repeat 5
+    python benchmarks/implicit_speed.py --cache /tmp/syn5m.npz --versus-implicit --losses none
+
+``--versus-implicit`` times, in the same process and alternating round by round
+(``--rounds``), a whole 10-sweep iALS fit (``MatrixFactorization(loss="ials",
+epochs=10)``) against implicit's ``AlternatingLeastSquares(iterations=10)`` on the
+same pairs and factors, and top-10 of every user with seen items filtered
+(``top_k`` against implicit's ``recommend(..., filter_already_liked_items=True)``),
+both libraries on ``torch.get_num_threads()`` threads (implicit's BLAS limited to one
+thread, as implicit asks); it prints the ratios.
 """
 
 from __future__ import annotations
@@ -85,12 +94,21 @@ def main() -> None:
     ap.add_argument("--losses", default="bpr", help="sampled-negative losses to time (comma separated, or none)")
     ap.add_argument("--cache", help="npz file to keep the generated data in")
     ap.add_argument("--skip-ials", action="store_true", help="time only the sampled-negative losses")
+    ap.add_argument("--versus-implicit", action="store_true",
+                    help="same-run whole-fit and top-10 ratios against implicit's ALS (needs implicit)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of --versus-implicit")
+    ap.add_argument("--epochs", type=int, default=10, help="sweeps of the --versus-implicit fits")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (and implicit's num_threads) first")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device("auto")
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads")
     data = load_data(args)
 
-    if not args.skip_ials:
+    if args.versus_implicit:
+        versus_implicit(args, data)
+    elif not args.skip_ials:
         time_ials(args, data, device)
 
     # ---- sampled-negative epochs
@@ -123,6 +141,54 @@ def time_ials(args: argparse.Namespace, data: Interactions, device: torch.device
     raw = est.user_map.raw(users)
     best, median = timed(lambda: est.recommend(raw, k=10), 1)
     print(f"recommend(all users, k=10) incl. DataFrame: {best:.2f} s")
+
+
+def versus_implicit(args: argparse.Namespace, data: Interactions) -> None:
+    """Whole iALS fit and all-user filtered top-10, torchmf then implicit, ``args.rounds`` rounds, same process."""
+    import scipy.sparse as sp
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    csr = sp.csr_matrix((np.ones(len(data), np.float32), (data.users, data.items)),
+                        shape=(data.n_users, data.n_items))
+    users = np.arange(data.n_users)
+    load = os.getloadavg()
+    times: dict[str, list[float]] = {k: [] for k in ("fit_t", "fit_i", "top_t", "top_i")}
+    cpu: dict[str, list[float]] = {k: [] for k in times}  # process CPU seconds: far less disturbed by load
+
+    def timed_run(key: str, fn: Callable[[], object]) -> object:
+        t, c = time.perf_counter(), time.process_time()
+        out = fn()
+        times[key].append(time.perf_counter() - t)
+        cpu[key].append(time.process_time() - c)
+        return out
+
+    for r in range(args.rounds):
+        est = timed_run("fit_t", lambda: torchmf.MatrixFactorization(
+            loss="ials", factors=args.factors, epochs=args.epochs, device="cpu", verbose=False).fit(data))
+        timed_run("top_t", lambda e=est: e.top_k(users, 10, exclude_seen=True))
+        del est
+        with threadpool_limits(1, "blas"):  # as implicit asks: its own threads, single-threaded BLAS
+            m = AlternatingLeastSquares(factors=args.factors, iterations=args.epochs, calculate_training_loss=False,
+                                        num_threads=threads, random_state=0)
+            timed_run("fit_i", lambda m=m: m.fit(csr, show_progress=False))
+            timed_run("top_i", lambda m=m: m.recommend(users, csr, N=10, filter_already_liked_items=True))
+        del m
+        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.2f} s ({cpu[k][-1]:.2f} CPU s)" for k, v in times.items()),
+              flush=True)
+    load = (load, os.getloadavg())
+    best = {k: min(v) for k, v in times.items()}
+    least = {k: min(v) for k, v in cpu.items()}
+    print(f"{threads} threads, {args.epochs} sweeps, factors {args.factors}, load average "
+          f"{load[0][0]:.1f} -> {load[1][0]:.1f} (1 min)")
+    print(f"whole fit: torchmf {best['fit_t']:.2f} s, implicit {best['fit_i']:.2f} s (best of {args.rounds}): "
+          f"ratio {best['fit_t'] / best['fit_i']:.2f}")
+    print(f"top-10 all users, seen filtered: torchmf {best['top_t']:.2f} s, implicit {best['top_i']:.2f} s: "
+          f"ratio {best['top_t'] / best['top_i']:.2f}")
+    print(f"CPU seconds: fit torchmf {least['fit_t']:.2f}, implicit {least['fit_i']:.2f}: ratio "
+          f"{least['fit_t'] / least['fit_i']:.2f}; top-10 torchmf {least['top_t']:.2f}, implicit {least['top_i']:.2f}: "
+          f"ratio {least['top_t'] / least['top_i']:.2f}")
 
 
 def MatrixFactorizationDefaults(**kwargs: object) -> dict:  # noqa: N802 - reads like the estimator call

@@ -16,8 +16,9 @@ fits ``implicit.cpu.als.AlternatingLeastSquares`` on the same CSR; torchmf runs
 ``Interactions.from_csr`` and ``MatrixFactorization(loss="ials")``.
 
 With ``--csv`` the pairs are also written as a ``user,item`` CSV and
-read the same way: by ``torchmf.data.arrow.read_ratings_arrow`` (pyarrow,
-column-wise) and by ``torchmf.read_ratings`` (the pandas reader).
+read: by ``torchmf.read_ratings`` as shipped ("arrow": large files stream
+through pyarrow, :mod:`torchmf.data.arrow`) and by the same call with the
+streaming threshold out of reach ("pandas": the small-file reader).
 
 Timing is only meaningful on a quiet machine; peak memory does not depend on load.
 """
@@ -75,16 +76,15 @@ def rss_mb() -> float:
 
 
 def read_one(reader: str, csv: str) -> dict:
-    """The CSV read in this process by pyarrow (``read_ratings_arrow``) or by ``read_ratings`` (pandas)."""
+    """The CSV read in this process by ``read_ratings``: streamed by pyarrow ("arrow") or by pandas ("pandas")."""
     import torchmf
-    from torchmf.data.arrow import read_ratings_arrow
+    import torchmf.data.arrow
 
+    if reader == "pandas":
+        torchmf.data.arrow.STREAM_MIN_BYTES = 1 << 62
     before = rss_mb()
     t = time.perf_counter()
-    if reader == "arrow":
-        data = read_ratings_arrow(csv, ",", ["user", "item"], True, user_col="user", item_col="item")
-    else:
-        data = torchmf.read_ratings(csv, implicit=True)
+    data = torchmf.read_ratings(csv, implicit=True)
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"library": f"read ({reader})", "seconds": seconds, "convert_s": 0.0, "after_load_mb": before,

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from torchmf import read_ratings
+import torchmf.data.readers as readers
+from torchmf import DataError, read_ratings
 from torchmf.data.arrow import read_ratings_arrow
 
 ROLES = {"user_col": "user", "item_col": "item"}
@@ -115,3 +116,29 @@ def test_parquet_typed_and_string_ids(tmp_path, rows):
     fast, slow = both(path, None, None, False, "rating", "timestamp")
     assert_same(fast, slow)
     assert fast.user_map._index.dtype == np.int32  # as pandas types the column
+
+
+def test_read_ratings_streams_large_files(tmp_path, rows, monkeypatch):
+    # read_ratings itself takes the pyarrow path for files of STREAM_MIN_BYTES or more (0 here), deciding the
+    # layout from the head as the pandas reader does; the result is what pandas builds for the same file
+    u, i, r, t = rows
+    body = "".join(f"{a},{b},{c},{d}\n" for a, b, c, d in zip(u, i, r, t, strict=True))
+    path = write(tmp_path, "ratings.csv", "userId,movieId,rating,timestamp\n" + body)
+    slow = read_ratings(path)  # a few kB: pandas
+    served = []
+    monkeypatch.setattr("torchmf.data.arrow.STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(readers, "read_ratings_arrow",
+                        lambda *a, **k: served.append(read_ratings_arrow(*a, **k)) or served[-1])
+    fast = read_ratings(path)
+    assert len(served) == 1 and served[0] is fast
+    assert_same(fast, slow)
+
+
+def test_streamed_binary_data_is_refused_by_name(tmp_path, monkeypatch):
+    # a NUL byte inside a field: pyarrow would take it as text; the pandas path's binary-data error is kept
+    monkeypatch.setattr("torchmf.data.arrow.STREAM_MIN_BYTES", 0)
+    path = tmp_path / "bin.csv"
+    path.write_bytes(b"1,2\n3,4\x00\n5,6\n")
+    assert read_ratings_arrow(path, ",", ["user", "item"], False, **ROLES) is None
+    with pytest.raises(DataError, match="binary data"):
+        read_ratings(path)

@@ -11,6 +11,15 @@ import pytest
 from torchmf import DataError, read_ratings
 
 
+@pytest.fixture(autouse=True, params=["pandas", "pyarrow"])
+def reader(request, monkeypatch):
+    """Every test here runs twice: small files (pandas), and with every file streamed by pyarrow where it
+    can be (torchmf.data.arrow's size threshold at 0): same results, same errors."""
+    if request.param == "pyarrow":
+        monkeypatch.setattr("torchmf.data.arrow.STREAM_MIN_BYTES", 0)
+    return request.param
+
+
 def triples(inter) -> Counter:
     df = inter.to_pandas()
     return Counter(zip(df["user"].tolist(), df["item"].tolist(), df["value"].astype(float).tolist(), strict=True))

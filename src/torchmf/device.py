@@ -40,13 +40,15 @@ log = logging.getLogger(__name__)
 
 # The CSR layout reads the other side's factors at random and pays a little
 # per row: it wins while those factors stay in cache and rows are not too
-# short (benchmarks/ials_layouts.py measures both layouts).
-_CSR_MAX_OTHER_BYTES = 8 << 20
+# short (benchmarks/ials_layouts.py measures both layouts). At 5 M pairs (100k x 20k,
+# 64 factors: a 5 MB item table) the user half took 0.54-0.60 CPU s gathered in 4 MB
+# chunks against 0.85-1.07 on CSR (1 thread, shared machine): 4 MB, not 8.
+_CSR_MAX_OTHER_BYTES = 4 << 20
 _CSR_MIN_MEAN_DEGREE = 32
 # Where the CSR layout loses, gathered chunks of about chunk_bytes() are
-# streamed through instead: on the CPU a few MB keep a chunk in cache, on a
-# GPU large chunks mean few kernel launches.
-_CHUNK_BYTES_CPU = 16 << 20
+# streamed through instead: on the CPU a few MB keep a chunk in cache (5 M pairs, item side, 1 thread:
+# 2-8 MB chunks took 30-40 % less CPU than 16 MB), on a GPU large chunks mean few kernel launches.
+_CHUNK_BYTES_CPU = 4 << 20
 _CHUNK_BYTES_CUDA = 512 << 20
 MIN_CHUNK_ENTRIES = 4096
 # exact (Cholesky) solves materialise a k x k matrix per row: bound that block
@@ -86,7 +88,7 @@ def prefer_csr(nnz: int, n_nonempty_rows: int, n_other: int, width: int, itemsiz
     """Whether the CSR layout should beat gathered buckets for one side.
 
     True on the CPU when the other side's ``(n_other, width)`` factor table
-    fits in 8 MB and rows hold 32 pairs or more on average; GPUs always gather.
+    fits in 4 MB and rows hold 32 pairs or more on average; GPUs always gather.
     """
     small = n_other * width * itemsize <= _CSR_MAX_OTHER_BYTES
     long_rows = nnz >= _CSR_MIN_MEAN_DEGREE * max(1, n_nonempty_rows)

@@ -10,13 +10,13 @@ the id maps). The result is the very :class:`Interactions` the pandas path
 builds: same id typing (canonical integers become ``int64``, anything else
 stays a string), same first-appearance index order, same values.
 
-Status: not yet called by :func:`torchmf.read_ratings` (the hardened reader
-on ``main`` decides separator, header and columns from the file's head;
-:func:`read_ratings_arrow` takes those decisions as arguments, so wiring it in
-is a matter of calling it for large uncompressed files and falling back to
-pandas when it returns None).
+:func:`torchmf.read_ratings` reads every uncompressed text or Parquet file of
+:data:`STREAM_MIN_BYTES` or more this way when pyarrow is installed: it
+decides separator, header and columns from the file's head
+(:func:`torchmf.data.layout.text_layout`, the pandas reader's own rules and
+errors) and passes them to :func:`read_ratings_arrow`.
 
-Anything unusual (a byte-order mark, a ``::`` separator, a field with blanks in a
+Anything unusual (a byte-order mark, control characters (binary data), a ``::`` separator, a field with blanks in a
 space-separated file, a blank id, a value the pandas path's checks refuse, a
 missing field, a value that is not a number, a repeated pair under
 ``duplicates="error"``) makes these functions return None, and the caller
@@ -46,6 +46,8 @@ STREAM_MIN_BYTES = 4 << 20
 # bytes of text parsed per block: bounds the parser's working memory
 _BLOCK_BYTES = 16 << 20
 _PARQUET = (".parquet", ".pq")
+# C0 control characters other than tab, newline, vertical tab, form feed and carriage return (textfile's rule)
+_CONTROL = "[\\x00-\\x08\\x0e-\\x1f\\x7f]"
 
 
 def _pyarrow() -> Any | None:
@@ -118,11 +120,14 @@ def arrow_columns(path: Path, sep: str | None, names: list[str] | None, header: 
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError):
         return None  # a malformed line: the pandas path names it
     out = {n: pa.chunked_array(c, type=pa.string()) for n, c in chunks.items()}
+    import pyarrow.compute as pc
+
+    # control characters mean binary data, which the pandas path refuses by name
+    if any(pc.any(pc.match_substring_regex(col, _CONTROL)).as_py() for col in out.values()):
+        return None
     if sep == " ":
         # pandas splits these files on runs of blanks: the same fields
         # exactly when no field is empty (a run) or holds other whitespace
-        import pyarrow.compute as pc
-
         for col in out.values():
             if col.null_count or pc.any(pc.match_substring_regex(col, r"\s")).as_py():
                 return None

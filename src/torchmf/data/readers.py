@@ -12,61 +12,25 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from torchmf.data.columns import ROLE_NAMES, find_column
+from torchmf.data.arrow import read_ratings_arrow, wants_arrow
+from torchmf.data.columns import find_column
 from torchmf.data.idmap import INT_PATTERN
 from torchmf.data.interactions import Duplicates, Interactions
+from torchmf.data.layout import MAX_COLUMNS, normalise_separator, text_layout
 from torchmf.data.textfile import (
     check_regular_file,
     compression,
     head_lines,
-    is_number,
     iter_lines,
+    peek_lines,
     read_text,
-    separator_name,
-    sniff_separator,
     split_fields,
 )
 from torchmf.errors import DataError
 
 __all__ = ["MAX_COLUMNS", "normalise_separator", "read_ratings", "read_table"]
 
-_DEFAULT_COLUMNS = {
-    2: ("user", "item"),
-    3: ("user", "item", "rating"),
-    4: ("user", "item", "rating", "timestamp"),
-}
-MAX_COLUMNS = 1000  # more fields than this on a line: not a ratings file, or the wrong separator
-_SEP_NAMES = {
-    r"\t": "\t",
-    "tab": "\t",
-    "space": " ",
-    "whitespace": " ",
-    r"\s+": " ",
-    "comma": ",",
-    "semicolon": ";",
-    "pipe": "|",
-}
-
-
-def normalise_separator(sep: str | None) -> str | None:
-    """``sep`` as the reader uses it: None (sniff), ``"::"``, ``" "`` (runs of blanks) or one character.
-
-    Names are accepted too: ``tab`` or ``\\t``, ``space``/``whitespace``, ``comma``,
-    ``semicolon``, ``pipe``. Anything else longer than one character raises
-    :class:`DataError`.
-    """
-    if sep is None:
-        return None
-    if not isinstance(sep, str) or sep == "":
-        raise DataError(f"separator must be a non-empty string, got {sep!r}")
-    sep = _SEP_NAMES.get(sep.lower() if sep.isalpha() else sep, sep)
-    if sep.isspace():
-        return "\t" if sep == "\t" else " "
-    if len(sep) > 1 and sep != "::":
-        raise DataError(
-            f"separator {sep!r} not supported: give one character, '::', 'tab' or 'space'"
-        )
-    return sep
+_PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 def read_table(
@@ -101,66 +65,16 @@ def read_table(
     """
     path = Path(path)
     check_regular_file(path)
-    if path.suffix.lower() in (".parquet", ".pq") or compression(path) == "parquet":
+    if path.suffix.lower() in _PARQUET_SUFFIXES or compression(path) == "parquet":
         return _read_parquet(path, columns)
 
     text = read_text(path)
-    head = head_lines(text)
-    first_idx = next((i for i, ln in enumerate(head) if ln.strip()), None)
-    if first_idx is None:
-        raise DataError(f"{path}: the file is empty")
-    given = normalise_separator(sep)
-    sniffed = sniff_separator(head)
-    sep = given or sniffed
-    hint = ""
-    if given is not None and given != sniffed:
-        hint = f" (wrong separator? the file looks {separator_name(sniffed)}-separated)"
-    if sep == "::":
+    lay = text_layout(path, head_lines(text), sep, columns, header)
+    if lay.double_colon:
         # pandas' C parser takes single-character separators only; MovieLens'
         # ``::`` files are rewritten to tabs so they parse at C speed.
         text = text.replace("::", "\t")
-        head = [ln.replace("::", "\t") for ln in head]
-        sep = "\t"
-    first = head[first_idx]
-    line1 = first_idx + 1
-    fields = split_fields(first, sep)
-    if len(fields) > MAX_COLUMNS:
-        raise DataError(
-            f"{path}: line {line1} has more than {MAX_COLUMNS} fields ({len(fields):,} counted); a ratings "
-            f"file has a few columns such as user, item, rating, timestamp{hint or '; wrong separator?'}"
-        )
-    if given is not None and len(fields) == 1:
-        data_lines = [ln for ln in head[first_idx:] if ln.strip()][:50]
-        if all(len(split_fields(ln, sep)) == 1 for ln in data_lines):
-            looks = f"the file looks {separator_name(sniffed)}-separated" if hint else "no separator fits"
-            raise DataError(
-                f"{path}: wrong separator? with separator {separator_name(given)} found 1 field per line; {looks}"
-            )
-    if header == "infer":
-        second = next((ln for ln in head[first_idx + 1 :] if ln.strip()), None)
-        header = _looks_like_header(fields, None if second is None else split_fields(second, sep))
-    if columns is None:
-        if header:
-            columns = _header_names(fields, path, line1)
-        elif len(fields) in _DEFAULT_COLUMNS:
-            columns = list(_DEFAULT_COLUMNS[len(fields)])
-        else:
-            raise DataError(
-                f"{path}: line {line1} has {len(fields)} fields; give column names "
-                f"(columns=['user', 'item', 'rating', ...]) to say which is which{hint}"
-            )
-    else:
-        columns = [str(c) for c in columns]
-        dup = next((c for c in columns if columns.count(c) > 1), None)
-        if dup is not None:
-            raise DataError(f"column name {dup!r} given twice in columns={columns}")
-    n_cols = len(columns)
-    if len(fields) != n_cols:
-        raise DataError(
-            f"{path}: line {line1} has {len(fields)} fields but {n_cols} column names were given "
-            f"({list(columns)}){hint}"
-        )
-    skip = first_idx + 1 if header else first_idx
+    sep, columns, n_cols, skip, hint = lay.sep, lay.columns, len(lay.columns), lay.skip, lay.hint
     whitespace = sep == " "  # runs of blanks; a tab is a real separator (C parser, empty fields kept)
     try:
         df = pd.read_csv(
@@ -212,6 +126,12 @@ def read_ratings(
     ``|value| <= 1e12`` (``torchmf.data.checks.MAX_ABS_VALUE``); ids must not
     be blank.
 
+    Uncompressed text and Parquet files of 4 MB or more are streamed column-wise
+    by pyarrow when it is installed (:mod:`torchmf.data.arrow`: no Python object
+    per row; a 5 M-pair CSV peaks at about 60 % of the pandas reader's memory),
+    with the same result and the same errors as the pandas reader used for
+    everything else.
+
     Parameters
     ----------
     path : path-like
@@ -230,15 +150,13 @@ def read_ratings(
     -------
     Interactions
     """
+    fast = _read_large(Path(path), sep, columns, header, user_col, item_col, rating_col, timestamp_col, implicit,
+                       duplicates)
+    if fast is not None:
+        return fast
     df = read_table(path, sep=sep, columns=columns, header=header)
-    names = [str(c) for c in df.columns]
-    user_col = user_col or _find(names, "user", required=True, path=path)
-    item_col = item_col or _find(names, "item", required=True, path=path)
-    if not implicit:
-        rating_col = rating_col or _find(names, "rating", required=False, path=path)
-    else:
-        rating_col = None
-    timestamp_col = timestamp_col or _find(names, "timestamp", required=False, path=path)
+    user_col, item_col, rating_col, timestamp_col = _roles(
+        [str(c) for c in df.columns], path, user_col, item_col, rating_col, timestamp_col, implicit)
     for col in (user_col, item_col):
         if col in df.columns:
             df[col] = _parse_ids(df[col])
@@ -251,6 +169,60 @@ def read_ratings(
         duplicates=duplicates,
         source=str(path),
     )
+
+
+def _roles(names: list[str], path: str | os.PathLike, user_col: str | None, item_col: str | None,
+           rating_col: str | None, timestamp_col: str | None, implicit: bool
+           ) -> tuple[str, str, str | None, str | None]:
+    """The user, item, rating and timestamp columns: as given, else recognised among ``names``."""
+    user_col = user_col or _find(names, "user", required=True, path=path)
+    item_col = item_col or _find(names, "item", required=True, path=path)
+    rating_col = None if implicit else rating_col or _find(names, "rating", required=False, path=path)
+    timestamp_col = timestamp_col or _find(names, "timestamp", required=False, path=path)
+    return user_col, item_col, rating_col, timestamp_col
+
+
+def _read_large(path: Path, sep: str | None, columns: Sequence[str] | None, header: bool | Literal["infer"],
+                user_col: str | None, item_col: str | None, rating_col: str | None, timestamp_col: str | None,
+                implicit: bool, duplicates: Duplicates) -> Interactions | None:
+    """A large file streamed by pyarrow (:mod:`torchmf.data.arrow`), or None: read it with pandas.
+
+    Files of :data:`~torchmf.data.arrow.STREAM_MIN_BYTES` or more, uncompressed
+    text or Parquet, when pyarrow is installed. The layout (separator, columns,
+    header) is decided from the file's first lines exactly as :func:`read_table`
+    decides it, raising the same errors; anything the pyarrow path does not
+    take as it is (see :mod:`torchmf.data.arrow`) is read again by pandas, whose
+    checks name the offending line.
+    """
+    check_regular_file(path)
+    if not wants_arrow(path):
+        return None
+    kind = compression(path)
+    if path.suffix.lower() in _PARQUET_SUFFIXES:
+        if kind != "parquet":
+            return None
+        names = list(columns) if columns is not None else _parquet_names(path)
+        if names is None:
+            return None
+        sep, header = None, False
+    elif kind is not None:
+        return None  # compressed (or Parquet without its suffix): pandas decompresses
+    else:
+        lay = text_layout(path, peek_lines(path), sep, columns, header)
+        if lay.double_colon or lay.first_idx:
+            return None
+        sep, names, header = lay.sep, lay.columns, lay.header
+    roles = _roles(names, path, user_col, item_col, rating_col, timestamp_col, implicit)
+    return read_ratings_arrow(path, sep, names, header, *roles, duplicates=duplicates)
+
+
+def _parquet_names(path: Path) -> list[str] | None:
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception:  # pyarrow raises many types for a bad file; pandas will say what is wrong
+        return None
 
 
 # ---------------------------------------------------------------------- helpers
@@ -266,17 +238,6 @@ def _read_parquet(path: Path, columns: Sequence[str] | None) -> pd.DataFrame:
             raise DataError(f"{path}: {len(columns)} column names given for {df.shape[1]} columns")
         df.columns = list(columns)
     return df  # no line numbers: messages name 0-based rows, as for in-memory data
-
-
-def _header_names(fields: list[str], path: Path, line: int) -> list[str]:
-    """Column names from a header line: blanks named like pandas does, repeats refused."""
-    names = [f.strip() or f"Unnamed: {j}" for j, f in enumerate(fields)]
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise DataError(f"{path}: line {line} (the header): column name {name!r} appears twice")
-        seen.add(name)
-    return names
 
 
 def _check_short_lines(
@@ -299,16 +260,6 @@ def _check_short_lines(
         target = next(wanted, None)
         if target is None:
             return
-
-
-def _looks_like_header(first: list[str], second: list[str] | None) -> bool:
-    known = {n for names in ROLE_NAMES.values() for n in names}
-    if any(f.strip().lower() in known for f in first):
-        return True
-    if any(is_number(f.strip()) for f in first):
-        return False
-    # all-text first line: a header if the next line has numbers where it had text
-    return second is not None and any(is_number(f.strip()) for f in second)
 
 
 def _find(names: list[str], role: str, required: bool, path: str | os.PathLike) -> str | None:

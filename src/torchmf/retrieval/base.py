@@ -67,7 +67,11 @@ class Index(Protocol):
 
 def csr_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> CSR:
     """The CSR made of rows ``rows`` (in that order) of ``(indptr, indices)``, without a Python loop."""
-    starts, ends = indptr[rows], indptr[np.asarray(rows) + 1]
+    rows = np.asarray(rows)
+    n = len(indptr) - 1
+    if len(rows) == n and n and rows[0] == 0 and rows[-1] == n - 1 and np.array_equal(rows, np.arange(n)):
+        return np.asarray(indptr, dtype=np.int64), np.asarray(indices)  # every row in order: as it is
+    starts, ends = indptr[rows], indptr[rows + 1]
     counts = ends - starts
     new_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     pos = np.arange(new_ptr[-1]) - np.repeat(new_ptr[:-1], counts) + np.repeat(starts, counts)

@@ -7,12 +7,15 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from torchmf.device import thread_policy
 from torchmf.nn.mf import MFModel
 from torchmf.retrieval.base import CSR
 
 __all__ = ["ExactIndex"]
 
-# queries scored at once: bounds the (block, n_items) score matrix
+# queries scored at once: bounds the (block, n_items) score matrix. On 2 CPU cores (100k users x 20k
+# items, 64 factors) 2**23-2**25 took the least CPU; blocks of under ~100 rows made the product
+# several times slower (and BLAS rounds it differently).
 _SCORE_ELEMENTS = 1 << 24
 
 
@@ -61,7 +64,15 @@ class ExactIndex:
         exclude: CSR | None = None,
         candidates: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """See :meth:`torchmf.retrieval.base.Index.search`."""
+        """See :meth:`torchmf.retrieval.base.Index.search`.
+
+        Queries are scored a block at a time into one preallocated ``(block, n_cols)``
+        buffer (the product written in place, offsets and biases added in place, the
+        excluded entries set to -inf through their flat positions), and each block's
+        top-k is taken before the next is scored. Reusing one buffer saves the page
+        faults of a fresh 64 MB block per step (~30 % of the CPU time of all-user
+        top-10 at 100k x 20k).
+        """
         dev = self.item_vectors.device
         cand_t = None if candidates is None else torch.as_tensor(candidates, device=dev)
         n_cols = self.n_items if cand_t is None else len(cand_t)
@@ -74,19 +85,36 @@ class ExactIndex:
         block = max(1, _SCORE_ELEMENTS // max(1, n_cols))
         out_items = np.full((B, k), -1, dtype=np.int64)
         out_scores = np.full((B, k), -np.inf, dtype=np.float32)
-        for start in range(0, B, block):
-            stop = min(B, start + block)
-            with torch.no_grad():
-                off = None if offsets is None else offsets[start:stop]
-                s = self.scores(queries[start:stop], off, cand_t).float()
+        if B == 0 or kk == 0:
+            return out_items, out_scores
+        # threads matched to the free cores (torchmf.device.thread_policy): a descheduled thread stalls
+        # each block's product and topk at OpenMP's barrier on a busy machine
+        with torch.no_grad(), thread_policy(block * n_cols, dev) as threads:
+            w = self.item_vectors if cand_t is None else self.item_vectors[cand_t]
+            wt = w.T
+            bias = None if self.item_bias is None else (self.item_bias if cand_t is None else self.item_bias[cand_t])
+            dtype = torch.promote_types(queries.dtype, w.dtype)
+            buf = torch.empty(min(block, B) * n_cols, dtype=dtype, device=dev)
+            top_i = torch.empty((B, kk), dtype=torch.int64, device=dev)
+            top_s = torch.empty((B, kk), dtype=torch.float32, device=dev)
+            for start in range(0, B, block):
+                stop = min(B, start + block)
+                threads.refresh()
+                s = buf[: (stop - start) * n_cols].view(stop - start, n_cols)
+                torch.matmul(queries[start:stop], wt, out=s)
+                if offsets is not None:
+                    s.add_(offsets[start:stop, None])
+                if bias is not None:
+                    s.add_(bias[None, :])
+                s = s.float()  # a no-op for float32 factors
                 if exclude is not None:
                     _mask(s, exclude, start, stop, col_of)
-                top_s, top_i = torch.topk(s, kk, dim=1)
+                torch.topk(s, kk, dim=1, out=(top_s[start:stop], top_i[start:stop]))
             if cand_t is not None:
                 top_i = cand_t[top_i]
-            top_i = torch.where(torch.isfinite(top_s), top_i, torch.full_like(top_i, -1))
-            out_items[start:stop, :kk] = top_i.cpu().numpy()
-            out_scores[start:stop, :kk] = top_s.cpu().numpy()
+            top_i.masked_fill_(~torch.isfinite(top_s), -1)
+        out_items[:, :kk] = top_i.cpu().numpy()
+        out_scores[:, :kk] = top_s.cpu().numpy()
         return out_items, out_scores
 
     def similar(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,10 +145,12 @@ def _mask(scores: torch.Tensor, exclude: CSR, start: int, stop: int, col_of: np.
     if hi == lo:
         return
     counts = np.diff(indptr[start : stop + 1])
-    row_ids = np.repeat(np.arange(stop - start), counts)
     cols = np.asarray(indices[lo:hi], dtype=np.int64)
+    n_cols = scores.shape[1]
+    # flat position of each excluded entry in the (contiguous) block
+    flat = np.repeat(np.arange(0, (stop - start) * n_cols, n_cols, dtype=np.int64), counts)
     if col_of is not None:
         cols = col_of[cols]
-        row_ids, cols = row_ids[cols >= 0], cols[cols >= 0]
-    dev = scores.device
-    scores[torch.as_tensor(row_ids, device=dev), torch.as_tensor(cols, device=dev)] = -torch.inf
+        flat, cols = flat[cols >= 0], cols[cols >= 0]
+    flat += cols
+    scores.view(-1).index_fill_(0, torch.as_tensor(flat, device=scores.device), -torch.inf)

@@ -93,22 +93,25 @@ class CSRPairs:
         Sparse CSR ``(n, n_other)`` with ``c`` as values (iALS: the
         confidences; ALS: the targets, rewritten before each half-sweep);
         also the pattern the sampled products are taken over.
-    scratch : torch.Tensor
+    scratch : torch.Tensor, optional
         Same pattern; its values are rewritten in place before each
         sparse-times-dense product (building a sparse tensor per product
-        costs more than the product on small data).
+        costs more than the product on small data). None where only
+        :meth:`scores` is used (a side CG reads in another layout).
     weight : torch.Tensor, shape (nnz,), optional
         ``w`` in CSR order (iALS: ``c - a0``); None means 1.
     """
 
     conf: torch.Tensor
-    scratch: torch.Tensor
+    scratch: torch.Tensor | None
     weight: torch.Tensor | None
 
     @classmethod
     def build(cls, crow: torch.Tensor, col: torch.Tensor, conf: torch.Tensor, weight: torch.Tensor | None,
-              shape: tuple[int, int]) -> CSRPairs:
-        return cls(make_csr(crow, col, conf, shape), make_csr(crow, col, torch.empty_like(conf), shape), weight)
+              shape: tuple[int, int], products: bool = True) -> CSRPairs:
+        """``products=False``: for :meth:`scores` only (no scratch values, a float per pair less)."""
+        scratch = make_csr(crow, col, torch.empty_like(conf), shape) if products else None
+        return cls(make_csr(crow, col, conf, shape), scratch, weight)
 
     def scores(self, v: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """``v_u . q_i`` of every observed pair in CSR order, shape (nnz,); never the full matrix."""
@@ -121,6 +124,8 @@ class CSRPairs:
         warm start, already known to the caller: the residual product then
         skips its sampled product.
         """
+        if self.scratch is None:
+            raise RuntimeError("these pairs were laid out for scores only (products=False)")
         conf, vals = self.conf.values(), self.scratch.values()  # aliases of the matrices' values
 
         def term(v: torch.Tensor, residual: bool) -> torch.Tensor:
@@ -133,8 +138,9 @@ class CSRPairs:
                 torch.addcmul(conf, self.weight, y, value=-1.0, out=vals)
             else:
                 torch.mul(y, self.weight, out=vals)
-            return self.scratch @ other
+            return scratch @ other
 
+        scratch = self.scratch
         return term
 
 

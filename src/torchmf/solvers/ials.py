@@ -109,8 +109,9 @@ class IALSSide:
         (columns sorted within a row).
     conf : torch.Tensor, shape (nnz,)
         Confidence ``c`` of each pair, in CSR order.
-    weight : torch.Tensor, shape (nnz,)
-        ``c - a0``, the weight of the rank-one corrections.
+    weight : torch.Tensor, shape (nnz,), optional
+        ``c - a0``, the weight of the rank-one corrections (None when CG reads
+        the gathered layout or solves are exact: those hold their own).
     lam : torch.Tensor, shape (n, 1)
         Ridge penalty of each row.
     empty : torch.LongTensor, shape (n_empty,)
@@ -118,7 +119,8 @@ class IALSSide:
     shape : tuple of int
         ``(n, n_other)``.
     pairs : CSRPairs
-        The same pairs as sparse matrices, for the CSR layout and the loss.
+        The same pairs as sparse matrices, for the CSR layout and the loss
+        (scores only, no product scratch, unless CG runs on this layout).
     order : torch.IntTensor, shape (nnz,)
         Input position of each pair in CSR order (maps scores between the two sides).
     chunks : tuple of IALSChunk, optional
@@ -131,7 +133,7 @@ class IALSSide:
     crow: torch.Tensor
     col: torch.Tensor
     conf: torch.Tensor
-    weight: torch.Tensor
+    weight: torch.Tensor | None
     lam: torch.Tensor
     empty: torch.Tensor
     shape: tuple[int, int]
@@ -201,7 +203,8 @@ def ials_side(
     index = np.int32 if max(len(rows), n_rows, n_cols) < 2**31 else np.int64
     crow_t = torch.as_tensor(crow.astype(index), device=device)
     col_t = torch.as_tensor(np.asarray(cols)[order].astype(index, copy=False), device=device)
-    weight = c - s.unobserved_weight
+    csr_cg = chunks is None and exact is None  # only CG on this layout needs the weights and product scratch
+    weight = c - s.unobserved_weight if csr_cg else None
     return IALSSide(
         crow=crow_t,
         col=col_t,
@@ -210,7 +213,7 @@ def ials_side(
         lam=lam,
         empty=torch.as_tensor(np.flatnonzero(counts == 0), device=device),
         shape=(n_rows, n_cols),
-        pairs=CSRPairs.build(crow_t, col_t, c, weight, (n_rows, n_cols)),
+        pairs=CSRPairs.build(crow_t, col_t, c, weight, (n_rows, n_cols), products=csr_cg),
         order=torch.as_tensor(order.astype(index), device=device),
         chunks=chunks,
         exact=exact,
@@ -360,7 +363,10 @@ def ials_observed(side: IALSSide, factors: torch.Tensor, other: torch.Tensor, s:
         ``factors . other`` of every pair in this side's CSR order.
     """
     y = side.pairs.scores(factors, other)
-    return float((side.conf * (1 - y).square() - s.unobserved_weight * y.square()).sum(dtype=torch.float64)), y
+    # c (1 - y)^2 - a0 y^2 element by element as written, in two pair-sized buffers instead of five
+    t = (1 - y).square_().mul_(side.conf)
+    t.sub_(y.square().mul_(s.unobserved_weight))
+    return float(t.sum(dtype=torch.float64)), y
 
 
 def ials_loss(observed: float, P: torch.Tensor, Q: torch.Tensor, user_side: IALSSide, item_side: IALSSide,
