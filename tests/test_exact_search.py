@@ -48,6 +48,27 @@ def test_blocks_masks_and_candidates_match_a_dense_reference(monkeypatch, bias, 
         assert np.isneginf(scores[items == -1]).all() and np.isfinite(scores[items >= 0]).all()
 
 
+@pytest.mark.parametrize("k", [1, 10])
+@pytest.mark.parametrize("group", [64, 7])
+def test_two_level_topk_matches_a_dense_reference(monkeypatch, k, group):
+    # 5,037 columns take the grouped path of _topk_rows (>= group * 4k columns), with a short last group
+    monkeypatch.setattr(exact, "_GROUP", group)
+    g = torch.Generator().manual_seed(2)
+    rng = np.random.default_rng(2)
+    n_q, n_items, d = 40, 5037, 16
+    q, w, b = torch.randn(n_q, d, generator=g), torch.randn(n_items, d, generator=g), torch.randn(n_items, generator=g)
+    counts = rng.integers(0, 300, n_q)
+    counts[5] = n_items - 3  # fewer eligible items than k: padded with -1
+    indptr = np.r_[0, np.cumsum(counts)]
+    indices = np.concatenate([rng.choice(n_items, c, replace=False) for c in counts])
+    want = reference(q, w, b, None, k, (indptr, indices), None)
+    items, scores = ExactIndex(w, b).search(q, k, exclude=(indptr, indices))
+    np.testing.assert_array_equal(items, want)
+    dense = (q @ w.T + b).numpy()  # the scores returned are the items' own scores
+    ok = items >= 0
+    np.testing.assert_allclose(scores[ok], np.take_along_axis(dense, np.maximum(items, 0), 1)[ok], rtol=1e-6)
+
+
 def test_same_results_on_one_thread_or_several(monkeypatch):
     # search runs under the fit's thread policy (torchmf.device): the thread count must not change any result
     g = torch.Generator().manual_seed(1)

@@ -17,6 +17,8 @@ __all__ = ["ExactIndex"]
 # items, 64 factors) 2**23-2**25 took the least CPU; blocks of under ~100 rows made the product
 # several times slower (and BLAS rounds it differently).
 _SCORE_ELEMENTS = 1 << 24
+# columns per group of the two-level top-k (_topk_rows); 32-128 measured alike
+_GROUP = 64
 
 
 class ExactIndex:
@@ -109,7 +111,7 @@ class ExactIndex:
                 s = s.float()  # a no-op for float32 factors
                 if exclude is not None:
                     _mask(s, exclude, start, stop, col_of)
-                torch.topk(s, kk, dim=1, out=(top_s[start:stop], top_i[start:stop]))
+                _topk_rows(s, kk, top_s[start:stop], top_i[start:stop])
             if cand_t is not None:
                 top_i = cand_t[top_i]
             top_i.masked_fill_(~torch.isfinite(top_s), -1)
@@ -136,6 +138,34 @@ class ExactIndex:
             sims[torch.arange(len(idx), device=w.device), idx] = -torch.inf
             top_s, top_i = torch.topk(sims, min(k, self.n_items - 1), dim=1)
         return top_i.cpu().numpy(), top_s.cpu().numpy()
+
+
+def _topk_rows(s: torch.Tensor, k: int, out_s: torch.Tensor, out_i: torch.Tensor) -> None:
+    """Top-k of each row of ``s`` (shape (R, n)) into ``out_s``/``out_i``, exact, by a two-level search.
+
+    ``torch.topk`` over 20,000 columns costs about a third of the matrix product that made them
+    (CPU). Instead: the maximum of each group of ``_GROUP`` consecutive columns (a vectorised
+    reduction), the k best groups per row, then ``topk`` over only those groups' k * ``_GROUP``
+    columns. Exact: the k best groups hold k entries at least as large as the k-th best group
+    maximum, so every top-k entry lies in a group whose maximum is at least that large, i.e. in one
+    of the k best groups (up to the order of exactly equal scores, which ``topk`` leaves open too).
+    Measured 0.18 -> 0.11 CPU s per 10 blocks of 838 x 20,000 (one thread).
+    """
+    R, n = s.shape
+    if n < _GROUP * max(4 * k, 16) or s.device.type != "cpu":  # few groups (or a GPU): plain topk
+        torch.topk(s, k, dim=1, out=(out_s, out_i))
+        return
+    ng = n // _GROUP
+    group_max = s[:, : ng * _GROUP].unflatten(1, (ng, _GROUP)).amax(2)
+    if ng * _GROUP < n:
+        group_max = torch.cat([group_max, s[:, ng * _GROUP :].amax(1, keepdim=True)], 1)
+    best_groups = torch.topk(group_max, k, dim=1).indices
+    cols = (best_groups.unsqueeze(2) * _GROUP + torch.arange(_GROUP, device=s.device)).view(R, -1)
+    beyond = cols >= n  # the last group may be short
+    cols.clamp_(max=n - 1)
+    cand = torch.gather(s, 1, cols).masked_fill_(beyond, -torch.inf)
+    torch.topk(cand, k, dim=1, out=(out_s, out_i))
+    torch.gather(cols, 1, out_i.clone(), out=out_i)
 
 
 def _mask(scores: torch.Tensor, exclude: CSR, start: int, stop: int, col_of: np.ndarray | None) -> None:
