@@ -24,6 +24,7 @@ from torchmf.serve import routes
 from torchmf.serve.batcher import MicroBatcher
 from torchmf.serve.catalogue import ItemSearch, read_catalogue
 from torchmf.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics, ServeMiddleware
+from torchmf.serve.query import parameters_before_responses
 from torchmf.serve.schemas import Error, Health, Limits, ReloadResult, build_schemas
 from torchmf.serve.store import LoadedModel, ModelStore
 
@@ -248,6 +249,15 @@ def create_app(
     async def explorer() -> HTMLResponse:
         return HTMLResponse(page)
 
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with the hot routes' ``openapi_extra`` parameters where declared ones go."""
+        if app.openapi_schema is None:
+            app.openapi_schema = parameters_before_responses(generate_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     built = True
     if config.freeze_gc and store.current is not None:
         freeze_heap()

@@ -9,12 +9,14 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Path, Query
-from fastapi.responses import JSONResponse
+import orjson
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from torchmf.data.idmap import INT_PATTERN
 from torchmf.serve.batcher import MicroBatcher
+from torchmf.serve.query import Param, Params
 from torchmf.serve.schemas import (
     BatchRecommendations,
     Error,
@@ -68,22 +70,24 @@ def add_routes(
     SessionRequest = schemas["SessionRequest"]
     PredictRequest = schemas["PredictRequest"]
 
+    recommend_params = Params(
+        Param("user", "str", where="path", description="user id, as in the training file"),
+        Param("k", "int", 10, description="number of items", ge=1, le=limits.max_k),
+        Param("exclude_seen", "bool", True),
+        Param("item", "strs", None, description="restrict to these candidate items (repeatable)",
+              max_items=limits.max_interactions),
+        Param("approximate", "bool", False, description=_APPROX),
+    )
+
     @router.get("/recommend/{user:path}", response_model=UserRecommendations, responses=_NOT_FOUND,
-                tags=["recommend"])
-    async def recommend_user(
-        user: Annotated[str, Path(description="user id, as in the training file")],
-        k: K = 10,
-        exclude_seen: bool = True,
-        item: Annotated[
-            list[str] | None,
-            Query(max_length=limits.max_interactions, description="restrict to these candidate items (repeatable)"),
-        ] = None,
-        approximate: Annotated[bool, Query(description=_APPROX)] = False,
-    ) -> Any:
+                tags=["recommend"], openapi_extra=recommend_params.openapi())
+    async def recommend_user(request: Request) -> Any:
         """Top-k items for one user, best first: ``model.recommend(user, k)``."""
+        q = recommend_params.parse(request.scope)
+        k, exclude_seen, item, approximate = q["k"], q["exclude_seen"], q["item"], q["approximate"]
         lm = current()
         m = lm.model
-        raw = _resolve(m.user_map, user)
+        raw = _resolve(m.user_map, q["user"])
         if item:
             cands = list(dict.fromkeys(_resolve(m.item_map, t) for t in item))
             df = await run_in_threadpool(m.recommend, raw, k, exclude_seen, cands, approximate)
@@ -131,15 +135,16 @@ def add_routes(
         df = await run_in_threadpool(lambda: m.recommend_for(given, k=body.k, exclude_seen=True))
         return _json(lm, {"items": _scored(lm, df["item"].tolist(), df["score"].to_numpy())})
 
-    @router.get("/predict", response_model=Prediction, responses=_NOT_FOUND, tags=["predict"])
-    async def predict_one(
-        user: Annotated[str, Query(description="user id")],
-        item: Annotated[str, Query(description="item id")],
-    ) -> Any:
+    predict_params = Params(Param("user", "str", description="user id"), Param("item", "str", description="item id"))
+
+    @router.get("/predict", response_model=Prediction, responses=_NOT_FOUND, tags=["predict"],
+                openapi_extra=predict_params.openapi())
+    async def predict_one(request: Request) -> Any:
         """The model's score (predicted rating, for explicit models) of one (user, item) pair."""
+        q = predict_params.parse(request.scope)
         lm = current()
         m = lm.model
-        u, i = _resolve(m.user_map, user), _resolve(m.item_map, item)
+        u, i = _resolve(m.user_map, q["user"]), _resolve(m.item_map, q["item"])
         return _json(lm, {"user": u, "item": i, "score": _num(await batcher.predict(m, u, i))})
 
     @router.post("/predict", response_model=Predictions, responses=_NOT_FOUND, tags=["predict"])
@@ -155,9 +160,15 @@ def add_routes(
                                                                         strict=True)
         ]})
 
-    @router.get("/similar/{item:path}", response_model=SimilarItems, responses=_NOT_FOUND, tags=["similar"])
-    async def similar(item: Annotated[str, Path(description="item id")], k: K = 10) -> Any:
+    similar_params = Params(Param("item", "str", where="path", description="item id"),
+                            Param("k", "int", 10, description="number of items", ge=1, le=limits.max_k))
+
+    @router.get("/similar/{item:path}", response_model=SimilarItems, responses=_NOT_FOUND, tags=["similar"],
+                openapi_extra=similar_params.openapi())
+    async def similar(request: Request) -> Any:
         """Items whose factors are closest (cosine) to the item's."""
+        q = similar_params.parse(request.scope)
+        item, k = q["item"], q["k"]
         lm = current()
         m = lm.model
         raw = _resolve(m.item_map, item)
@@ -294,6 +305,7 @@ def _model_info(lm: LoadedModel, model_dir: str) -> dict[str, Any]:
     })
 
 
-def _json(lm: LoadedModel, body: dict[str, Any]) -> JSONResponse:
-    """The response, with header ``X-Model-Version`` naming the model that computed it."""
-    return JSONResponse(body, headers={"X-Model-Version": lm.version})
+def _json(lm: LoadedModel, body: dict[str, Any]) -> Response:
+    """The JSON response (orjson: plain lists and dicts, non-finite floats already None), with header
+    ``X-Model-Version`` naming the model that computed it."""
+    return Response(orjson.dumps(body), media_type="application/json", headers={"X-Model-Version": lm.version})
