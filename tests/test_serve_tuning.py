@@ -140,3 +140,25 @@ def test_hot_routes_keep_their_parameters_in_the_schema(tmp_path):
     assert list(op).index("parameters") < list(op).index("responses")  # where FastAPI puts declared ones
     assert [p["name"] for p in schema["paths"]["/v1/predict"]["get"]["parameters"]] == ["user", "item"]
     assert [p["name"] for p in schema["paths"]["/v1/similar/{item}"]["get"]["parameters"]] == ["item", "k"]
+
+
+def test_hot_routes_are_called_directly_unless_a_dependency_must_run(tmp_path, monkeypatch):
+    from torchmf.serve.routes import DirectRoute
+
+    save(train_small(seed=0), tmp_path / "m")
+    hot = {"/v1/recommend/{user:path}", "/v1/predict", "/v1/similar/{item:path}"}
+    for key in (None, "s3cret"):
+        if key:
+            monkeypatch.setenv("TORCHMF_API_KEY", key)
+        app = create_app(tmp_path / "m", load="now")
+        routes = [r for r in app.routes if getattr(r, "path", None) in hot and "GET" in r.methods]
+        assert len(routes) == 3 and all(isinstance(r, DirectRoute) and r.direct == (key is None) for r in routes)
+        with TestClient(app) as client:
+            headers = {"X-API-Key": key} if key else {}
+            assert client.get("/v1/recommend/3?k=2", headers=headers).status_code == 200
+            assert client.get("/v1/predict?user=3&item=4", headers=headers).status_code == 200
+            assert client.get("/v1/similar/4?k=0", headers=headers).status_code == 422
+            if key:  # the key check still runs first
+                assert client.get("/v1/recommend/3?k=0").status_code == 401
+            text = client.get("/metrics").text
+            assert 'route="/v1/recommend/{user}"' in text and 'route="/v1/similar/{item}"' in text
