@@ -142,7 +142,7 @@ def test_hot_routes_keep_their_parameters_in_the_schema(tmp_path):
     assert [p["name"] for p in schema["paths"]["/v1/similar/{item}"]["get"]["parameters"]] == ["item", "k"]
 
 
-def test_hot_routes_are_called_directly_unless_a_dependency_must_run(tmp_path, monkeypatch):
+def test_hot_routes_are_called_directly_and_still_check_the_key(tmp_path, monkeypatch):
     from torchmf.serve.routes import DirectRoute
 
     save(train_small(seed=0), tmp_path / "m")
@@ -152,13 +152,16 @@ def test_hot_routes_are_called_directly_unless_a_dependency_must_run(tmp_path, m
             monkeypatch.setenv("TORCHMF_API_KEY", key)
         app = create_app(tmp_path / "m", load="now")
         routes = [r for r in app.routes if getattr(r, "path", None) in hot and "GET" in r.methods]
-        assert len(routes) == 3 and all(isinstance(r, DirectRoute) and r.direct == (key is None) for r in routes)
+        assert len(routes) == 3 and all(isinstance(r, DirectRoute) and r.direct for r in routes)
         with TestClient(app) as client:
             headers = {"X-API-Key": key} if key else {}
             assert client.get("/v1/recommend/3?k=2", headers=headers).status_code == 200
             assert client.get("/v1/predict?user=3&item=4", headers=headers).status_code == 200
             assert client.get("/v1/similar/4?k=0", headers=headers).status_code == 422
-            if key:  # the key check still runs first
-                assert client.get("/v1/recommend/3?k=0").status_code == 401
+            if key:  # the key check runs first, before validation
+                for bad in ({}, {"X-API-Key": "wrong"}):
+                    r = client.get("/v1/recommend/3?k=0", headers=bad)
+                    assert r.status_code == 401 and "X-API-Key" in r.json()["error"]
+                    assert client.get("/v1/predict?user=3", headers=bad).status_code == 401
             text = client.get("/metrics").text
             assert 'route="/v1/recommend/{user}"' in text and 'route="/v1/similar/{item}"' in text

@@ -145,23 +145,22 @@ class Params:
         return out
 
 
-_AFTER_PARAMETERS = ("requestBody", "callbacks", "responses")  # FastAPI writes these after "parameters"
+# the keys of an operation in the order FastAPI writes them (openapi_extra's go last)
+_OPERATION_KEYS = ("tags", "summary", "description", "operationId", "deprecated", "security", "parameters",
+                   "requestBody", "callbacks", "responses")
 
 
 def parameters_before_responses(schema: dict[str, Any]) -> dict[str, Any]:
-    """Move each operation's ``parameters`` back to where FastAPI puts declared ones, in place.
+    """Put each operation's keys back in FastAPI's order, in place.
 
-    ``openapi_extra`` is merged at the end of the operation; the document means
+    ``openapi_extra`` (the direct routes' ``parameters`` and, with an API key,
+    ``security``) is merged at the end of the operation; the document means
     the same either way, but this keeps the schema byte-for-byte what it was
-    when the parameters were declared.
+    when the parameters and the key were declared the FastAPI way.
     """
+    rank = {k: j for j, k in enumerate(_OPERATION_KEYS)}
     for item in schema.get("paths", {}).values():
         for method, op in item.items():
-            if not isinstance(op, dict) or "parameters" not in op:
-                continue
-            keys = list(op)
-            keys.remove("parameters")
-            at = next((j for j, k in enumerate(keys) if k in _AFTER_PARAMETERS), len(keys))
-            keys.insert(at, "parameters")
-            item[method] = {k: op[k] for k in keys}
+            if isinstance(op, dict) and "parameters" in op:
+                item[method] = {k: op[k] for k in sorted(op, key=lambda k: rank.get(k, len(rank)))}
     return schema

@@ -4,6 +4,7 @@ No ``from __future__ import annotations``: FastAPI reads these annotations and
 the request models are built per app.
 """
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -48,23 +49,42 @@ class Prefixed:
     request's ``scope["route"]`` carries the full path template for metrics.
     """
 
-    def __init__(self, app: FastAPI, prefix: str, dependencies: list[Any]) -> None:
-        self.app, self.prefix, self.dependencies = app, prefix, dependencies
+    def __init__(self, app: FastAPI, prefix: str, dependencies: list[Any],
+                 verify_key: Callable[[str | None], None] | None = None) -> None:
+        self.app, self.prefix, self.dependencies, self.verify_key = app, prefix, dependencies, verify_key
 
     def get(self, path: str, direct: bool = False, **kwargs: Any) -> Callable:
-        """``app.get``; ``direct=True`` for an endpoint ``(request) -> Response`` (see :class:`DirectRoute`)."""
+        """``app.get``; ``direct=True`` for an endpoint ``(request) -> Response`` (see :class:`DirectRoute`).
+
+        A direct route checks the API key (``verify_key(header value)``, the
+        function the key dependency of the other routes calls) before its
+        endpoint runs, and documents it as those routes do.
+        """
         if not direct:
             return self.app.get(self.prefix + path, dependencies=self.dependencies, **kwargs)
 
         def add(endpoint: Callable) -> Callable:
-            self.app.router.add_api_route(self.prefix + path, endpoint, methods=["GET"],
-                                          dependencies=self.dependencies, route_class_override=DirectRoute, **kwargs)
+            call, extra = endpoint, dict(kwargs.pop("openapi_extra", None) or {})
+            if self.verify_key is not None:
+                call = _key_checked(endpoint, self.verify_key)
+                extra["security"] = [{"APIKeyHeader": []}]
+            self.app.router.add_api_route(self.prefix + path, call, methods=["GET"], openapi_extra=extra or None,
+                                          route_class_override=DirectRoute, **kwargs)
             return endpoint
 
         return add
 
     def post(self, path: str, **kwargs: Any) -> Callable:
         return self.app.post(self.prefix + path, dependencies=self.dependencies, **kwargs)
+
+
+def _key_checked(endpoint: Callable[[Request], Any], verify_key: Callable[[str | None], None]) -> Callable:
+    @functools.wraps(endpoint)
+    async def checked(request: Request) -> Any:
+        verify_key(request.headers.get("x-api-key"))  # 401 before any validation or model work
+        return await endpoint(request)
+
+    return checked
 
 
 class DirectRoute(APIRoute):
@@ -74,8 +94,8 @@ class DirectRoute(APIRoute):
     yet builds three exit stacks, an error context and a dependency solution
     per request (about a third of a top-10 request's CPU time). The route is
     still a FastAPI route (OpenAPI, ``scope["route"]`` for metrics, the app's
-    exception handlers); with dependencies (the API key check) FastAPI's
-    handler runs them as usual.
+    exception handlers); a route given dependencies gets FastAPI's handler,
+    which runs them as usual.
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
