@@ -40,3 +40,24 @@ def test_no_request_gets_a_server_error(case):
     assert response.status_code < 500, f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text}"
     content_type = response.headers.get("content-type", [""])[0]
     assert content_type.startswith(("application/json", "text/plain", "text/html")), response.headers
+
+
+@pytest.fixture(scope="module")
+def open_schema(tmp_path_factory):
+    """No API key: the hot GET routes take the direct dispatch (DirectRoute), fuzzed here too."""
+    path = tmp_path_factory.mktemp("fuzz_open") / "model"
+    save(train_small(seed=1), path)
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app(path, load="now", limits=Limits(max_k=20)))
+
+
+open_hot = schemathesis.pytest.from_fixture("open_schema").include(
+    method="GET", path_regex=r"^/v1/(recommend/\{user\}|predict|similar/\{item\})$"
+)
+
+
+@open_hot.parametrize()
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_hot_routes_without_a_key_never_get_a_server_error(case):
+    response = case.call()
+    assert response.status_code < 500, f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text}"
+    assert response.headers.get("content-type", [""])[0].startswith("application/json"), response.headers

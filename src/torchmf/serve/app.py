@@ -24,6 +24,7 @@ from torchmf.serve import routes
 from torchmf.serve.batcher import MicroBatcher
 from torchmf.serve.catalogue import ItemSearch, read_catalogue
 from torchmf.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics, ServeMiddleware
+from torchmf.serve.query import parameters_before_responses
 from torchmf.serve.schemas import Error, Health, Limits, ReloadResult, build_schemas
 from torchmf.serve.store import LoadedModel, ModelStore
 
@@ -198,19 +199,23 @@ def create_app(
         return lm
 
     dependencies = []
+    verify_key = None
     if api_key is not None:
         header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the service's API key")
         expected = api_key.encode()
 
-        async def check_key(key: str | None = Security(header)) -> None:
+        def verify_key(key: str | None) -> None:
             if key is None or not hmac.compare_digest(key.encode("utf-8", "surrogateescape"), expected):
                 raise HTTPException(401, "missing or wrong API key (send it in the X-API-Key header)")
+
+        async def check_key(key: str | None = Security(header)) -> None:
+            verify_key(key)
 
         dependencies.append(Depends(check_key))
         log.info("API key required on /v1/* (from %s)", config.api_key_env)
 
     schemas = build_schemas(config.limits)
-    v1 = routes.Prefixed(app, "/v1", dependencies)
+    v1 = routes.Prefixed(app, "/v1", dependencies, verify_key)
     routes.add_routes(v1, current, batcher, config.limits, schemas, str(config.model_dir))
 
     @v1.post("/admin/reload", response_model=ReloadResult, responses={409: {"model": Error}}, tags=["admin"])
@@ -248,6 +253,15 @@ def create_app(
     async def explorer() -> HTMLResponse:
         return HTMLResponse(page)
 
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with the hot routes' ``openapi_extra`` parameters where declared ones go."""
+        if app.openapi_schema is None:
+            app.openapi_schema = parameters_before_responses(generate_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     built = True
     if config.freeze_gc and store.current is not None:
         freeze_heap()
