@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--ef-search", type=int, nargs="+", default=[200, 400, 800])
     ap.add_argument("--dims", type=int, default=None,
-                    help="coordinates of the graph (default: build_hnsw's choice; 65 = the full vectors)")
+                    help="build a projected graph over this many coordinates (default: the full vectors)")
     ap.add_argument("--rerank", type=int, nargs="+", default=[0],
                     help="candidates re-scored exactly (projected graphs; 0 = the whole beam), each tried with every"
                          " --ef-search")

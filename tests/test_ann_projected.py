@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from torchmf.errors import ModelFileError
-from torchmf.retrieval.ann_common import choose_dims, import_faiss, score_axes
+from torchmf.retrieval.ann_common import import_faiss, score_axes
 from torchmf.retrieval.ann_io import load_index, save_index
 from torchmf.retrieval.hnsw import HNSWIndex, build_hnsw
 
@@ -58,14 +58,6 @@ def test_score_axes_are_orthonormal_and_ordered_by_energy():
     assert energy.sum() == pytest.approx(1.0) and (np.diff(energy) <= 0).all()
 
 
-def test_choose_dims_leaves_out_at_most_the_residual():
-    energy = np.array([0.6, 0.3, 0.07, 0.02, 0.01])
-    assert choose_dims(energy, 0.5) == 1
-    assert choose_dims(energy, 0.1) == 2  # leaves out exactly 0.1
-    assert choose_dims(energy, 0.05) == 3
-    assert choose_dims(energy, 0.0) == 5
-
-
 def recall(got, want) -> float:
     return float(np.mean([len(set(g) & set(w)) / len(w) for g, w in zip(got, want, strict=True)]))
 
@@ -110,13 +102,12 @@ def test_small_rerank_and_beam_still_find_most(factors):
         idx.set_rerank(-1)
 
 
-def test_automatic_dims_follow_the_spectrum(factors):
+def test_default_graph_holds_the_full_vectors_and_is_written_as_format_1(tmp_path, factors):
     items, bias, users = factors
-    decaying = build_hnsw(items, bias, m=8, ef_construction=40, recall_queries=users, n_recall=0)
-    assert decaying.info["dims"] < DIM + 1 and decaying.info["energy_left_out"] <= 0.03
-    g = torch.Generator().manual_seed(1)
-    flat = build_hnsw(torch.randn(300, 8, generator=g), m=8, ef_construction=40, n_recall=0)
-    assert flat.info["dims"] == 8 and "rerank" not in flat.info  # a flat spectrum is not projected
+    plain = build_hnsw(items, bias, m=8, ef_construction=40, recall_queries=users, n_recall=20)
+    assert plain.info["dims"] == DIM + 1 and "rerank" not in plain.info
+    save_index(plain, tmp_path)  # readable by torchmf versions that know only format 1
+    assert json.loads((tmp_path / "index.hnsw.json").read_text())["format_version"] == 1
 
 
 @pytest.mark.parametrize("dims", [0, 18, 2.5, True])

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "as_f32", "check_int", "choose_dims", "filter_excluded", "import_faiss", "recall_at", "sample_rows", "score_axes",
+    "as_f32", "check_int", "filter_excluded", "import_faiss", "recall_at", "sample_rows", "score_axes",
     "unpack_hnsw",
 ]
 
@@ -100,18 +100,6 @@ def score_axes(x: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarr
     total = energy.sum()
     share = energy[order] / total if total > 0 else np.full(len(lam), 1.0 / len(lam))
     return np.ascontiguousarray(vec[:, order], dtype=np.float32), share
-
-
-def choose_dims(energy: np.ndarray, residual: float) -> int:
-    """Fewest leading axes whose left-out score energy is at most ``residual`` (a share in [0, 1)).
-
-    Parameters
-    ----------
-    energy : numpy.ndarray, shape (width,)
-        Decreasing shares summing to 1 (:func:`score_axes`).
-    """
-    left = 1.0 - np.cumsum(energy)
-    return int(min(len(energy), 1 + np.searchsorted(-left, -residual - 1e-9)))  # 1e-9: rounding of the sums
 
 
 def unpack_hnsw(index: Any) -> tuple[Any, np.ndarray | None, np.ndarray]:

@@ -30,7 +30,7 @@ from torchmf.retrieval.hnsw import HNSWIndex
 __all__ = ["INDEX_FORMAT", "index_files", "index_from_files", "index_names", "load_index", "save_index"]
 
 INDEX_FORMAT = "torchmf-ann-index"
-INDEX_FORMAT_VERSION = 2
+INDEX_FORMAT_VERSION = 2  # the newest; plain graphs are still written as version 1 (older readers load them)
 # versions read back: 1 (plain IndexHNSWFlat) and 2 (also projected graphs)
 _READABLE_VERSIONS = (1, 2)
 
@@ -65,9 +65,10 @@ def index_files(index: HNSWIndex) -> tuple[dict[str, Any], dict[str, bytes]]:
         raise TypeError(f"only HNSW indexes are saved, got {type(index).__name__}")
     faiss = import_faiss()
     data_name, meta_name = _names(index.kind)
+    version = 1 if index.info.get("dims", index.dim + index.has_bias) == index.dim + index.has_bias else 2
     meta = {
         "format": INDEX_FORMAT,
-        "format_version": INDEX_FORMAT_VERSION,
+        "format_version": version,
         "kind": index.kind,
         "n_items": index.n_items,
         "dim": index.dim,
@@ -78,7 +79,7 @@ def index_files(index: HNSWIndex) -> tuple[dict[str, Any], dict[str, bytes]]:
     data = faiss.serialize_index(index.faiss_index).tobytes()
     entry = {
         "kind": index.kind,
-        "format_version": INDEX_FORMAT_VERSION,
+        "format_version": version,
         "file": data_name,
         "sha256": hashlib.sha256(data).hexdigest(),
         "meta_file": meta_name,

@@ -13,11 +13,11 @@ Seen items are removed by over-fetching (``k`` plus the row's number of
 excluded items, doubled while too few survive); a candidate subset is ranked
 exactly. Recall@10 against exact search is measured at build, in ``info``.
 
-When the scores concentrate in few directions (decaying spectra), the graph is
-built over the leading ``dims`` rotated coordinates of
-:func:`~torchmf.retrieval.ann_common.score_axes` (by default the fewest that
-leave out at most ``RESIDUAL_ENERGY`` of the score energy) and its ``rerank``
-best candidates are re-scored exactly with the full vectors (RESULTS §11).
+Optionally (``dims``) the graph is built over the leading rotated coordinates
+of :func:`~torchmf.retrieval.ann_common.score_axes` and its ``rerank`` best
+candidates are re-scored exactly with the full vectors. Not the default: on
+the 1 M synthetic catalogue a 16-coordinate graph had lower recall at every
+beam width than the full one (benchmarks/RESULTS.md §11).
 
 The faiss library is an optional dependency: ``pip install torchmf[ann]``.
 """
@@ -34,7 +34,6 @@ import torch
 from torchmf.retrieval.ann_common import (
     as_f32,
     check_int,
-    choose_dims,
     filter_excluded,
     import_faiss,
     recall_at,
@@ -50,8 +49,6 @@ __all__ = ["HNSWIndex", "build_hnsw"]
 log = logging.getLogger(__name__)
 
 RECALL_K = 10
-# share of the score energy a projected graph may leave out when ``dims`` is not given
-RESIDUAL_ENERGY = 0.03
 # over-fetch never asks the graph for more than this share of the catalogue:
 # past it an exact scan is cheaper than a huge beam
 _MAX_FETCH_SHARE = 0.25
@@ -292,11 +289,10 @@ def build_hnsw(
     ef_search : int
         Default beam width while searching (raised to the fetch size when that is larger).
     dims : int, optional
-        Coordinates the graph is built over (leading axes of
-        :func:`~torchmf.retrieval.ann_common.score_axes`); the full width
-        (factors + 1 with biases) builds the graph over the vectors themselves.
-        Default: the fewest axes leaving out at most ``RESIDUAL_ENERGY`` of the
-        score energy (measured with ``recall_queries``, else the items).
+        Build the graph over this many leading axes of
+        :func:`~torchmf.retrieval.ann_common.score_axes` (energy measured with
+        ``recall_queries``, else the items) and re-rank exactly. Default (or the
+        full width, factors + 1 with biases): the graph holds the vectors themselves.
     rerank : int
         Candidates of a projected graph re-scored exactly per query (at least ``k``);
         0 (default): the whole search beam (``ef_search`` or the fetch size).
@@ -339,11 +335,10 @@ def build_hnsw(
     rng = np.random.default_rng(seed)
     pool = vec if recall_queries is None else recall_queries
     t0 = time.perf_counter()
-    if dims is None or dims < width:
+    dims = width if dims is None else int(dims)
+    if dims < width:
         q = sample_rows(pool, rng, 10_000)
         axes, energy = score_axes(x, np.concatenate([q, np.ones((len(q), 1), np.float32)], 1)[:, :width])
-        dims = choose_dims(energy, RESIDUAL_ENERGY) if dims is None else int(dims)
-    if dims < width:
         lt = faiss.LinearTransform(width, int(dims), False)
         faiss.copy_array_to_vector(np.ascontiguousarray(axes[:, :dims].T).ravel(), lt.A)
         lt.is_trained = True
