@@ -17,7 +17,9 @@ full Python path, without exclusions and with ``--seen`` random items
 excluded per query (over-fetching). All answer one query at a time
 (single-query throughput) after a few warm-up queries; recall@10 (nothing
 excluded) is measured against exact search on ``--recall-queries`` users, for
-each ``--ef-search``.
+each ``--ef-search``. ``--dims N`` builds a projected graph instead (N leading
+score axes, beam re-scored exactly; ``--rerank`` candidates, 0 = the whole
+beam); process CPU time per query is reported beside wall time.
 """
 
 from __future__ import annotations
