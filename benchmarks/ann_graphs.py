@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ef-construction", type=int, default=100)
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pairs", nargs="*", default=[], metavar="IP:ANGULAR",
+                    help="only the union, with these ef_search pairs (e.g. 300:150), plus exact search's wall time")
     args = ap.parse_args(argv)
     faiss = import_faiss()
     items, bias, users = synthetic_factors(args.items, args.queries, 64, 0.3, args.seed)
@@ -82,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     def search(g, q, ef):
         return g.search(q, ef, params=faiss.SearchParametersHNSW(efSearch=ef))[1]
 
-    def union(q, ef):
-        ids = np.concatenate([search(graphs["ip"], q, ef), search(graphs["angular"], q, ef)], 1)
+    def union(q, ef, ef_angular=None):
+        ids = np.concatenate([search(graphs["ip"], q, ef), search(graphs["angular"], q, ef_angular or ef)], 1)
         s = np.einsum("bcd,bd->bc", x[np.maximum(ids, 0)], q)
         s[ids < 0] = -np.inf
         order = np.argsort(-s, 1)
@@ -91,6 +93,30 @@ def main(argv: list[str] | None = None) -> int:
         s[:, 1:][ids[:, 1:] == ids[:, :-1]] = -np.inf  # an item both graphs found: keep one
         return np.take_along_axis(ids, np.argsort(-s, 1, kind="stable")[:, :10], 1)
 
+    if args.pairs:
+        import torch
+
+        from torchmf.retrieval import ExactIndex
+
+        exact = ExactIndex(torch.from_numpy(items), torch.from_numpy(bias))
+        start = time.perf_counter()
+        for i in range(100):
+            exact.search(torch.from_numpy(users[i : i + 1]), 10)
+        exact_ms = (time.perf_counter() - start) / 100 * 1e3
+        print(f"exact (ExactIndex.search, torch {torch.get_num_threads()} threads): {exact_ms:.2f} ms/query wall")
+        print("| union ef_search ip:angular | recall@10 | ms/query wall | CPU ms/query | × exact (wall) |\n"
+              "|---|---:|---:|---:|---:|")
+        for pair in args.pairs:
+            a, b = (int(v) for v in pair.split(":"))
+            got = np.concatenate([union(y[i : i + 1], a, b) for i in range(len(y))])
+            start, cpu = time.perf_counter(), time.process_time()
+            for i in range(len(y)):
+                union(y[i : i + 1], a, b)
+            wall, cpu = (time.perf_counter() - start) / len(y), (time.process_time() - cpu) / len(y)
+            print(f"| {a}:{b} | {recall_at(got, best).mean():.4f} | {wall * 1e3:.3f} | {cpu * 1e3:.3f} |"
+                  f" {exact_ms / (wall * 1e3):.1f} |", flush=True)
+        faiss.omp_set_num_threads(threads)
+        return 0
     print("| search | ef_search | recall@10 | CPU ms/query |\n|---|---:|---:|---:|")
     for name, ef_list in (("ip", (100, 200, 400, 800, 1600)), ("angular", (100, 200, 400, 800, 1600)),
                           ("union", (50, 100, 200, 400))):
