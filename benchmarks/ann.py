@@ -17,7 +17,9 @@ full Python path, without exclusions and with ``--seen`` random items
 excluded per query (over-fetching). All answer one query at a time
 (single-query throughput) after a few warm-up queries; recall@10 (nothing
 excluded) is measured against exact search on ``--recall-queries`` users, for
-each ``--ef-search``.
+each ``--ef-search``. ``--dims N`` builds a projected graph instead (N leading
+score axes, beam re-scored exactly; ``--rerank`` candidates, 0 = the whole
+beam); process CPU time per query is reported beside wall time.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 from torchmf.retrieval import ExactIndex
-from torchmf.retrieval.hnsw import build_hnsw, measure_recall
+from torchmf.retrieval.ann_common import recall_at
+from torchmf.retrieval.hnsw import build_hnsw
 
 
 def synthetic_factors(n_items: int, n_users: int, dim: int, spread: float, seed: int):
@@ -52,13 +55,17 @@ def synthetic_factors(n_items: int, n_users: int, dim: int, spread: float, seed:
     return items, bias, users
 
 
+CPU_SECONDS: list[float] = []  # CPU time per query of each per_query_seconds call (a loaded machine inflates wall time)
+
+
 def per_query_seconds(fn, queries: np.ndarray, warmup: int = 5) -> float:
     """Mean wall time of ``fn(one query row)`` over the rows, after ``warmup`` untimed calls."""
     for i in range(min(warmup, len(queries))):
         fn(queries[i : i + 1])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i in range(len(queries)):
         fn(queries[i : i + 1])
+    CPU_SECONDS.append((time.process_time() - cpu) / len(queries))  # of this process, all threads
     return (time.perf_counter() - start) / len(queries)
 
 
@@ -79,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=200)
-    ap.add_argument("--ef-search", type=int, nargs="+", default=[100, 200, 400])
+    ap.add_argument("--ef-search", type=int, nargs="+", default=[200, 400, 800])
+    ap.add_argument("--dims", type=int, default=None,
+                    help="build a projected graph over this many coordinates (default: the full vectors)")
+    ap.add_argument("--rerank", type=int, nargs="+", default=[0],
+                    help="candidates re-scored exactly (projected graphs; 0 = the whole beam), each tried with every"
+                         " --ef-search")
     ap.add_argument("--recall-queries", type=int, default=1000)
     ap.add_argument("--timed-queries", type=int, default=200, help="single queries timed per method")
     ap.add_argument("--seen", type=int, default=100, help="items excluded per query in the over-fetch timing")
@@ -105,39 +117,54 @@ def main(argv: list[str] | None = None) -> int:
     bare_s = per_query_seconds(matmul_topk, timed)
     exact_s = per_query_seconds(lambda q: exact_index.search(torch.from_numpy(q), 10), timed)
     print(f"exact top-10 (ExactIndex.search): {exact_s * 1e3:.2f} ms/query = {1 / exact_s:,.0f} queries/s;"
-          f" bare matmul + topk {bare_s * 1e3:.2f} ms/query")
+          f" bare matmul + topk {bare_s * 1e3:.2f} ms/query; CPU {CPU_SECONDS[-1] * 1e3:.2f} ms/query", flush=True)
     rng = np.random.default_rng(args.seed + 1)
     seen = [np.sort(rng.choice(args.items, min(args.seen, args.items - 1), replace=False)) for _ in timed]
 
     start = time.perf_counter()
-    index = build_hnsw(items, bias, m=args.m, ef_construction=args.ef_construction,
-                       ef_search=args.ef_search[0], recall_queries=users, n_recall=args.recall_queries,
+    index = build_hnsw(items, bias, m=args.m, ef_construction=args.ef_construction, ef_search=args.ef_search[0],
+                       dims=args.dims, rerank=args.rerank[0], recall_queries=users, n_recall=args.recall_queries,
                        seed=args.seed)
     build_s = time.perf_counter() - start
-    print(f"HNSW build (m={args.m}, ef_construction={args.ef_construction}): graph {index.info['build_seconds']:.1f} s,"
-          f" with recall measurement {build_s:.1f} s; recall@10 stored: {index.info['recall_at_10']:.4f}")
+    print(f"HNSW build (m={args.m}, ef_construction={args.ef_construction}, dims={index.info['dims']}):"
+          f" graph {index.info['build_seconds']:.1f} s, with recall measurement {build_s:.1f} s;"
+          f" recall@10 stored: {index.info['recall_at_10']:.4f}", flush=True)
 
+    rec_q = torch.from_numpy(users[: args.recall_queries])
+    best = exact_index.search(rec_q, 10)[0]  # the exact top-10, computed once
+    projected = index.info["dims"] < args.dim + 1
     rows = []
-    for ef in args.ef_search:
+    for rerank, ef in itertools.product(args.rerank if projected else [0], args.ef_search):
         index.set_ef_search(ef)
-        recall = measure_recall(index, users[: args.recall_queries])
+        if projected:
+            index.set_rerank(rerank)
+        recall = float(np.concatenate([recall_at(index.search(rec_q[s : s + 256], 10)[0], best[s : s + 256])
+                                       for s in range(0, len(rec_q), 256)]).mean())
         sec = per_query_seconds(lambda q: index.search(q, 10), timed)
+        cpu_s = CPU_SECONDS[-1]
         sec_seen = per_query_seconds(excluding(index, seen), timed)
-        rows.append({"ef_search": ef, "recall_at_10": round(recall, 4), "ms_per_query": round(sec * 1e3, 3),
+        rows.append({"ef_search": ef, "rerank": rerank, "recall_at_10": round(recall, 4),
+                     "ms_per_query": round(sec * 1e3, 3),
+                     "cpu_ms_per_query": round(cpu_s * 1e3, 3),
                      "queries_per_s": round(1 / sec), "speedup_vs_exact": round(exact_s / sec, 1),
                      "ms_per_query_seen": round(sec_seen * 1e3, 3)})
-        print(f"HNSW ef_search={ef}: recall@10 {recall:.4f}, {sec * 1e3:.3f} ms/query = {1 / sec:,.0f} queries/s,"
-              f" {exact_s / sec:.1f}x exact; {sec_seen * 1e3:.3f} ms/query with {args.seen} seen items excluded")
+        print(f"HNSW ef_search={ef} rerank={rerank}: recall@10 {recall:.4f}, {sec * 1e3:.3f} ms/query"
+              f" = {1 / sec:,.0f} queries/s,"
+              f" {exact_s / sec:.1f}x exact (CPU {cpu_s * 1e3:.3f} ms);"
+              f" {sec_seen * 1e3:.3f} ms/query with {args.seen} seen items excluded",
+              flush=True)
 
     print(f"\n| search | recall@10 | ms/query | queries/s | × exact | ms/query, {args.seen} seen excluded |")
     print("|---|---:|---:|---:|---:|---:|")
     print(f"| exact (ExactIndex) | 1.0000 | {exact_s * 1e3:.2f} | {1 / exact_s:,.0f} | 1.0 | |")
     for r in rows:
-        print(f"| HNSW ef_search={r['ef_search']} | {r['recall_at_10']:.4f} | {r['ms_per_query']:.3f} |"
+        print(f"| HNSW ef_search={r['ef_search']} rerank={r['rerank']} | {r['recall_at_10']:.4f} |"
+              f" {r['ms_per_query']:.3f} |"
               f" {r['queries_per_s']:,} | {r['speedup_vs_exact']} | {r['ms_per_query_seen']:.3f} |")
     if args.json:
         out = {"machine": machine(), "args": vars(args), "exact_ms_per_query": exact_s * 1e3,
-               "bare_matmul_topk_ms_per_query": bare_s * 1e3, "build_seconds": index.info["build_seconds"],
+               "bare_matmul_topk_ms_per_query": bare_s * 1e3,
+               "exact_cpu_ms_per_query": CPU_SECONDS[1] * 1e3, "build_seconds": index.info["build_seconds"],
                "hnsw": rows}
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0

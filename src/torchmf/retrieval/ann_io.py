@@ -3,7 +3,9 @@
 An index is two files in the model folder:
 
 - ``index.hnsw.faiss``: the graph and vectors in faiss' own binary format
-  (``faiss.write_index``; plain arrays, nothing executable);
+  (``faiss.write_index``; plain arrays, nothing executable): an
+  ``IndexHNSWFlat``, or (format version 2, projected graphs) an
+  ``IndexRefineFlat`` over an ``IndexPreTransform`` of one;
 - ``index.hnsw.json``: kind, sizes, build parameters and the recall measured at build time.
 
 :func:`save_index` returns a small JSON-able entry holding the SHA-256 of both
@@ -28,7 +30,9 @@ from torchmf.retrieval.hnsw import HNSWIndex
 __all__ = ["INDEX_FORMAT", "index_files", "index_from_files", "index_names", "load_index", "save_index"]
 
 INDEX_FORMAT = "torchmf-ann-index"
-INDEX_FORMAT_VERSION = 1
+INDEX_FORMAT_VERSION = 2  # the newest; plain graphs are still written as version 1 (older readers load them)
+# versions read back: 1 (plain IndexHNSWFlat) and 2 (also projected graphs)
+_READABLE_VERSIONS = (1, 2)
 
 
 def _names(kind: str) -> tuple[str, str]:
@@ -61,9 +65,10 @@ def index_files(index: HNSWIndex) -> tuple[dict[str, Any], dict[str, bytes]]:
         raise TypeError(f"only HNSW indexes are saved, got {type(index).__name__}")
     faiss = import_faiss()
     data_name, meta_name = _names(index.kind)
+    version = 1 if index.info.get("dims", index.dim + index.has_bias) == index.dim + index.has_bias else 2
     meta = {
         "format": INDEX_FORMAT,
-        "format_version": INDEX_FORMAT_VERSION,
+        "format_version": version,
         "kind": index.kind,
         "n_items": index.n_items,
         "dim": index.dim,
@@ -74,7 +79,7 @@ def index_files(index: HNSWIndex) -> tuple[dict[str, Any], dict[str, bytes]]:
     data = faiss.serialize_index(index.faiss_index).tobytes()
     entry = {
         "kind": index.kind,
-        "format_version": INDEX_FORMAT_VERSION,
+        "format_version": version,
         "file": data_name,
         "sha256": hashlib.sha256(data).hexdigest(),
         "meta_file": meta_name,
@@ -190,19 +195,21 @@ def index_from_files(entry: dict[str, Any], files: dict[str, bytes], where: Any)
         raise ModelFileError(f"{folder / meta_name}: not valid JSON") from None
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
         raise ModelFileError(f"{folder / meta_name}: not a torchmf index description")
-    if meta.get("format_version") != INDEX_FORMAT_VERSION:
+    version = meta.get("format_version")
+    if version not in _READABLE_VERSIONS or isinstance(version, bool):
         raise ModelFileError(f"{folder / meta_name}: index format version {meta.get('format_version')!r} not supported")
     faiss = import_faiss()
     try:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))  # already the concrete type
     except RuntimeError as exc:
         raise ModelFileError(f"{folder / data_name}: not a faiss index ({str(exc).splitlines()[0]})") from None
-    if not isinstance(index, faiss.IndexHNSWFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+    if version == 1 and not isinstance(index, faiss.IndexHNSWFlat):
         raise ModelFileError(f"{folder / data_name}: not an inner-product HNSW index")
     try:
         out = HNSWIndex(index, int(meta["dim"]), bool(meta["has_bias"]), dict(meta["info"]))
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{folder / meta_name}: {exc}") from None
+        where = data_name if "HNSW index" in str(exc) else meta_name
+        raise ModelFileError(f"{folder / where}: {exc}") from None
     if out.n_items != meta.get("n_items") or out.n_items != entry.get("n_items"):
         said = entry.get("n_items")
         raise ModelFileError(f"{folder / data_name}: holds {out.n_items} items, the manifest says {said}")

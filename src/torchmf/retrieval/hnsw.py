@@ -11,8 +11,13 @@ inner-product graph, so it is not used.
 
 Seen items are removed by over-fetching (``k`` plus the row's number of
 excluded items, doubled while too few survive); a candidate subset is ranked
-exactly over the stored vectors. Recall@10 against exact search is measured
-when the index is built and kept in :attr:`HNSWIndex.info`.
+exactly. Recall@10 against exact search is measured at build, in ``info``.
+
+Optionally (``dims``) the graph is built over the leading rotated coordinates
+of :func:`~torchmf.retrieval.ann_common.score_axes` and its ``rerank`` best
+candidates are re-scored exactly with the full vectors. Not the default: on
+the 1 M synthetic catalogue a 16-coordinate graph had lower recall at every
+beam width than the full one (benchmarks/RESULTS.md §11).
 
 The faiss library is an optional dependency: ``pip install torchmf[ann]``.
 """
@@ -26,7 +31,16 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from torchmf.retrieval.ann_common import filter_excluded, import_faiss, recall_at
+from torchmf.retrieval.ann_common import (
+    as_f32,
+    check_int,
+    filter_excluded,
+    import_faiss,
+    recall_at,
+    sample_rows,
+    score_axes,
+    unpack_hnsw,
+)
 from torchmf.retrieval.base import CSR, csr_rows
 from torchmf.retrieval.exact import ExactIndex
 
@@ -57,8 +71,8 @@ class HNSWIndex:
         Whether item biases were folded into the index.
     info : dict
         JSON-able build parameters and measurements: ``m``, ``ef_construction``,
-        ``ef_search``, ``recall_at_10``, ``recall_queries``,
-        ``build_seconds``.
+        ``ef_search``, ``dims`` (and for projected graphs ``rerank``, ``energy_left_out``),
+        ``recall_at_10``, ``recall_queries``, ``build_seconds``.
     """
 
     kind: ClassVar[str] = "hnsw"
@@ -68,11 +82,13 @@ class HNSWIndex:
         if faiss_index.d != width:
             raise ValueError(f"HNSW index has width {faiss_index.d}; dim={dim}, has_bias={has_bias} need {width}")
         self._index = faiss_index
+        self._graph, self._proj, self._full = unpack_hnsw(faiss_index)
         self.n_items = int(faiss_index.ntotal)
         self.dim = int(dim)
         self.has_bias = bool(has_bias)
         self.info = dict(info)
         self.ef_search = int(info.get("ef_search", 100))
+        self.rerank = int(info.get("rerank") or 0)  # 0: the whole beam
         self._param_cache: dict[int, Any] = {}
 
     def __repr__(self) -> str:
@@ -81,7 +97,12 @@ class HNSWIndex:
 
     @property
     def faiss_index(self) -> Any:
-        """The underlying ``faiss.IndexHNSWFlat`` (written by ``faiss.write_index``)."""
+        """The underlying faiss index (what the index file holds).
+
+        A ``faiss.IndexHNSWFlat`` over the full vectors, or (projected graphs) an
+        ``IndexRefineFlat`` holding the full vectors around an ``IndexPreTransform``
+        (the rotation to ``dims`` coordinates) of an ``IndexHNSWFlat``.
+        """
         return self._index
 
     # ------------------------------------------------------------------ vectors
@@ -106,16 +127,14 @@ class HNSWIndex:
         items = np.ascontiguousarray(items, dtype=np.int64)
         if len(items) == 0:
             return np.zeros((0, self._index.d), dtype=np.float32)
-        return self._index.reconstruct_batch(items)
+        return self._full[items]
 
     def all_item_vectors(self) -> np.ndarray:
         """Every stored item row, shape ``(n_items, width)`` float32.
 
         A view of the index's own storage (no copy; do not write to it), valid while this index lives.
         """
-        faiss = import_faiss()
-        storage = faiss.downcast_index(self._index.storage)
-        return faiss.rev_swig_ptr(storage.get_xb(), self.n_items * self._index.d).reshape(self.n_items, -1)
+        return self._full
 
     # ------------------------------------------------------------------ search
     def search(
@@ -147,8 +166,7 @@ class HNSWIndex:
         scores : numpy.ndarray of float32, shape (B, k)
             Exact scores of the items found, -inf padded.
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        check_int("k", k)
         y = self._queries(queries)
         B = len(y)
         if candidates is not None:
@@ -171,6 +189,22 @@ class HNSWIndex:
             params = import_faiss().SearchParametersHNSW(efSearch=ef)
             self._param_cache[ef] = params
         return params
+
+    def _candidates(self, y: np.ndarray, kf: int) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``kf`` (scores, ids) per row of ``y`` (B, width), like faiss' ``search``: best first, -1 padded.
+
+        A projected graph returns ``max(kf, rerank)`` candidates (``rerank`` 0: the
+        whole beam, ``ef_search``) by the projected scores; they are re-scored
+        exactly over the full vectors.
+        """
+        if self._proj is None:
+            return self._index.search(y, kf, params=self._params(kf))
+        c = min(max(kf, self.rerank or self.ef_search), self.n_items)
+        _, ids = self._graph.search(np.ascontiguousarray(y @ self._proj), c, params=self._params(c))
+        s = np.einsum("bcd,bd->bc", self._full[np.maximum(ids, 0)], y)
+        s[ids < 0] = -np.inf
+        order = np.argsort(-s, axis=1, kind="stable")[:, :kf]
+        return np.take_along_axis(s, order, 1), np.take_along_axis(ids, order, 1)
 
     def _graph_search(
         self, y: np.ndarray, k: int, exclude: CSR | None
@@ -199,7 +233,7 @@ class HNSWIndex:
             groups = np.unique(fetch[todo])
             for kf in groups:
                 rows = todo if len(groups) == 1 else todo[fetch[todo] == kf]
-                s, ids = self._index.search(y[rows], int(kf), params=self._params(int(kf)))
+                s, ids = self._candidates(y[rows], int(kf))
                 if exclude is not None and n_excl[rows].any():
                     ids = filter_excluded(ids, exclude if len(rows) == B else csr_rows(*exclude, rows), n)
                     s[ids < 0] = -np.inf
@@ -218,10 +252,15 @@ class HNSWIndex:
 
     def set_ef_search(self, ef_search: int) -> None:
         """Beam width at query time: larger = better recall, slower queries."""
-        if isinstance(ef_search, bool) or not isinstance(ef_search, (int, np.integer)) or ef_search < 1:
-            raise ValueError(f"ef_search must be a positive integer, got {ef_search!r}")
+        check_int("ef_search", ef_search)
         self.ef_search = int(ef_search)
         self.info["ef_search"] = int(ef_search)
+
+    def set_rerank(self, rerank: int) -> None:
+        """Candidates re-scored exactly per query (projected graphs; 0 = the whole beam): more = better recall."""
+        check_int("rerank", rerank, low=0)
+        self.rerank = int(rerank)
+        self.info["rerank"] = int(rerank)
 
 
 def build_hnsw(
@@ -231,6 +270,8 @@ def build_hnsw(
     m: int = 32,
     ef_construction: int = 200,
     ef_search: int = 100,
+    dims: int | None = None,
+    rerank: int = 0,
     recall_queries: torch.Tensor | np.ndarray | None = None,
     n_recall: int = 1000,
     seed: int = 0,
@@ -247,6 +288,14 @@ def build_hnsw(
         Beam width while building.
     ef_search : int
         Default beam width while searching (raised to the fetch size when that is larger).
+    dims : int, optional
+        Build the graph over this many leading axes of
+        :func:`~torchmf.retrieval.ann_common.score_axes` (energy measured with
+        ``recall_queries``, else the items) and re-rank exactly. Default (or the
+        full width, factors + 1 with biases): the graph holds the vectors themselves.
+    rerank : int
+        Candidates of a projected graph re-scored exactly per query (at least ``k``);
+        0 (default): the whole search beam (``ef_search`` or the fetch size).
     recall_queries : torch.Tensor or numpy.ndarray, shape (n, d), optional
         Query vectors (typically user factors) to measure recall@10 on; ``n_recall`` of
         them are drawn with ``seed``. Without them recall is measured on ``n_recall``
@@ -263,27 +312,42 @@ def build_hnsw(
         nothing excluded) that the index returns.
     """
     for name, v in (("m", m), ("ef_construction", ef_construction), ("ef_search", ef_search)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if isinstance(n_recall, bool) or not isinstance(n_recall, (int, np.integer)) or n_recall < 0:
-        raise ValueError(f"n_recall must be a non-negative integer, got {n_recall!r}")
+        check_int(name, v)
+    check_int("rerank", rerank, low=0)
+    check_int("n_recall", n_recall, low=0)
     faiss = import_faiss()
-    vec = _as_f32(item_vectors)
+    vec = as_f32(item_vectors)
     if vec.ndim != 2 or len(vec) == 0:
         raise ValueError(f"item_vectors must have shape (n_items, d) with n_items > 0, got {tuple(vec.shape)}")
     n, d = vec.shape
     parts = [vec]
     if item_bias is not None:
-        bias = _as_f32(item_bias).reshape(-1)
+        bias = as_f32(item_bias).reshape(-1)
         if len(bias) != n:
             raise ValueError(f"item_bias has {len(bias)} entries for {n} items")
         parts.append(bias[:, None])
     if not all(np.isfinite(p).all() for p in parts):
         raise ValueError("item vectors or biases contain NaN or infinity")
     x = np.ascontiguousarray(np.concatenate(parts, axis=1))
+    width = x.shape[1]
+    if dims is not None:
+        check_int("dims", dims, high=width)
+    rng = np.random.default_rng(seed)
+    pool = vec if recall_queries is None else recall_queries
     t0 = time.perf_counter()
-    index = faiss.IndexHNSWFlat(x.shape[1], int(m), faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = int(ef_construction)
+    dims = width if dims is None else int(dims)
+    if dims < width:
+        q = sample_rows(pool, rng, 10_000)
+        axes, energy = score_axes(x, np.concatenate([q, np.ones((len(q), 1), np.float32)], 1)[:, :width])
+        lt = faiss.LinearTransform(width, int(dims), False)
+        faiss.copy_array_to_vector(np.ascontiguousarray(axes[:, :dims].T).ravel(), lt.A)
+        lt.is_trained = True
+        graph = faiss.IndexHNSWFlat(int(dims), int(m), faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = int(ef_construction)
+        index = faiss.IndexRefineFlat(faiss.IndexPreTransform(lt, graph))
+    else:
+        index = faiss.IndexHNSWFlat(width, int(m), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(ef_construction)
     index.add(x)
     build_s = time.perf_counter() - t0
     info: dict[str, Any] = {
@@ -293,14 +357,15 @@ def build_hnsw(
         "m": int(m),
         "ef_construction": int(ef_construction),
         "ef_search": int(ef_search),
+        "dims": int(dims),
         "build_seconds": round(build_s, 3),
     }
+    if dims < width:
+        info["rerank"] = int(rerank)
+        info["energy_left_out"] = round(float(energy[dims:].sum()), 5)
     out = HNSWIndex(index, d, item_bias is not None, info)
-    rng = np.random.default_rng(seed)
-    pool = vec if recall_queries is None else recall_queries
     if n_recall and len(pool):
-        rows = np.sort(rng.choice(len(pool), size=min(n_recall, len(pool)), replace=False))
-        sample = _as_f32(pool[torch.from_numpy(rows)] if isinstance(pool, torch.Tensor) else pool[rows])
+        sample = sample_rows(pool, rng, n_recall)
         out.info["recall_at_10"] = round(measure_recall(out, sample, RECALL_K), 4)
         out.info["recall_queries"] = len(sample)
         out.info["recall_source"] = "items" if recall_queries is None else "users"
@@ -323,9 +388,3 @@ def measure_recall(index: HNSWIndex, queries: np.ndarray, k: int = RECALL_K, blo
         best, _ = exact.search(torch.from_numpy(index._queries(q)), k)
         hits.append(recall_at(approx, best))
     return float(np.concatenate(hits).mean()) if hits else float("nan")
-
-
-def _as_f32(v: torch.Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(v, torch.Tensor):
-        return v.detach().to("cpu", torch.float32).numpy()
-    return np.asarray(v, dtype=np.float32)
