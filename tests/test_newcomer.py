@@ -35,6 +35,10 @@ def test_recommend_for_stores_nothing_and_matches_fold_in(ials, data) -> None:
     again = stored.recommend("visitor", k=5)
     assert list(again["item"]) == list(visitor["item"])
     np.testing.assert_allclose(again["score"], visitor["score"], rtol=1e-5)
+    # top_k_for is the same ranking as arrays of item indices (what the service uses)
+    idx, scores = ials.top_k_for(items, k=5)
+    assert list(ials.item_map.raw(idx)) == list(visitor["item"])
+    np.testing.assert_array_equal(scores, visitor["score"].to_numpy())
 
 
 def test_explain_ials_splits_the_score_exactly(ials) -> None:

@@ -165,3 +165,31 @@ def test_hot_routes_are_called_directly_and_still_check_the_key(tmp_path, monkey
                     assert client.get("/v1/predict?user=3", headers=bad).status_code == 401
             text = client.get("/metrics").text
             assert 'route="/v1/recommend/{user}"' in text and 'route="/v1/similar/{item}"' in text
+
+
+def test_batcher_call_runs_on_the_scoring_thread_and_returns_each_callers_error():
+    # visitor fold-ins run through MicroBatcher.call: one caller's exception must reach that caller only
+    import asyncio
+    import threading
+
+    from torchmf.serve.batcher import MicroBatcher
+
+    batcher = MicroBatcher()
+
+    def fail() -> None:
+        raise KeyError("unknown item 'x'")
+
+    async def go():
+        return await asyncio.gather(
+            batcher.call(None, lambda: threading.current_thread().name),
+            batcher.call(None, fail),
+            batcher.call(None, lambda: 41 + 1),
+            return_exceptions=True,
+        )
+
+    try:
+        name, error, value = asyncio.run(go())
+    finally:
+        batcher.stop()
+    assert name == "torchmf-topk" and value == 42
+    assert isinstance(error, KeyError) and "unknown item" in str(error)

@@ -231,6 +231,25 @@ class RankingMixin:
         pandas.DataFrame
             Columns ``item, score``, best first.
         """
+        top_items, top_scores = self.top_k_for(interactions, k, exclude_seen, items, approximate)
+        return pd.DataFrame({"item": self.item_map.raw(top_items), "score": top_scores})
+
+    def top_k_for(
+        self,
+        interactions: Mapping[Hashable, float] | Iterable[Hashable],
+        k: int = 10,
+        exclude_seen: bool = True,
+        items: Iterable[Hashable] | None = None,
+        approximate: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`recommend_for` as arrays: the ranking behind it, without building a DataFrame.
+
+        Returns
+        -------
+        items : numpy.ndarray of int64, shape (m,)
+            Item indices (``item_map.raw(items)`` gives the ids), best first; m <= k.
+        scores : numpy.ndarray of float32, shape (m,)
+        """
         k = check_k(k)
         self.model  # noqa: B018 - raises before fit
         w, seen, _ = fold_in_row(self, "the visitor", interactions)
@@ -246,5 +265,5 @@ class RankingMixin:
         top_items, top_scores = self._index(approximate).search(
             query, min(k, len(self.item_map)), offsets=offsets, exclude=exclude, candidates=cand
         )
-        return self._frame(np.array([None], dtype=object), top_items, top_scores, single=True)
-
+        valid = top_items[0] >= 0
+        return top_items[0][valid], top_scores[0][valid]

@@ -184,8 +184,12 @@ def add_routes(
                 given[raw] = value
         else:
             given = list(dict.fromkeys(_resolve(m.item_map, t) for t in body.interactions))
-        df = await run_in_threadpool(lambda: m.recommend_for(given, k=body.k, exclude_seen=True))
-        return _json(lm, {"items": _scored(lm, df["item"].tolist(), df["score"].to_numpy())})
+        def rank() -> tuple[list, Any]:
+            top, scores = m.top_k_for(given, k=body.k, exclude_seen=True)
+            return m.item_map.raw(top).tolist(), scores
+
+        ranked, scores = await batcher.call(m, rank)
+        return _json(lm, {"items": _scored(lm, ranked, scores)})
 
     predict_params = Params(Param("user", "str", description="user id"), Param("item", "str", description="item id"))
 
