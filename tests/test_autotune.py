@@ -134,17 +134,9 @@ def _ratings_only() -> torchmf.MatrixFactorization:
     return torchmf.MatrixFactorization(solver="als", **extra)
 
 
-def test_budget_on_a_simulated_clock(ratings: torchmf.Interactions, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_budget_on_a_simulated_clock(ratings: torchmf.Interactions, simulated_clock: dict[str, float]) -> None:
     """Each epoch of any fit (trials and refit) costs one simulated second; the total must stay in budget."""
-    clock = {"t": 0.0}
-    original = monitor_module.Monitor.end_epoch
-
-    def end_epoch(self, epoch: int, train_loss: float) -> bool:
-        clock["t"] += 1.0
-        return original(self, epoch, train_loss)
-
-    monkeypatch.setattr(monitor_module.Monitor, "end_epoch", end_epoch)
-    monkeypatch.setattr(autotune_module, "_clock", lambda: clock["t"])
+    clock = simulated_clock
     model = torchmf.autotune(_ratings_only(), ratings, budget_s=120, max_epochs=8, verbose=False)
     table = model.tuning_
     # the search stopped on its own (no n_trials), used most of the budget, and the refit still fit in it
