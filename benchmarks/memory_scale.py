@@ -75,6 +75,64 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+class PhaseProbe:
+    """RSS phase by phase (benchmark-only): a thread samples ``/proc/self/statm`` every 2 ms and the
+    fit's set-up steps are wrapped to name the phase; reports the highest RSS seen in each phase and
+    the RSS when it ended."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.phase, self.rows, self.high = "start", [], rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.high = max(self.high, rss_mb())
+
+    def enter(self, name: str) -> None:
+        self.high = max(self.high, rss_mb())
+        self.rows.append({"phase": self.phase, "high_mb": round(self.high), "end_mb": round(rss_mb())})
+        self.phase, self.high = name, rss_mb()
+
+    def wrap(self, owner: object, attr: str, name: str) -> None:
+        """Name the phase ``name`` while ``owner.attr`` runs; what follows it is ``after <name>``."""
+        inner = getattr(owner, attr)
+        is_class_method = isinstance(owner.__dict__.get(attr), classmethod) if isinstance(owner, type) else False
+
+        def wrapped(*args, **kwargs):
+            self.enter(name)
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.enter(f"after {name}")
+
+        setattr(owner, attr, classmethod(lambda cls, *a, **k: wrapped(*a, **k)) if is_class_method else wrapped)
+
+    def stop(self) -> list[dict]:
+        self.enter("end")
+        self._stop.set()
+        return self.rows
+
+
+def probe_torchmf() -> PhaseProbe:
+    """A :class:`PhaseProbe` around torchmf's fit set-up steps."""
+    import torchmf
+    from torchmf.estimator import mf
+    from torchmf.solvers import ials_solver
+
+    probe = PhaseProbe()
+    probe.wrap(torchmf.Interactions, "from_csr", "from_csr")
+    probe.wrap(torchmf.Interactions, "compact", "compact")
+    probe.wrap(ials_solver, "confidence", "confidence")
+    probe.wrap(ials_solver, "ials_side", "ials_side")
+    probe.wrap(ials_solver.IALSSolver, "epoch", "sweep")
+    probe.wrap(mf.MatrixFactorization, "_set_seen", "seen index")
+    return probe
+
+
 def read_one(reader: str, csv: str) -> dict:
     """The CSV read in this process by ``read_ratings``: streamed by pyarrow ("arrow") or by pandas ("pandas")."""
     import torchmf
@@ -115,11 +173,14 @@ def run_one(library: str, cache: str, factors: int, epochs: int) -> dict:
 
         import torchmf
 
+        probe = probe_torchmf() if os.environ.get("MEMORY_PHASES") else None
         t = time.perf_counter()
         data = torchmf.Interactions.from_csr(m, implicit=True)
         convert = time.perf_counter() - t
         torchmf.MatrixFactorization(loss="ials", factors=factors, epochs=epochs, device="cpu", verbose=False).fit(data)
         threads = torch.get_num_threads()
+        if probe is not None:
+            print(json.dumps(probe.stop()), file=sys.stderr)
     else:
         from implicit.cpu.als import AlternatingLeastSquares
 
@@ -172,6 +233,8 @@ def main() -> None:
     for lib in runs:
         out = subprocess.run([sys.executable, __file__, "--one", lib, "--cache", args.cache, "--factors",
                               str(args.factors), "--epochs", str(args.epochs)], capture_output=True, text=True)
+        if os.environ.get("MEMORY_PHASES") and out.stderr:
+            print(out.stderr.strip(), file=sys.stderr)
         if out.returncode:
             print(f"| {lib} | failed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode} |")
             continue

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 
 from torchmf.errors import DataError
 
-__all__ = ["count_repeats", "csr_order", "is_csr_sorted"]
+__all__ = ["count_repeats", "csr_order", "csr_transpose", "is_csr_sorted"]
 
 _BLOCK = 1 << 16
 
@@ -94,3 +94,33 @@ def csr_order(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> t
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
     return indptr, order
+
+
+def csr_transpose(indptr: np.ndarray, indices: np.ndarray, n_cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pattern of a CSR matrix's transpose and where each of its entries sits in the original.
+
+    Linear time (scipy's counting sort); 32-bit outputs where they fit, and no
+    pair-sized temporary beyond the outputs and one position array.
+
+    Parameters
+    ----------
+    indptr : numpy.ndarray of int, shape (n_rows + 1,)
+    indices : numpy.ndarray of int, shape (nnz,)
+        Columns, sorted within each row, none repeated.
+    n_cols : int
+
+    Returns
+    -------
+    indptr_t : numpy.ndarray of int, shape (n_cols + 1,)
+    rows : numpy.ndarray of int, shape (nnz,)
+        Row of each entry of the transpose (its column indices), ascending within a column.
+    order : numpy.ndarray of int, shape (nnz,)
+        Position in ``indices`` of each entry of the transpose: ``indices[order]`` repeats
+        each column number ``indptr_t`` says, and values move as ``values[order]``.
+    """
+    nnz = len(indices)
+    positions = np.arange(nnz, dtype=np.int32 if nnz < 2**31 else np.int64)
+    m = sp.csr_matrix((positions, indices, indptr), shape=(len(indptr) - 1, n_cols), copy=False)
+    del positions
+    t = m.tocsc()  # scipy's csr -> csc: rows come out ascending within each column
+    return t.indptr, t.indices, t.data

@@ -65,6 +65,7 @@ class Interactions:
         timestamps: np.ndarray | None = None,
         implicit: bool = False,
     ) -> None:
+        self._csr: tuple[np.ndarray, np.ndarray] | None = None
         self.users = np.ascontiguousarray(users, dtype=np.int64)
         self.items = np.ascontiguousarray(items, dtype=np.int64)
         if not (isinstance(values, np.ndarray) and values.dtype == np.float32):
@@ -268,12 +269,67 @@ class Interactions:
             )
         check_values(csr.data, lambda pos: f"matrix entry (row {np.searchsorted(csr.indptr, pos, side='right') - 1}, "
                                            f"column {csr.indices[pos]})")
-        users = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(csr.indptr))
-        return cls(users, csr.indices, csr.data, user_map, item_map, implicit=implicit)
+        values = csr.data if csr.data.dtype == np.float32 else csr.data.astype(np.float32)
+        return cls._row_major(csr.indptr, csr.indices, values, user_map, item_map, implicit)
+
+    @classmethod
+    def _row_major(cls, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, user_map: IdMap,
+                   item_map: IdMap, implicit: bool) -> Interactions:
+        """Interactions stored as CSR arrays (sorted, no repeats), shared, not copied; ``users``/``items`` on demand."""
+        out = cls.__new__(cls)
+        out._csr = (indptr, indices)
+        out._users = out._items = None
+        out.values, out.timestamps = values, None
+        out.user_map, out.item_map, out.implicit = user_map, item_map, bool(implicit)
+        return out
 
     # ------------------------------------------------------------------ views
+    @property
+    def users(self) -> np.ndarray:
+        """User index of each interaction, int64, shape (n,)."""
+        if self._users is None:  # stored as CSR (from_csr): expanded on first use, then kept
+            indptr = self._csr[0]  # type: ignore[index]
+            self._users = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+        return self._users
+
+    @users.setter
+    def users(self, value: np.ndarray) -> None:
+        self._users = value
+
+    @property
+    def items(self) -> np.ndarray:
+        """Item index of each interaction, int64, shape (n,)."""
+        if self._items is None:
+            self._items = self._csr[1].astype(np.int64)  # type: ignore[index]
+        return self._items
+
+    @items.setter
+    def items(self, value: np.ndarray) -> None:
+        self._items = value
+
+    def row_major(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The interactions as CSR arrays, sorted by user then item.
+
+        Returns
+        -------
+        indptr : numpy.ndarray of int, shape (n_users + 1,)
+        items : numpy.ndarray of int, shape (n,)
+            int32 or int64.
+        values : numpy.ndarray of float32, shape (n,)
+            Shared, not copied, when the data came from :meth:`from_csr` (or
+            already comes sorted this way).
+        """
+        if self._csr is not None:
+            return self._csr[0], self._csr[1], self.values
+        from torchmf.data.csr import csr_order
+
+        indptr, order = csr_order(self.users, self.items, self.n_users, self.n_items)
+        if len(order) and order[-1] == len(order) - 1 and bool((order[:-1] < order[1:]).all()):  # identity
+            return indptr, self.items, self.values
+        return indptr, self.items[order], self.values[order]
+
     def __len__(self) -> int:
-        return len(self.users)
+        return len(self.values)
 
     def __repr__(self) -> str:
         kind = "implicit" if self.implicit else "explicit"
@@ -345,6 +401,8 @@ class Interactions:
         Ids keep their relative order; a model fitted on the result knows only
         users and items it has actually seen.
         """
+        if self._csr is not None and self._users is None:
+            return self._compact_rows()
         # bincount, not unique: linear time, and ids come out in order anyway
         used_u = np.flatnonzero(np.bincount(self.users, minlength=self.n_users))
         used_i = np.flatnonzero(np.bincount(self.items, minlength=self.n_items))
@@ -363,6 +421,24 @@ class Interactions:
             self.timestamps,
             self.implicit,
         )
+
+    def _compact_rows(self) -> Interactions:
+        """:meth:`compact` of CSR-stored data: the arrays stay CSR, shared where nothing changes."""
+        indptr, indices = self._csr  # type: ignore[misc]
+        counts = np.diff(indptr)
+        used_u = np.flatnonzero(counts)
+        used_i = np.flatnonzero(np.bincount(indices, minlength=self.n_items))
+        if len(used_u) == self.n_users and len(used_i) == self.n_items:
+            return self
+        if len(used_u) < self.n_users:
+            indptr = np.zeros(len(used_u) + 1, dtype=indptr.dtype)
+            np.cumsum(counts[used_u], out=indptr[1:])
+        if len(used_i) < self.n_items:
+            new_i = np.full(self.n_items, -1, dtype=indices.dtype)
+            new_i[used_i] = np.arange(len(used_i))
+            indices = new_i[indices]
+        return Interactions._row_major(indptr, indices, self.values, self.user_map.subset(used_u),
+                                       self.item_map.subset(used_i), self.implicit)
 
     def rating_range(self) -> tuple[float, float]:
         """``(min, max)`` of the values; raises :class:`DataError` when empty."""

@@ -258,7 +258,7 @@ class MatrixFactorization(PredictMixin, RankingMixin, FoldInMixin):
             ranker, extras["ranker"] = fit_ranker(data, hp, device)
         self._install(model, hp, data.user_map, data.item_map, data.implicit, data.rating_range(), history, best,
                       extras, ranker)
-        self._set_seen(data.users, data.items, data.values)
+        self._set_seen(data)
         return self
 
     def _install(self, model: MFModel, hp: dict[str, Any], user_map: Any, item_map: Any, implicit: bool,
@@ -272,9 +272,11 @@ class MatrixFactorization(PredictMixin, RankingMixin, FoldInMixin):
         self.index_ = None  # an approximate index of other item factors would be stale
         self.files_: dict[str, bytes] = {}  # extra files saved with the model (a refit drops them)
 
-    def _set_seen(self, users: np.ndarray, items: np.ndarray, values: np.ndarray) -> None:
-        self.seen_indptr_, self.seen_indices_, self.seen_values_ = update.seen_csr(
-            users, items, values, len(self.user_map), len(self.item_map))
+    def _set_seen(self, data: Interactions) -> None:
+        """The seen index: the training data's CSR arrays (shared with it where it holds them, as from_csr's does)."""
+        indptr, items, values = data.row_major()
+        self.seen_indptr_ = np.asarray(indptr, dtype=np.int64)
+        self.seen_indices_, self.seen_values_ = items, values
 
     def partial_fit(self, new_interactions: Interactions | Mapping, epochs: int | None = None) -> MatrixFactorization:
         """Add interactions to the fitted model: new ids grow it, touched rows are re-solved, the rest kept.

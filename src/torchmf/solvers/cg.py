@@ -192,7 +192,7 @@ class IALSChunk:
 
 
 def gathered_chunks(
-    rows: np.ndarray,
+    rows: np.ndarray | None,
     cols: np.ndarray,
     conf: np.ndarray,
     lam: torch.Tensor,
@@ -202,7 +202,7 @@ def gathered_chunks(
     max_entries: int,
     device: torch.device,
     dtype: torch.dtype,
-    csr: tuple[np.ndarray, np.ndarray] | None = None,
+    csr: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> tuple[IALSChunk, ...]:
     """Degree buckets (:func:`~torchmf.solvers.ragged.ragged_layout`) in chunks of at most ``max_entries`` slots.
 
@@ -222,12 +222,13 @@ def gathered_chunks(
     csr : tuple of numpy.ndarray, optional
         The pairs' CSR order, when the caller has it (see :func:`~torchmf.solvers.ragged.ragged_layout`).
     """
-    lay = ragged_layout(rows, cols, conf, n_rows, n_cols, max_elements=max_entries, growth=1.3, csr=csr)
+    lay = ragged_layout(rows, cols, conf, n_rows, n_cols, max_elements=max_entries, growth=1.3, csr=csr,
+                        cols_dtype=np.int32 if n_cols < 2**31 else np.int64)
     rows_t = torch.as_tensor(lay.rows, device=device)
     lam_t = lam[rows_t]
-    cols_t = torch.as_tensor(lay.cols.astype(np.int32) if n_cols < 2**31 else lay.cols, device=device)
+    cols_t = torch.as_tensor(lay.cols, device=device)
     conf_t = torch.as_tensor(lay.vals, device=device).to(dtype)
-    weight_t = (conf_t - a0) * torch.as_tensor(lay.mask, device=device)
+    weight_t = (conf_t - a0).masked_fill_(cols_t == n_cols, 0.0)  # padding points at column n_cols
     rb, eb = lay.row_bounds.tolist(), lay.entry_bounds.tolist()
     out: list[IALSChunk] = []
     first = 0

@@ -43,7 +43,7 @@ from torchmf.solvers.ragged import Bucket, bucketize
 
 __all__ = [
     "IALSSettings", "IALSSide", "confidence", "ials_half_sweep", "ials_loss", "ials_observed", "ials_penalty",
-    "ials_side", "ials_solve_rows",
+    "ials_side", "ials_side_csr", "ials_solve_rows",
 ]
 
 
@@ -103,6 +103,8 @@ class IALSSide:
     Attributes
     ----------
     crow : torch.IntTensor, shape (n + 1,)
+        None, as are ``col``, ``conf``, ``pairs`` and ``order``, on a gathered
+        side laid out with ``keep_pairs=False`` (the sweeps read only ``chunks``).
         int32 (int64 only past 2**31 pairs or rows), as are ``col`` and ``order``.
     col : torch.IntTensor, shape (nnz,)
         CSR structure of the ``n x n_other`` matrix of observed pairs
@@ -130,15 +132,15 @@ class IALSSide:
         ask for them (``cg_steps`` 0).
     """
 
-    crow: torch.Tensor
-    col: torch.Tensor
-    conf: torch.Tensor
+    crow: torch.Tensor | None
+    col: torch.Tensor | None
+    conf: torch.Tensor | None
     weight: torch.Tensor | None
     lam: torch.Tensor
     empty: torch.Tensor
     shape: tuple[int, int]
-    pairs: CSRPairs
-    order: torch.Tensor
+    pairs: CSRPairs | None
+    order: torch.Tensor | None
     chunks: tuple[IALSChunk, ...] | None = None
     exact: list[Bucket] | None = None
 
@@ -183,38 +185,85 @@ def ials_side(
     """
     if layout not in ("auto", "csr", "gathered"):
         raise ValueError(f"layout must be 'auto', 'csr' or 'gathered', got {layout!r}")
-    itemsize = torch.finfo(dtype).bits // 8
     crow, order = csr_order(rows, cols, n_rows, n_cols)
-    counts = np.diff(crow)
+    return ials_side_csr(crow, np.asarray(cols)[order], np.asarray(conf)[order], n_rows, n_cols, k, device, s,
+                         dtype, layout, n_other, order=order)
+
+
+def ials_side_csr(
+    indptr: np.ndarray,
+    cols: np.ndarray,
+    conf: np.ndarray,
+    n_rows: int,
+    n_cols: int,
+    k: int,
+    device: torch.device,
+    s: IALSSettings,
+    dtype: torch.dtype = torch.float32,
+    layout: str = "auto",
+    n_other: int | None = None,
+    order: np.ndarray | None = None,
+    keep_pairs: bool = True,
+) -> IALSSide:
+    """:func:`ials_side` of pairs already in CSR order: nothing sorted, the arrays shared where they can be.
+
+    Parameters
+    ----------
+    indptr : numpy.ndarray of int, shape (n_rows + 1,)
+    cols : numpy.ndarray of int, shape (nnz,)
+        Columns of each row, ascending within a row (none repeated); int32
+        columns on the CPU are shared with the layout, not copied.
+    conf : numpy.ndarray of float32, shape (nnz,)
+        Confidences in the same order (shared as well).
+    n_rows, n_cols, k, device, s, dtype, layout, n_other
+        See :func:`ials_side`.
+    order : numpy.ndarray of int, shape (nnz,), optional
+        Kept as :attr:`IALSSide.order` (identity when None).
+    keep_pairs : bool
+        False leaves the CSR form out of a side CG reads gathered (``crow``,
+        ``col``, ``conf``, ``pairs`` and ``order`` None): about 12 bytes a
+        pair less, for callers that never call :func:`ials_observed` on it.
+    """
+    if layout not in ("auto", "csr", "gathered"):
+        raise ValueError(f"layout must be 'auto', 'csr' or 'gathered', got {layout!r}")
+    itemsize = torch.finfo(dtype).bits // 8
+    nnz = len(cols)
+    counts = np.diff(indptr)
     if layout == "auto":
-        use_csr = prefer_csr(len(rows), int(np.count_nonzero(counts)), n_cols, k, itemsize, device)
+        use_csr = prefer_csr(nnz, int(np.count_nonzero(counts)), n_cols, k, itemsize, device)
         layout = "csr" if use_csr else "gathered"
-    c = torch.as_tensor(np.asarray(conf)[order], device=device).to(dtype)
     lam = ials_penalty(torch.as_tensor(counts, device=device).to(dtype), n_cols if n_other is None else n_other,
                        s).unsqueeze(1)
+    empty = torch.as_tensor(np.flatnonzero(counts == 0), device=device)
+    del counts
     chunks = exact = None
     if s.cg_steps <= 0:
-        exact = _exact_buckets(rows, cols, conf, n_rows, n_cols, k, device, itemsize, csr=(crow, order))
+        exact = _exact_buckets(None, cols, conf, n_rows, n_cols, k, device, itemsize, csr=(indptr, None))
     elif layout == "gathered":
         max_entries = max(MIN_CHUNK_ENTRIES, chunk_bytes(device) // (itemsize * k))
-        chunks = gathered_chunks(rows, cols, conf, lam, s.unobserved_weight, n_rows, n_cols, max_entries, device, dtype,
-                                 csr=(crow, order))
+        chunks = gathered_chunks(None, cols, conf, lam, s.unobserved_weight, n_rows, n_cols, max_entries, device,
+                                 dtype, csr=(indptr, None))
+        if not keep_pairs:
+            return IALSSide(None, None, None, None, lam, empty, (n_rows, n_cols), None, None, chunks=chunks)
     # 32-bit indices where they fit: half the memory of the pattern, same products
-    index = np.int32 if max(len(rows), n_rows, n_cols) < 2**31 else np.int64
-    crow_t = torch.as_tensor(crow.astype(index), device=device)
-    col_t = torch.as_tensor(np.asarray(cols)[order].astype(index, copy=False), device=device)
+    index = np.int32 if max(nnz, n_rows, n_cols) < 2**31 else np.int64
+    crow_t = torch.as_tensor(np.asarray(indptr).astype(index, copy=False), device=device)
+    col_t = torch.as_tensor(np.asarray(cols).astype(index, copy=False), device=device)
+    c = torch.as_tensor(np.asarray(conf), device=device).to(dtype)
     csr_cg = chunks is None and exact is None  # only CG on this layout needs the weights and product scratch
     weight = c - s.unobserved_weight if csr_cg else None
+    if order is None:
+        order = np.arange(nnz, dtype=index)
     return IALSSide(
         crow=crow_t,
         col=col_t,
         conf=c,
         weight=weight,
         lam=lam,
-        empty=torch.as_tensor(np.flatnonzero(counts == 0), device=device),
+        empty=empty,
         shape=(n_rows, n_cols),
         pairs=CSRPairs.build(crow_t, col_t, c, weight, (n_rows, n_cols), products=csr_cg),
-        order=torch.as_tensor(order.astype(index), device=device),
+        order=torch.as_tensor(order.astype(index, copy=False), device=device),
         chunks=chunks,
         exact=exact,
     )
@@ -257,8 +306,8 @@ def ials_solve_rows(
     return torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
 
 
-def _exact_buckets(rows: np.ndarray, cols: np.ndarray, conf: np.ndarray, n_rows: int, n_cols: int, k: int,
-                   device: torch.device, itemsize: int, csr: tuple[np.ndarray, np.ndarray] | None = None
+def _exact_buckets(rows: np.ndarray | None, cols: np.ndarray, conf: np.ndarray, n_rows: int, n_cols: int, k: int,
+                   device: torch.device, itemsize: int, csr: tuple[np.ndarray, np.ndarray | None] | None = None
                    ) -> list[Bucket]:
     """Degree buckets for exact solves, which form a k x k matrix per row: about 64 MB of them a bucket."""
     max_elements = max(4096, EXACT_BLOCK_BYTES // (itemsize * k * k))

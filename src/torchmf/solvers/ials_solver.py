@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from torchmf.data.csr import csr_transpose
 from torchmf.data.interactions import Interactions
 from torchmf.data.profile import ValueProfile, confidence_defaults, value_profile
 from torchmf.nn.mf import MFModel
@@ -18,7 +19,7 @@ from torchmf.solvers.ials import (
     ials_loss,
     ials_observed,
     ials_penalty,
-    ials_side,
+    ials_side_csr,
     ials_solve_rows,
 )
 from torchmf.solvers.sgd import model_tables
@@ -88,18 +89,25 @@ class IALSSolver:
     def __init__(self, model: MFModel, data: Interactions, hp: dict[str, Any], device: torch.device) -> None:
         self.hp = hp
         self.n = len(data)
-        conf = confidence(data.values, hp["alpha"], hp["confidence"], hp["confidence_eps"])
         k = hp["factors"]
         self.settings = s = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], hp["cg_steps"])
-        self.by_user = ials_side(data.users, data.items, conf, data.n_users, data.n_items, k, device, s)
-        self.by_item = ials_side(data.items, data.users, conf, data.n_items, data.n_users, k, device, s)
+        # The user side reads the data's own CSR arrays (shared, not copied: from_csr data holds the
+        # caller's matrix), the item side one transposed copy; neither keeps what its sweeps never read.
+        indptr, items, values = data.row_major()
+        conf = confidence(values, hp["alpha"], hp["confidence"], hp["confidence_eps"])
+        self.by_user = ials_side_csr(indptr, items, conf, data.n_users, data.n_items, k, device, s, keep_pairs=False)
+        t_indptr, t_users, order = csr_transpose(indptr, items, data.n_items)
+        del indptr, items, values
+        self.by_item = ials_side_csr(t_indptr, t_users, conf[order], data.n_items, data.n_users, k, device, s,
+                                     order=order, keep_pairs=False)
+        del conf, t_indptr, t_users, order
         t = model_tables(model)
         self.P, self.Q = t["P"], t["Q"]
         # With both sides on the CSR layout, the scores the loss needs after a sweep
         # are the ones the next sweep's user half starts from (same P and Q, pairs
         # in the other order): computing them once saves a pass over the data.
         csr = s.cg_steps > 0 and self.by_user.chunks is None and self.by_item.chunks is None
-        self.to_user_order = torch.argsort(self.by_item.order)[self.by_user.order] if csr else None
+        self.to_user_order = torch.argsort(self.by_item.order) if csr else None  # the user side's order is 1, 2, ...
         self.carried: torch.Tensor | None = None
 
     def epoch(self) -> float:

@@ -81,14 +81,15 @@ def _bucket_bounds(degrees: np.ndarray, max_elements: int, growth: float) -> np.
 
 
 def ragged_layout(
-    rows: np.ndarray,
+    rows: np.ndarray | None,
     cols: np.ndarray,
     vals: np.ndarray,
     n_rows: int,
     n_cols: int,
     max_elements: int = 1 << 22,
     growth: float = 1.3,
-    csr: tuple[np.ndarray, np.ndarray] | None = None,
+    csr: tuple[np.ndarray, np.ndarray | None] | None = None,
+    cols_dtype: type = np.int64,
 ) -> RaggedLayout:
     """Pad the rows of a sparse matrix into degree buckets.
 
@@ -106,14 +107,18 @@ def ragged_layout(
         A bucket ends when its longest row would exceed ``growth`` times its
         shortest (plus 8), so padding wastes less than ``1 - 1/growth`` of a block.
     csr : tuple of numpy.ndarray, optional
-        ``csr_order(rows, cols, n_rows, n_cols)`` when the caller has it already.
+        ``csr_order(rows, cols, n_rows, n_cols)`` when the caller has it already;
+        ``(indptr, None)`` when ``cols`` and ``vals`` already come in CSR order
+        (``rows`` is then not read and may be None).
+    cols_dtype : numpy dtype
+        Of the slots' columns (``np.int32`` halves them where ``n_cols`` fits).
 
     Returns
     -------
     RaggedLayout
     """
     # entries grouped by row, columns ascending inside a row (gathers read memory in order)
-    indptr, order = csr if csr is not None else csr_order(rows, cols, n_rows, n_cols)
+    indptr, order = csr if csr is not None else csr_order(rows, cols, n_rows, n_cols)  # type: ignore[arg-type]
     counts_all = np.diff(indptr)
     by_degree = np.argsort(counts_all, kind="stable")
     by_degree = by_degree[counts_all[by_degree] > 0]
@@ -134,12 +139,13 @@ def ragged_layout(
     shift[by_degree] = start - indptr[by_degree]
     slots = np.repeat(shift, counts_all)
     slots += np.arange(len(slots), dtype=np.int64)
+    del shift, start, width_of_row
 
     n_slots = int(entry_bounds[-1])
-    flat_cols = np.full(n_slots, n_cols, dtype=np.int64)
+    flat_cols = np.full(n_slots, n_cols, dtype=cols_dtype)
     flat_vals = np.zeros(n_slots, dtype=np.float32)
-    flat_cols[slots] = np.asarray(cols)[order]
-    flat_vals[slots] = np.asarray(vals)[order]
+    flat_cols[slots] = np.asarray(cols) if order is None else np.asarray(cols)[order]
+    flat_vals[slots] = np.asarray(vals) if order is None else np.asarray(vals)[order]
     return RaggedLayout(by_degree, counts, flat_cols, flat_vals, row_bounds, entry_bounds, widths, slots)
 
 
