@@ -127,7 +127,8 @@ def probe_torchmf() -> PhaseProbe:
     probe.wrap(torchmf.Interactions, "from_csr", "from_csr")
     probe.wrap(torchmf.Interactions, "compact", "compact")
     probe.wrap(ials_solver, "confidence", "confidence")
-    probe.wrap(ials_solver, "ials_side", "ials_side")
+    probe.wrap(ials_solver, "ials_side_csr", "ials_side")
+    probe.wrap(ials_solver, "csr_transpose", "transpose")
     probe.wrap(ials_solver.IALSSolver, "epoch", "sweep")
     probe.wrap(mf.MatrixFactorization, "_set_seen", "seen index")
     return probe

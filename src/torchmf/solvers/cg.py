@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from torchmf.solvers.ragged import ragged_layout
+from torchmf.solvers.ragged import ragged_csr
 
 __all__ = [
     "CSRPairs", "IALSBucket", "IALSChunk", "cg_rows", "chunk_data_term", "chunk_scores", "gathered_chunks", "make_csr",
@@ -175,8 +175,10 @@ class IALSChunk:
         Other side's row of every slot (int32 where it fits); padding points at ``n_other`` (a zero row).
     conf : torch.Tensor, shape (E,)
         Confidence ``c`` of every slot; 0 in padding.
-    weight : torch.Tensor, shape (E,)
-        ``c - a0``; 0 in padding.
+    a0 : float
+        The unobserved weight: the data term weighs slots by ``c - a0``, made
+        per chunk when its CG starts (padding gathers the zero row, so its
+        weight does not matter), rather than held for every pair.
     lam : torch.Tensor, shape (R, 1)
         Ridge penalty of each row.
     buckets : tuple of IALSBucket
@@ -186,50 +188,54 @@ class IALSChunk:
     rows: torch.Tensor
     cols: torch.Tensor
     conf: torch.Tensor
-    weight: torch.Tensor
+    a0: float
     lam: torch.Tensor
     buckets: tuple[IALSBucket, ...]
 
 
 def gathered_chunks(
-    rows: np.ndarray | None,
+    indptr: np.ndarray,
     cols: np.ndarray,
     conf: np.ndarray,
     lam: torch.Tensor,
     a0: float,
-    n_rows: int,
     n_cols: int,
     max_entries: int,
     device: torch.device,
     dtype: torch.dtype,
-    csr: tuple[np.ndarray, np.ndarray | None] | None = None,
+    order: np.ndarray | None = None,
+    conf_map: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[IALSChunk, ...]:
-    """Degree buckets (:func:`~torchmf.solvers.ragged.ragged_layout`) in chunks of at most ``max_entries`` slots.
+    """Degree buckets (:func:`~torchmf.solvers.ragged.ragged_csr`) in chunks of at most ``max_entries`` slots.
 
     Parameters
     ----------
-    rows, cols : numpy.ndarray of int64, shape (nnz,)
+    indptr : numpy.ndarray of int, shape (n_rows + 1,)
+    cols : numpy.ndarray of int, shape (nnz,)
+        Columns in CSR order (ascending within a row).
     conf : numpy.ndarray, shape (nnz,)
+        Confidences in CSR order (or in the order ``order`` reads them, or
+        values that ``conf_map`` turns into confidences block by block).
     lam : torch.Tensor, shape (n_rows, 1)
         Ridge penalty of every row.
     a0 : float
         Unobserved weight.
-    n_rows, n_cols : int
+    n_cols : int
     max_entries : int
         Slots per chunk (unless one row alone is longer).
     device : torch.device
     dtype : torch.dtype
-    csr : tuple of numpy.ndarray, optional
-        The pairs' CSR order, when the caller has it (see :func:`~torchmf.solvers.ragged.ragged_layout`).
+    order, conf_map
+        See :func:`~torchmf.solvers.ragged.ragged_csr` (``order``, ``vals_map``).
     """
-    lay = ragged_layout(rows, cols, conf, n_rows, n_cols, max_elements=max_entries, growth=1.3, csr=csr,
-                        cols_dtype=np.int32 if n_cols < 2**31 else np.int64)
+    lay = ragged_csr(indptr, cols, conf, n_cols, max_elements=max_entries, growth=1.3, order=order,
+                     vals_map=conf_map, cols_dtype=np.int32 if n_cols < 2**31 else np.int64)
     rows_t = torch.as_tensor(lay.rows, device=device)
     lam_t = lam[rows_t]
     cols_t = torch.as_tensor(lay.cols, device=device)
     conf_t = torch.as_tensor(lay.vals, device=device).to(dtype)
-    weight_t = (conf_t - a0).masked_fill_(cols_t == n_cols, 0.0)  # padding points at column n_cols
-    rb, eb = lay.row_bounds.tolist(), lay.entry_bounds.tolist()
+    rb, eb, widths = lay.row_bounds.tolist(), lay.entry_bounds.tolist(), lay.widths.tolist()
+    del lay
     out: list[IALSChunk] = []
     first = 0
     for last in range(1, len(rb)):
@@ -237,10 +243,10 @@ def gathered_chunks(
         if last == len(rb) - 1 or eb[last + 1] - eb[first] > max_entries:
             r0, e0, r1, e1 = rb[first], eb[first], rb[last], eb[last]
             buckets = tuple(
-                IALSBucket(rb[b] - r0, rb[b + 1] - r0, eb[b] - e0, eb[b + 1] - e0, int(lay.widths[b]))
+                IALSBucket(rb[b] - r0, rb[b + 1] - r0, eb[b] - e0, eb[b + 1] - e0, widths[b])
                 for b in range(first, last)
             )
-            out.append(IALSChunk(rows_t[r0:r1], cols_t[e0:e1], conf_t[e0:e1], weight_t[e0:e1], lam_t[r0:r1], buckets))
+            out.append(IALSChunk(rows_t[r0:r1], cols_t[e0:e1], conf_t[e0:e1], a0, lam_t[r0:r1], buckets))
             first = last
     return tuple(out)
 
@@ -248,6 +254,7 @@ def gathered_chunks(
 def chunk_data_term(chunk: IALSChunk, feats: torch.Tensor, scores: torch.Tensor) -> DataTerm:
     """The data term of one chunk over its gathered ``(E, k)`` block, with an ``(E,)`` scratch buffer."""
     blocks = [(b, b.view(feats), b.view(scores).unsqueeze(1)) for b in chunk.buckets]
+    weight = chunk.conf - chunk.a0  # chunk-sized, for this chunk's CG only
 
     def term(v: torch.Tensor, residual: bool) -> torch.Tensor:
         out = torch.empty_like(v)
@@ -256,9 +263,9 @@ def chunk_data_term(chunk: IALSChunk, feats: torch.Tensor, scores: torch.Tensor)
         for b, f, y in blocks:
             torch.bmm(v[b.r0 : b.r1].unsqueeze(1), f.transpose(1, 2), out=y)
         if residual:
-            torch.addcmul(chunk.conf, chunk.weight, scores, value=-1.0, out=scores)
+            torch.addcmul(chunk.conf, weight, scores, value=-1.0, out=scores)
         else:
-            scores.mul_(chunk.weight)
+            scores.mul_(weight)
         for b, f, y in blocks:
             torch.bmm(y, f, out=out[b.r0 : b.r1].unsqueeze(1))
         return out

@@ -24,6 +24,7 @@ pairs in one of two layouts, picked per side by :func:`ials_side`; see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -186,8 +187,8 @@ def ials_side(
     if layout not in ("auto", "csr", "gathered"):
         raise ValueError(f"layout must be 'auto', 'csr' or 'gathered', got {layout!r}")
     crow, order = csr_order(rows, cols, n_rows, n_cols)
-    return ials_side_csr(crow, np.asarray(cols)[order], np.asarray(conf)[order], n_rows, n_cols, k, device, s,
-                         dtype, layout, n_other, order=order)
+    return ials_side_csr(crow, np.asarray(cols)[order], conf, n_rows, n_cols, k, device, s, dtype, layout, n_other,
+                         order=order)
 
 
 def ials_side_csr(
@@ -203,6 +204,7 @@ def ials_side_csr(
     layout: str = "auto",
     n_other: int | None = None,
     order: np.ndarray | None = None,
+    conf_map: Callable[[np.ndarray], np.ndarray] | None = None,
     keep_pairs: bool = True,
 ) -> IALSSide:
     """:func:`ials_side` of pairs already in CSR order: nothing sorted, the arrays shared where they can be.
@@ -213,12 +215,17 @@ def ials_side_csr(
     cols : numpy.ndarray of int, shape (nnz,)
         Columns of each row, ascending within a row (none repeated); int32
         columns on the CPU are shared with the layout, not copied.
-    conf : numpy.ndarray of float32, shape (nnz,)
-        Confidences in the same order (shared as well).
+    conf : numpy.ndarray, shape (nnz,)
+        Confidences, in the input order ``order`` reads them from (the same
+        order when it is None).
     n_rows, n_cols, k, device, s, dtype, layout, n_other
         See :func:`ials_side`.
     order : numpy.ndarray of int, shape (nnz,), optional
-        Kept as :attr:`IALSSide.order` (identity when None).
+        Input position of each CSR entry (identity when None); kept as :attr:`IALSSide.order`.
+    conf_map : callable, optional
+        Turns ``conf`` into confidences (:func:`confidence` with the fit's
+        settings), block by block where the layout allows: the gathered layout
+        then never holds a pair-sized array besides its own.
     keep_pairs : bool
         False leaves the CSR form out of a side CG reads gathered (``crow``,
         ``col``, ``conf``, ``pairs`` and ``order`` None): about 12 bytes a
@@ -236,15 +243,20 @@ def ials_side_csr(
                        s).unsqueeze(1)
     empty = torch.as_tensor(np.flatnonzero(counts == 0), device=device)
     del counts
-    chunks = exact = None
-    if s.cg_steps <= 0:
-        exact = _exact_buckets(None, cols, conf, n_rows, n_cols, k, device, itemsize, csr=(indptr, None))
-    elif layout == "gathered":
+    if s.cg_steps > 0 and layout == "gathered":
         max_entries = max(MIN_CHUNK_ENTRIES, chunk_bytes(device) // (itemsize * k))
-        chunks = gathered_chunks(None, cols, conf, lam, s.unobserved_weight, n_rows, n_cols, max_entries, device,
-                                 dtype, csr=(indptr, None))
+        chunks = gathered_chunks(indptr, cols, conf, lam, s.unobserved_weight, n_cols, max_entries, device, dtype,
+                                 order=order, conf_map=conf_map)
         if not keep_pairs:
             return IALSSide(None, None, None, None, lam, empty, (n_rows, n_cols), None, None, chunks=chunks)
+    else:
+        chunks = None
+    conf = np.asarray(conf) if order is None else np.asarray(conf)[order]  # in CSR order, whole
+    if conf_map is not None:
+        conf = conf_map(conf)
+    exact = None
+    if s.cg_steps <= 0:
+        exact = _exact_buckets(None, cols, conf, n_rows, n_cols, k, device, itemsize, csr=(indptr, None))
     # 32-bit indices where they fit: half the memory of the pattern, same products
     index = np.int32 if max(nnz, n_rows, n_cols) < 2**31 else np.int64
     crow_t = torch.as_tensor(np.asarray(indptr).astype(index, copy=False), device=device)

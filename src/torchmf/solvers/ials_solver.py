@@ -91,16 +91,21 @@ class IALSSolver:
         self.n = len(data)
         k = hp["factors"]
         self.settings = s = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], hp["cg_steps"])
-        # The user side reads the data's own CSR arrays (shared, not copied: from_csr data holds the
-        # caller's matrix), the item side one transposed copy; neither keeps what its sweeps never read.
+        # Memory (issue 12): the user side reads the data's own CSR arrays (shared: from_csr data holds the
+        # caller's matrix), the item side one transposed pattern, laid out first and the pattern dropped;
+        # confidences are computed block by block as the gathered layout is filled, and neither side
+        # keeps what its sweeps never read.
         indptr, items, values = data.row_major()
-        conf = confidence(values, hp["alpha"], hp["confidence"], hp["confidence_eps"])
-        self.by_user = ials_side_csr(indptr, items, conf, data.n_users, data.n_items, k, device, s, keep_pairs=False)
+
+        def conf(v: np.ndarray) -> np.ndarray:
+            return confidence(v, hp["alpha"], hp["confidence"], hp["confidence_eps"])
+
         t_indptr, t_users, order = csr_transpose(indptr, items, data.n_items)
-        del indptr, items, values
-        self.by_item = ials_side_csr(t_indptr, t_users, conf[order], data.n_items, data.n_users, k, device, s,
-                                     order=order, keep_pairs=False)
-        del conf, t_indptr, t_users, order
+        self.by_item = ials_side_csr(t_indptr, t_users, values, data.n_items, data.n_users, k, device, s,
+                                     order=order, conf_map=conf, keep_pairs=False)
+        del t_indptr, t_users, order
+        self.by_user = ials_side_csr(indptr, items, values, data.n_users, data.n_items, k, device, s,
+                                     conf_map=conf, keep_pairs=False)
         t = model_tables(model)
         self.P, self.Q = t["P"], t["Q"]
         # With both sides on the CSR layout, the scores the loss needs after a sweep

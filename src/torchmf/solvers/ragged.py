@@ -13,6 +13,7 @@ fit costs little next to one sweep even on small data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 
 from torchmf.data.csr import csr_order
 
-__all__ = ["Bucket", "RaggedLayout", "bucketize", "ragged_layout"]
+__all__ = ["Bucket", "RaggedLayout", "bucketize", "ragged_csr", "ragged_layout"]
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,9 @@ class RaggedLayout:
         Value of each slot; 0 in padding.
     row_bounds, entry_bounds : numpy.ndarray of int64, shape (n_buckets + 1,)
     widths : numpy.ndarray of int64, shape (n_buckets,)
-    slots : numpy.ndarray of int64, shape (nnz,)
-        The slot of each real entry, entries in CSR order (by row, then column).
+    slots : numpy.ndarray of int64, shape (nnz,), optional
+        The slot of each real entry, entries in CSR order (by row, then column);
+        None from :func:`ragged_csr`.
     """
 
     rows: np.ndarray
@@ -56,11 +58,13 @@ class RaggedLayout:
     row_bounds: np.ndarray
     entry_bounds: np.ndarray
     widths: np.ndarray
-    slots: np.ndarray
+    slots: np.ndarray | None
 
     @property
     def mask(self) -> np.ndarray:
         """Real entries (True) versus padding, shape (E,)."""
+        if self.slots is None:
+            raise ValueError("this layout was built without slots (ragged_csr): its padding is where cols == n_cols")
         mask = np.zeros(len(self.cols), dtype=bool)
         mask[self.slots] = True
         return mask
@@ -89,7 +93,6 @@ def ragged_layout(
     max_elements: int = 1 << 22,
     growth: float = 1.3,
     csr: tuple[np.ndarray, np.ndarray | None] | None = None,
-    cols_dtype: type = np.int64,
 ) -> RaggedLayout:
     """Pad the rows of a sparse matrix into degree buckets.
 
@@ -110,8 +113,6 @@ def ragged_layout(
         ``csr_order(rows, cols, n_rows, n_cols)`` when the caller has it already;
         ``(indptr, None)`` when ``cols`` and ``vals`` already come in CSR order
         (``rows`` is then not read and may be None).
-    cols_dtype : numpy dtype
-        Of the slots' columns (``np.int32`` halves them where ``n_cols`` fits).
 
     Returns
     -------
@@ -120,33 +121,97 @@ def ragged_layout(
     # entries grouped by row, columns ascending inside a row (gathers read memory in order)
     indptr, order = csr if csr is not None else csr_order(rows, cols, n_rows, n_cols)  # type: ignore[arg-type]
     counts_all = np.diff(indptr)
-    by_degree = np.argsort(counts_all, kind="stable")
-    by_degree = by_degree[counts_all[by_degree] > 0]
-    counts = counts_all[by_degree]
-
-    row_bounds = _bucket_bounds(counts, max_elements, growth)
-    widths = counts[row_bounds[1:] - 1]  # the longest (last) row of each bucket
-    entry_bounds = np.concatenate([[0], np.cumsum(widths * np.diff(row_bounds))])
-
-    # Padded row t starts at slot entry_bounds[b] + (t - row_bounds[b]) * widths[b]
-    # (per row, cheap); entry j of matrix row r goes to that start + j, so every
-    # real entry's slot is its CSR position shifted by its row's offset.
-    per_row = np.diff(row_bounds)
-    width_of_row = np.repeat(widths, per_row)
-    start = np.repeat(entry_bounds[:-1] - row_bounds[:-1] * widths, per_row)
-    start += np.arange(len(by_degree), dtype=np.int64) * width_of_row
+    by_degree, counts, row_bounds, widths, entry_bounds, start = _padded_rows(counts_all, max_elements, growth)
+    # every real entry's slot is its CSR position shifted by its row's offset
     shift = np.zeros(n_rows, dtype=np.int64)
     shift[by_degree] = start - indptr[by_degree]
     slots = np.repeat(shift, counts_all)
     slots += np.arange(len(slots), dtype=np.int64)
-    del shift, start, width_of_row
+    del shift, start
 
     n_slots = int(entry_bounds[-1])
-    flat_cols = np.full(n_slots, n_cols, dtype=cols_dtype)
+    flat_cols = np.full(n_slots, n_cols, dtype=np.int64)
     flat_vals = np.zeros(n_slots, dtype=np.float32)
     flat_cols[slots] = np.asarray(cols) if order is None else np.asarray(cols)[order]
     flat_vals[slots] = np.asarray(vals) if order is None else np.asarray(vals)[order]
     return RaggedLayout(by_degree, counts, flat_cols, flat_vals, row_bounds, entry_bounds, widths, slots)
+
+
+def ragged_csr(
+    indptr: np.ndarray,
+    cols: np.ndarray,
+    vals: np.ndarray,
+    n_cols: int,
+    max_elements: int = 1 << 22,
+    growth: float = 1.3,
+    order: np.ndarray | None = None,
+    vals_map: Callable[[np.ndarray], np.ndarray] | None = None,
+    cols_dtype: type = np.int64,
+) -> RaggedLayout:
+    """:func:`ragged_layout` of a CSR matrix, filled block by block: no pair-sized temporary.
+
+    The same layout (``slots`` is None), but only the padded outputs are
+    pair-sized: the slots are computed and filled for about a million entries
+    at a time.
+
+    Parameters
+    ----------
+    indptr : numpy.ndarray of int, shape (n_rows + 1,)
+    cols : numpy.ndarray of int, shape (nnz,)
+        Columns in CSR order (ascending within a row, none repeated).
+    vals : numpy.ndarray, shape (nnz,)
+        Values, in CSR order, or in the order ``order`` reads them.
+    n_cols, max_elements, growth
+        See :func:`ragged_layout`.
+    order : numpy.ndarray of int, shape (nnz,), optional
+        CSR entry ``p`` takes value ``vals[order[p]]``.
+    vals_map : callable, optional
+        Applied to each block of values before it is stored as float32
+        (iALS's confidence transform), so the mapped values are never held whole.
+    cols_dtype : numpy dtype
+        Of the slots' columns (``np.int32`` halves them where ``n_cols`` fits).
+    """
+    counts_all = np.diff(indptr)
+    by_degree, counts, row_bounds, widths, entry_bounds, start = _padded_rows(counts_all, max_elements, growth)
+    del counts_all
+    n_slots = int(entry_bounds[-1])
+    flat_cols = np.full(n_slots, n_cols, dtype=cols_dtype)
+    flat_vals = np.zeros(n_slots, dtype=np.float32)
+    ends = np.cumsum(counts)  # entries of padded rows 0..t
+    t0 = 0
+    while t0 < len(by_degree):
+        done = int(ends[t0 - 1]) if t0 else 0
+        t1 = max(t0 + 1, int(np.searchsorted(ends, done + _FILL_BLOCK, side="right")))
+        c = counts[t0:t1]
+        within = np.arange(int(ends[t1 - 1]) - done, dtype=np.int64)
+        within -= np.repeat(np.cumsum(c) - c, c)  # entry j of its row
+        src = np.repeat(indptr[by_degree[t0:t1]].astype(np.int64), c) + within  # CSR position
+        dst = np.repeat(start[t0:t1], c) + within  # slot
+        flat_cols[dst] = cols[src]
+        v = vals[src] if order is None else vals[order[src]]
+        flat_vals[dst] = v if vals_map is None else vals_map(v)
+        t0 = t1
+    return RaggedLayout(by_degree, counts, flat_cols, flat_vals, row_bounds, entry_bounds, widths, None)
+
+
+_FILL_BLOCK = 1 << 20
+
+
+def _padded_rows(counts_all: np.ndarray, max_elements: int, growth: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Degree buckets of rows with ``counts_all`` entries: rows by degree, their counts, row and entry
+    bounds, widths, and the first slot of each padded row."""
+    by_degree = np.argsort(counts_all, kind="stable")
+    by_degree = by_degree[counts_all[by_degree] > 0]
+    counts = counts_all[by_degree].astype(np.int64)
+    row_bounds = _bucket_bounds(counts, max_elements, growth)
+    widths = counts[row_bounds[1:] - 1]  # the longest (last) row of each bucket
+    entry_bounds = np.concatenate([[0], np.cumsum(widths * np.diff(row_bounds))])
+    # padded row t starts at slot entry_bounds[b] + (t - row_bounds[b]) * widths[b]
+    per_row = np.diff(row_bounds)
+    start = np.repeat(entry_bounds[:-1] - row_bounds[:-1] * widths, per_row)
+    start += np.arange(len(by_degree), dtype=np.int64) * np.repeat(widths, per_row)
+    return by_degree, counts, row_bounds, widths, entry_bounds, start
 
 
 @dataclass(frozen=True)
