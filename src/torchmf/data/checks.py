@@ -168,8 +168,25 @@ def timestamp_column(
     return arr.astype(np.int64)
 
 
+_CHECK_BLOCK = 1 << 20
+
+
+def _all_fine(values: np.ndarray) -> bool:
+    """Whether every value of a real numeric array is finite and within range, a block at a time."""
+    flat = values.reshape(-1)
+    with np.errstate(all="ignore"):
+        for start in range(0, flat.size, _CHECK_BLOCK):
+            arr = flat[start : start + _CHECK_BLOCK].astype(np.float64)
+            if not (np.isfinite(arr).all() and (np.abs(arr) <= MAX_ABS_VALUE).all()):
+                return False
+    return True
+
+
 def check_values(values: np.ndarray, describe: Any) -> None:
     """Refuse non-finite or out-of-range values; ``describe(pos)`` names entry ``pos`` in the message."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiu" and values.size > _CHECK_BLOCK \
+            and _all_fine(values):
+        return  # large and clean: checked without float64 copies of the whole array (50 M values: 0.9 GB)
     if np.iscomplexobj(values):
         raise DataError(f"{describe(0)}: values are complex numbers, not real values")
     with np.errstate(all="ignore"):

@@ -68,6 +68,9 @@ class ValueProfile:
                 f"max {self.maximum:g}{', integers' if self.integer else ''})")
 
 
+_BLOCK = 1 << 20
+
+
 def value_profile(values: Any) -> ValueProfile:
     """Classify interaction values as binary, heavy-tailed counts, or ratings.
 
@@ -82,12 +85,14 @@ def value_profile(values: Any) -> ValueProfile:
         they are non-negative integers with ``p99 / median >= TAIL_RATIO``,
         else ``"ratings"``. Empty input is ``"binary"``.
     """
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    v = np.asarray(values)
+    v = (v if v.dtype.kind in "fiu" else v.astype(np.float64)).reshape(-1)
     if len(v) == 0:
         return ValueProfile("binary", 0, 0.0, 0.0, 0.0, 0.0, True, 1.0)
     lo, hi = float(v.min()), float(v.max())
-    median, p99 = (float(x) for x in np.percentile(v, [50, 99]))
-    integer = bool(np.all(v == np.round(v)))
+    # one float64 copy, partitioned in place (50 M values: 0.4 GB instead of three times that)
+    median, p99 = (float(x) for x in np.percentile(np.array(v, dtype=np.float64), [50, 99], overwrite_input=True))
+    integer = all(bool(np.all(b == np.round(b))) for b in (v[s : s + _BLOCK] for s in range(0, len(v), _BLOCK)))
     if median > 0:
         ratio = p99 / median
     else:

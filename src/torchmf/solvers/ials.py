@@ -38,6 +38,7 @@ from torchmf.solvers.cg import (
     cg_rows,
     chunk_data_term,
     chunk_scores,
+    gather_padded,
     gathered_chunks,
 )
 from torchmf.solvers.ragged import Bucket, bucketize
@@ -344,7 +345,6 @@ def _gathered_cg(chunks: tuple[IALSChunk, ...], factors: torch.Tensor, other: to
                  s: IALSSettings, with_loss: bool) -> float:
     """CG chunk by chunk over gathered blocks; returns the observed loss (0.0 unless ``with_loss``)."""
     k = other.shape[1]
-    padded = torch.cat([other, other.new_zeros(1, k)])  # padding cols point at the zero row
     size = max((c.cols.numel() for c in chunks), default=0)
     buf = other.new_empty(size * k)  # reused: a fresh block per chunk would page-fault each time
     scores_buf = other.new_empty(size)
@@ -352,7 +352,7 @@ def _gathered_cg(chunks: tuple[IALSChunk, ...], factors: torch.Tensor, other: to
     for c in chunks:
         E = c.cols.numel()
         feats, scores = buf[: E * k].view(E, k), scores_buf[:E]
-        torch.index_select(padded, 0, c.cols, out=feats)
+        gather_padded(other, c.cols, feats)  # padding cols point past the table: zero rows
         x = factors.index_select(0, c.rows)
         cg_rows(x, gram, c.lam, s.cg_steps, chunk_data_term(c, feats, scores))
         factors.index_copy_(0, c.rows, x)
@@ -430,6 +430,14 @@ def ials_observed(side: IALSSide, factors: torch.Tensor, other: torch.Tensor, s:
     return float(t.sum(dtype=torch.float64)), y
 
 
+def _row_norms(T: torch.Tensor, block: int = 1 << 16) -> torch.Tensor:
+    """``T.square().sum(1)`` (shape (n,)) a block of rows at a time: no squared copy of the whole table."""
+    out = T.new_empty(T.shape[0])
+    for start in range(0, T.shape[0], block):
+        torch.sum(T[start : start + block].square(), 1, out=out[start : start + block])
+    return out
+
+
 def ials_loss(observed: float, P: torch.Tensor, Q: torch.Tensor, user_side: IALSSide, item_side: IALSSide,
               s: IALSSettings) -> float:
     """Full iALS objective from the observed part of :func:`ials_half_sweep`.
@@ -448,6 +456,6 @@ def ials_loss(observed: float, P: torch.Tensor, Q: torch.Tensor, user_side: IALS
     s : IALSSettings
     """
     all_pairs = s.unobserved_weight * ((P.T @ P) * (Q.T @ Q)).sum()
-    ridge = torch.linalg.vecdot(user_side.lam.squeeze(1), P.square().sum(1)) + torch.linalg.vecdot(
-        item_side.lam.squeeze(1), Q.square().sum(1))
+    ridge = torch.linalg.vecdot(user_side.lam.squeeze(1), _row_norms(P)) + torch.linalg.vecdot(
+        item_side.lam.squeeze(1), _row_norms(Q))
     return observed + float(all_pairs + ridge)
