@@ -175,7 +175,9 @@ class IALSChunk:
     cols : torch.IntTensor, shape (E,)
         Other side's row of every slot (int32 where it fits); padding points at ``n_other`` (a zero row).
     conf : torch.Tensor, shape (E,)
-        Confidence ``c`` of every slot; 0 in padding.
+        Confidence ``c`` of every slot; 0 in padding. float16 when that holds
+        every confidence exactly (binary data: half the memory, same numbers;
+        arithmetic with the factors promotes it), else the factors' dtype.
     a0 : float
         The unobserved weight: the data term weighs slots by ``c - a0``, made
         per chunk when its CG starts (padding gathers the zero row, so its
@@ -230,11 +232,13 @@ def gathered_chunks(
         See :func:`~torchmf.solvers.ragged.ragged_csr` (``order``, ``vals_map``).
     """
     lay = ragged_csr(indptr, cols, conf, n_cols, max_elements=max_entries, growth=1.3, order=order,
-                     vals_map=conf_map, cols_dtype=np.int32 if n_cols < 2**31 else np.int64)
+                     vals_map=conf_map, cols_dtype=np.int32 if n_cols < 2**31 else np.int64, half_if_exact=True)
     rows_t = torch.as_tensor(lay.rows, device=device)
     lam_t = lam[rows_t]
     cols_t = torch.as_tensor(lay.cols, device=device)
-    conf_t = torch.as_tensor(lay.vals, device=device).to(dtype)
+    conf_t = torch.as_tensor(lay.vals, device=device)  # float16 when that holds every confidence exactly
+    if conf_t.dtype != torch.float16:
+        conf_t = conf_t.to(dtype)
     rb, eb, widths = lay.row_bounds.tolist(), lay.entry_bounds.tolist(), lay.widths.tolist()
     del lay
     out: list[IALSChunk] = []
@@ -266,7 +270,7 @@ def gather_padded(other: torch.Tensor, cols: torch.Tensor, out: torch.Tensor) ->
 def chunk_data_term(chunk: IALSChunk, feats: torch.Tensor, scores: torch.Tensor) -> DataTerm:
     """The data term of one chunk over its gathered ``(E, k)`` block, with an ``(E,)`` scratch buffer."""
     blocks = [(b, b.view(feats), b.view(scores).unsqueeze(1)) for b in chunk.buckets]
-    weight = chunk.conf - chunk.a0  # chunk-sized, for this chunk's CG only
+    weight = chunk.conf.to(scores.dtype) - chunk.a0  # chunk-sized, for this chunk's CG only
 
     def term(v: torch.Tensor, residual: bool) -> torch.Tensor:
         out = torch.empty_like(v)

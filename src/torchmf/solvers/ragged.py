@@ -147,6 +147,7 @@ def ragged_csr(
     order: np.ndarray | None = None,
     vals_map: Callable[[np.ndarray], np.ndarray] | None = None,
     cols_dtype: type = np.int64,
+    half_if_exact: bool = False,
 ) -> RaggedLayout:
     """:func:`ragged_layout` of a CSR matrix, filled block by block: no pair-sized temporary.
 
@@ -170,13 +171,18 @@ def ragged_csr(
         (iALS's confidence transform), so the mapped values are never held whole.
     cols_dtype : numpy dtype
         Of the slots' columns (``np.int32`` halves them where ``n_cols`` fits).
+    half_if_exact : bool
+        Store the values as float16 when every (mapped) value is a float16
+        number exactly (binary data's confidences, small integers): the same
+        numbers in half the memory. Else float32.
     """
+    vals_dtype = np.float16 if half_if_exact and _half_exact(vals, vals_map) else np.float32
     counts_all = np.diff(indptr)
     by_degree, counts, row_bounds, widths, entry_bounds, start = _padded_rows(counts_all, max_elements, growth)
     del counts_all
     n_slots = int(entry_bounds[-1])
     flat_cols = np.full(n_slots, n_cols, dtype=cols_dtype)
-    flat_vals = np.zeros(n_slots, dtype=np.float32)
+    flat_vals = np.zeros(n_slots, dtype=vals_dtype)
     ends = np.cumsum(counts)  # entries of padded rows 0..t
     t0 = 0
     while t0 < len(by_degree):
@@ -195,6 +201,17 @@ def ragged_csr(
 
 
 _FILL_BLOCK = 1 << 20
+
+
+def _half_exact(vals: np.ndarray, vals_map: Callable[[np.ndarray], np.ndarray] | None) -> bool:
+    """Whether every value (after ``vals_map``, as float32) is exactly a float16 number; a block at a time."""
+    for start in range(0, len(vals), _FILL_BLOCK):
+        v = vals[start : start + _FILL_BLOCK]
+        v = np.asarray(v if vals_map is None else vals_map(v), dtype=np.float32)
+        with np.errstate(over="ignore"):
+            if not np.array_equal(v.astype(np.float16).astype(np.float32), v):
+                return False
+    return True
 
 
 def _padded_rows(counts_all: np.ndarray, max_elements: int, growth: float
