@@ -13,6 +13,7 @@ from torchmf.data.checks import check_ids, check_values, numeric_column, timesta
 from torchmf.data.columns import find_column, role_column, warn_unused
 from torchmf.data.dedupe import dedupe
 from torchmf.data.idmap import IdMap
+from torchmf.data.sparse import CSRStorage, csr_parts
 from torchmf.errors import DataError
 
 __all__ = ["AUTO", "DUPLICATE_POLICIES", "Interactions"]
@@ -32,7 +33,7 @@ class _Auto(enum.Enum):
 AUTO = _Auto.AUTO
 
 
-class Interactions:
+class Interactions(CSRStorage):
     """User-item interactions as parallel arrays plus the two id maps.
 
     Parameters
@@ -252,82 +253,10 @@ class Interactions:
         without copies beyond the three output arrays, so 50 M entries need
         no more than those arrays' 1 GB.
         """
-        import scipy.sparse as sp
-
-        if not sp.issparse(matrix):
-            raise DataError(f"from_csr expects a scipy.sparse matrix, got {type(matrix).__name__}")
-        csr = matrix.tocsr()  # no copy when it already is one
-        if not csr.has_canonical_format:
-            csr = csr.copy()
-            csr.sum_duplicates()  # also sorts each row's columns
-        n_users, n_items = csr.shape
-        user_map = IdMap(np.arange(n_users) if user_ids is None else user_ids, "user")
-        item_map = IdMap(np.arange(n_items) if item_ids is None else item_ids, "item")
-        if len(user_map) != n_users or len(item_map) != n_items:
-            raise DataError(
-                f"matrix shape {csr.shape} does not match {len(user_map)} user ids and {len(item_map)} item ids"
-            )
-        check_values(csr.data, lambda pos: f"matrix entry (row {np.searchsorted(csr.indptr, pos, side='right') - 1}, "
-                                           f"column {csr.indices[pos]})")
-        values = csr.data if csr.data.dtype == np.float32 else csr.data.astype(np.float32)
-        return cls._row_major(csr.indptr, csr.indices, values, user_map, item_map, implicit)
-
-    @classmethod
-    def _row_major(cls, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, user_map: IdMap,
-                   item_map: IdMap, implicit: bool) -> Interactions:
-        """Interactions stored as CSR arrays (sorted, no repeats), shared, not copied; ``users``/``items`` on demand."""
-        out = cls.__new__(cls)
-        out._csr = (indptr, indices)
-        out._users = out._items = None
-        out.values, out.timestamps = values, None
-        out.user_map, out.item_map, out.implicit = user_map, item_map, bool(implicit)
-        return out
+        indptr, indices, values, user_map, item_map = csr_parts(matrix, user_ids, item_ids)
+        return cls._row_major(indptr, indices, values, user_map, item_map, implicit)
 
     # ------------------------------------------------------------------ views
-    @property
-    def users(self) -> np.ndarray:
-        """User index of each interaction, int64, shape (n,)."""
-        if self._users is None:  # stored as CSR (from_csr): expanded on first use, then kept
-            indptr = self._csr[0]  # type: ignore[index]
-            self._users = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
-        return self._users
-
-    @users.setter
-    def users(self, value: np.ndarray) -> None:
-        self._users = value
-
-    @property
-    def items(self) -> np.ndarray:
-        """Item index of each interaction, int64, shape (n,)."""
-        if self._items is None:
-            self._items = self._csr[1].astype(np.int64)  # type: ignore[index]
-        return self._items
-
-    @items.setter
-    def items(self, value: np.ndarray) -> None:
-        self._items = value
-
-    def row_major(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The interactions as CSR arrays, sorted by user then item.
-
-        Returns
-        -------
-        indptr : numpy.ndarray of int, shape (n_users + 1,)
-        items : numpy.ndarray of int, shape (n,)
-            int32 or int64.
-        values : numpy.ndarray of float32, shape (n,)
-            Shared, not copied, when the data came from :meth:`from_csr` (or
-            already comes sorted this way).
-        """
-        if self._csr is not None:
-            return self._csr[0], self._csr[1], self.values
-        from torchmf.data.csr import csr_order
-
-        indptr, order = csr_order(self.users, self.items, self.n_users, self.n_items)
-        if len(order) and order[-1] == len(order) - 1 and bool((order[:-1] < order[1:]).all()):  # identity
-            return indptr, self.items, self.values
-        return indptr, self.items[order], self.values[order]
-
     def __len__(self) -> int:
         return len(self.values)
 
@@ -421,24 +350,6 @@ class Interactions:
             self.timestamps,
             self.implicit,
         )
-
-    def _compact_rows(self) -> Interactions:
-        """:meth:`compact` of CSR-stored data: the arrays stay CSR, shared where nothing changes."""
-        indptr, indices = self._csr  # type: ignore[misc]
-        counts = np.diff(indptr)
-        used_u = np.flatnonzero(counts)
-        used_i = np.flatnonzero(np.bincount(indices, minlength=self.n_items))
-        if len(used_u) == self.n_users and len(used_i) == self.n_items:
-            return self
-        if len(used_u) < self.n_users:
-            indptr = np.zeros(len(used_u) + 1, dtype=indptr.dtype)
-            np.cumsum(counts[used_u], out=indptr[1:])
-        if len(used_i) < self.n_items:
-            new_i = np.full(self.n_items, -1, dtype=indices.dtype)
-            new_i[used_i] = np.arange(len(used_i))
-            indices = new_i[indices]
-        return Interactions._row_major(indptr, indices, self.values, self.user_map.subset(used_u),
-                                       self.item_map.subset(used_i), self.implicit)
 
     def rating_range(self) -> tuple[float, float]:
         """``(min, max)`` of the values; raises :class:`DataError` when empty."""
