@@ -22,7 +22,7 @@ import torchmf
 from torchmf import Interactions, MatrixFactorization
 from torchmf import device as device_module
 from torchmf.nn.mf import MFModel
-from torchmf.solvers import ials as ials_module
+from torchmf.solvers import ials_layout as ials_module
 from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_loss, ials_side
 from torchmf.solvers.losses import bpr, logistic, warp
 from torchmf.solvers.pairwise import NegativeSampler, PairwiseSettings, make_pairwise_epoch

@@ -1,0 +1,132 @@
+"""Memory-lean fit set-up (issue 12): CSR input kept as CSR, layouts built from it, the same numbers as before."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import torchmf
+from torchmf.data import checks as checks_module
+from torchmf.data.csr import csr_transpose
+from torchmf.errors import DataError
+from torchmf.solvers import ragged as ragged_module
+from torchmf.solvers.cg import gather_padded
+from torchmf.solvers.ials import confidence
+from torchmf.solvers.ragged import ragged_csr, ragged_layout
+
+
+def _matrix(seed: int = 0, n_users: int = 300, n_items: int = 80, nnz: int = 3000) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    u, i = rng.integers(0, n_users, nnz), rng.zipf(1.4, nnz) % n_items
+    m = sp.csr_matrix((rng.integers(1, 9, nnz).astype(np.float32), (u, i)), shape=(n_users + 4, n_items + 2))
+    m.sum_duplicates()
+    return m  # the extra rows and columns are empty: compact() drops them
+
+
+def test_from_csr_shares_the_matrix_and_expands_ids_on_demand():
+    m = _matrix()
+    data = torchmf.Interactions.from_csr(m, implicit=True)
+    indptr, items, values = data.row_major()
+    assert indptr is m.indptr and items is m.indices and np.shares_memory(values, m.data)
+    coo = m.tocoo()
+    assert len(data) == m.nnz
+    np.testing.assert_array_equal(data.users, coo.row)
+    np.testing.assert_array_equal(data.items, coo.col)
+    assert data.users.dtype == data.items.dtype == np.int64
+
+
+def test_compact_of_csr_data_matches_the_coo_path():
+    m = _matrix(1)
+    data = torchmf.Interactions.from_csr(m, implicit=True)
+    coo = m.tocoo()
+    ref = torchmf.Interactions(coo.row, coo.col, coo.data, data.user_map, data.item_map, implicit=True).compact()
+    got = data.compact()
+    assert got._users is None  # still CSR: nothing expanded
+    np.testing.assert_array_equal(got.users, ref.users)
+    np.testing.assert_array_equal(got.items, ref.items)
+    np.testing.assert_array_equal(got.values, ref.values)
+    assert list(got.user_map.raw(np.arange(got.n_users))) == list(ref.user_map.raw(np.arange(ref.n_users)))
+    assert list(got.item_map.raw(np.arange(got.n_items))) == list(ref.item_map.raw(np.arange(ref.n_items)))
+    assert got.compact() is got
+
+
+def test_csr_transpose_is_scipys_transpose():
+    m = _matrix(2)
+    indptr, rows, order = csr_transpose(m.indptr, m.indices, m.shape[1])
+    t = m.T.tocsr()
+    t.sort_indices()
+    np.testing.assert_array_equal(indptr, t.indptr)
+    np.testing.assert_array_equal(rows, t.indices)
+    np.testing.assert_array_equal(m.data[order], t.data)
+
+
+@pytest.mark.parametrize("with_order", [False, True])
+def test_ragged_csr_fills_the_layout_ragged_layout_builds(monkeypatch, with_order):
+    monkeypatch.setattr(ragged_module, "_FILL_BLOCK", 50)  # many fill blocks on small data
+    m = _matrix(3)
+    if with_order:  # the item side: the transpose's pattern, values read through the positions
+        indptr, cols, order = csr_transpose(m.indptr, m.indices, m.shape[1])
+        n_cols, vals = m.shape[0], m.data
+    else:
+        indptr, cols, order, n_cols, vals = m.indptr, m.indices, None, m.shape[1], m.data
+
+    def conf(v: np.ndarray) -> np.ndarray:
+        return confidence(v, 0.7, "log", 2.0)
+
+    ref = ragged_layout(None, cols, conf(vals if order is None else vals[order]), len(indptr) - 1, n_cols,
+                        max_elements=200, csr=(indptr, None))
+    got = ragged_csr(indptr, cols, vals, n_cols, max_elements=200, order=order, vals_map=conf,
+                     cols_dtype=np.int32)
+    for name in ("rows", "counts", "row_bounds", "entry_bounds", "widths", "vals"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(ref, name), err_msg=name)
+    np.testing.assert_array_equal(got.cols, ref.cols)
+    assert got.cols.dtype == np.int32 and got.vals.dtype == np.float32  # log confidences: not float16 numbers
+
+
+def test_ragged_csr_stores_float16_only_when_exact():
+    m = _matrix(4)
+    ones = np.ones(m.nnz, dtype=np.float32)
+    half = ragged_csr(m.indptr, m.indices, ones, m.shape[1], vals_map=lambda v: 1 + 0.5 * v, half_if_exact=True)
+    assert half.vals.dtype == np.float16 and set(np.unique(half.vals)) == {0.0, 1.5}
+    third = ragged_csr(m.indptr, m.indices, ones, m.shape[1], vals_map=lambda v: (1 + v / 3).astype(np.float32),
+                       half_if_exact=True)
+    assert third.vals.dtype == np.float32  # 5/3 is no float16 number
+
+
+def test_gather_padded_is_a_gather_from_the_table_with_a_zero_row():
+    rng = np.random.default_rng(5)
+    other = torch.tensor(rng.normal(size=(7, 3)), dtype=torch.float32)
+    cols = torch.tensor([0, 7, 3, 7, 6], dtype=torch.int32)  # 7: padding
+    ref = torch.cat([other, other.new_zeros(1, 3)])[cols]
+    assert torch.equal(gather_padded(other, cols, torch.empty(5, 3)), ref)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_fit_from_csr_equals_fit_from_arrays(binary):
+    """The CSR path (shared arrays, transposed item side, float16 binary confidences) changes no number."""
+    m = _matrix(6)
+    if binary:
+        m.data[:] = 1.0
+    coo = m.tocoo()
+    csr = torchmf.Interactions.from_csr(m, implicit=True)
+    # the same pairs and id maps stored as COO arrays, in scrambled order: the path every other input takes
+    perm = np.random.default_rng(7).permutation(m.nnz)
+    arrays = torchmf.Interactions(coo.row[perm], coo.col[perm], coo.data[perm], csr.user_map, csr.item_map,
+                                  implicit=True)
+    kw = dict(loss="ials", factors=8, epochs=2, device="cpu", verbose=False)
+    a = torchmf.MatrixFactorization(**kw).fit(csr)
+    b = torchmf.MatrixFactorization(**kw).fit(arrays)
+    assert np.array_equal(a.user_factors, b.user_factors) and np.array_equal(a.item_factors, b.item_factors)
+    assert [h["train_loss"] for h in a.history_] == [h["train_loss"] for h in b.history_]
+    assert np.array_equal(a.seen_indices_, b.seen_indices_) and np.array_equal(a.seen_indptr_, b.seen_indptr_)
+
+
+def test_large_value_checks_go_by_blocks_with_the_same_message(monkeypatch):
+    monkeypatch.setattr(checks_module, "_CHECK_BLOCK", 4)
+    values = np.ones(20, dtype=np.float32)
+    checks_module.check_values(values, lambda pos: f"entry {pos}")  # clean: passes block by block
+    values[13], values[17] = 1e13, np.nan  # the non-finite one is named first, as without blocks
+    with pytest.raises(DataError, match="entry 17: value nan is not finite"):
+        checks_module.check_values(values, lambda pos: f"entry {pos}")
