@@ -12,7 +12,7 @@ from torchmf.data import checks as checks_module
 from torchmf.data.csr import csr_transpose
 from torchmf.errors import DataError
 from torchmf.solvers import ragged as ragged_module
-from torchmf.solvers.cg import gather_padded
+from torchmf.solvers.cg import padded_gather
 from torchmf.solvers.ials import confidence
 from torchmf.solvers.ragged import ragged_csr, ragged_layout
 
@@ -95,12 +95,13 @@ def test_ragged_csr_stores_float16_only_when_exact():
     assert third.vals.dtype == np.float32  # 5/3 is no float16 number
 
 
-def test_gather_padded_is_a_gather_from_the_table_with_a_zero_row():
+@pytest.mark.parametrize("max_copy_bytes", [0, 1 << 20])
+def test_padded_gather_is_a_gather_from_the_table_with_a_zero_row(max_copy_bytes):
     rng = np.random.default_rng(5)
     other = torch.tensor(rng.normal(size=(7, 3)), dtype=torch.float32)
     cols = torch.tensor([0, 7, 3, 7, 6], dtype=torch.int32)  # 7: padding
     ref = torch.cat([other, other.new_zeros(1, 3)])[cols]
-    assert torch.equal(gather_padded(other, cols, torch.empty(5, 3)), ref)
+    assert torch.equal(padded_gather(other, max_copy_bytes)(cols, torch.full((5, 3), 9.0)), ref)
 
 
 @pytest.mark.parametrize("binary", [True, False])

@@ -31,8 +31,15 @@ import torch
 from torchmf.solvers.ragged import ragged_csr
 
 __all__ = [
-    "CSRPairs", "IALSBucket", "IALSChunk", "cg_rows", "chunk_data_term", "chunk_scores", "gather_padded",
-    "gathered_chunks", "make_csr",
+    "CSRPairs",
+    "IALSBucket",
+    "IALSChunk",
+    "cg_rows",
+    "chunk_data_term",
+    "chunk_scores",
+    "gathered_chunks",
+    "make_csr",
+    "padded_gather",
 ]
 
 # CG's data term: (v, residual) -> F^T (c - w * (F v)) if residual else F^T (w * (F v)), shape like v
@@ -256,21 +263,37 @@ def gathered_chunks(
     return tuple(out)
 
 
-def gather_padded(other: torch.Tensor, cols: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``other[cols]`` into ``out`` (shape (E, k)), with zero rows where ``cols == len(other)`` (padding).
+PADDED_COPY_MAX_BYTES = 64 << 20
 
-    The same block as gathering from ``other`` with a zero row appended, without
-    that copy of the whole table (at a million rows and 64 factors, 256 MB).
+
+def padded_gather(other: torch.Tensor, max_copy_bytes: int | None = None
+                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A function ``(cols, out) -> out`` writing ``other[cols]``, with zero rows where ``cols == len(other)`` (padding).
+
+    Gathers from a copy of ``other`` with a zero row appended while that copy
+    is small (up to ``max_copy_bytes``, default :data:`PADDED_COPY_MAX_BYTES`: the fastest), else from ``other``
+    itself, zeroing the padding rows after (a million rows of 64 factors
+    would cost a 256 MB copy). Both give the same block.
     """
-    n = other.shape[0]
-    torch.index_select(other, 0, cols.clamp(max=max(n - 1, 0)), out=out)
-    return out.masked_fill_((cols == n).unsqueeze(1), 0.0)
+    n, k = other.shape
+    limit = PADDED_COPY_MAX_BYTES if max_copy_bytes is None else max_copy_bytes
+    if other.numel() * other.element_size() <= limit:
+        padded = torch.cat([other, other.new_zeros(1, k)])
+        return lambda cols, out: torch.index_select(padded, 0, cols, out=out)
+
+    def gather(cols: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        pad = (cols == n).nonzero().squeeze(1)
+        torch.index_select(other, 0, cols.clamp(max=n - 1), out=out)
+        return out.index_fill_(0, pad, 0.0)
+
+    return gather
 
 
 def chunk_data_term(chunk: IALSChunk, feats: torch.Tensor, scores: torch.Tensor) -> DataTerm:
     """The data term of one chunk over its gathered ``(E, k)`` block, with an ``(E,)`` scratch buffer."""
     blocks = [(b, b.view(feats), b.view(scores).unsqueeze(1)) for b in chunk.buckets]
-    weight = chunk.conf.to(scores.dtype) - chunk.a0  # chunk-sized, for this chunk's CG only
+    conf = chunk.conf.to(scores.dtype)  # chunk-sized, for this chunk's CG only (float16 conf: converted once)
+    weight = conf - chunk.a0
 
     def term(v: torch.Tensor, residual: bool) -> torch.Tensor:
         out = torch.empty_like(v)
@@ -279,7 +302,7 @@ def chunk_data_term(chunk: IALSChunk, feats: torch.Tensor, scores: torch.Tensor)
         for b, f, y in blocks:
             torch.bmm(v[b.r0 : b.r1].unsqueeze(1), f.transpose(1, 2), out=y)
         if residual:
-            torch.addcmul(chunk.conf, weight, scores, value=-1.0, out=scores)
+            torch.addcmul(conf, weight, scores, value=-1.0, out=scores)
         else:
             scores.mul_(weight)
         for b, f, y in blocks:

@@ -32,7 +32,7 @@ from torchmf.solvers.cg import (
     cg_rows,
     chunk_data_term,
     chunk_scores,
-    gather_padded,
+    padded_gather,
 )
 from torchmf.solvers.ials_layout import IALSSettings, IALSSide, exact_buckets, ials_penalty, ials_side, ials_side_csr
 
@@ -131,6 +131,7 @@ def _gathered_cg(chunks: tuple[IALSChunk, ...], factors: torch.Tensor, other: to
                  s: IALSSettings, with_loss: bool) -> float:
     """CG chunk by chunk over gathered blocks; returns the observed loss (0.0 unless ``with_loss``)."""
     k = other.shape[1]
+    gather = padded_gather(other)  # padding cols point past the table: zero rows
     size = max((c.cols.numel() for c in chunks), default=0)
     buf = other.new_empty(size * k)  # reused: a fresh block per chunk would page-fault each time
     scores_buf = other.new_empty(size)
@@ -138,7 +139,7 @@ def _gathered_cg(chunks: tuple[IALSChunk, ...], factors: torch.Tensor, other: to
     for c in chunks:
         E = c.cols.numel()
         feats, scores = buf[: E * k].view(E, k), scores_buf[:E]
-        gather_padded(other, c.cols, feats)  # padding cols point past the table: zero rows
+        gather(c.cols, feats)
         x = factors.index_select(0, c.rows)
         cg_rows(x, gram, c.lam, s.cg_steps, chunk_data_term(c, feats, scores))
         factors.index_copy_(0, c.rows, x)
