@@ -41,8 +41,10 @@ class ModelState:
         part of :meth:`build_model`'s model.
     user_map, item_map : IdMap
     seen_indptr : numpy.ndarray of int64, shape (n_users + 1,)
-    seen_indices : numpy.ndarray of int64, shape (n_seen,)
-        Each user's training items, CSR, sorted within a row.
+    seen_indices : numpy.ndarray of int64 (int32 after a fit on ``from_csr`` data), shape (n_seen,)
+        Each user's training items, CSR, sorted within a row. After a fit they
+        are the training data's own arrays (shared with a ``from_csr`` matrix,
+        not copied); saved files hold int64.
     seen_values : numpy.ndarray of float32, shape (n_seen,)
         The training value of each of those interactions (1 for implicit data).
     rating_range : (float, float)
