@@ -128,6 +128,29 @@ def test_implicit_uses_ranking_metric(plays: torchmf.Interactions) -> None:
     assert model.extras_["autotune"]["metric"] == "ndcg@10"
 
 
+def test_params_restrict_the_search(plays: torchmf.Interactions) -> None:
+    model = _tune(plays, "ials", n_trials=4, max_epochs=3, params=["confidence", "alpha"])
+    table = model.tuning_
+    assert {"confidence", "alpha"} <= set(table.columns)
+    assert not {"factors", "reg", "unobserved_weight"} & set(table.columns)
+    assert table["alpha"].nunique() > 1  # searched (the first trial is the default, then TPE)
+    assert set(model.extras_["autotune"]["params"]) == {"solver", "confidence", "alpha"}
+    default = torchmf.MatrixFactorization(loss="ials").fit(plays).effective_params
+    for name in ("factors", "reg", "unobserved_weight"):  # not searched: the defaults
+        assert model.effective_params[name] == default[name]
+
+
+def test_params_leave_out_solvers_without_them(ratings: torchmf.Interactions) -> None:
+    spaces = autotune_module.search_spaces(torchmf.MatrixFactorization(), ["lr", "reg"])
+    assert set(spaces) == {"als", "sgd"} and spaces["als"] == {"reg": get_solver("mse", "als").search_space["reg"]}
+    assert set(spaces["sgd"]) == {"lr", "reg"}
+    with pytest.raises(ValueError, match="params: 'alpha' not searched"):
+        torchmf.autotune("mse", ratings, params=["alpha"])
+    for bad in ("reg", [], [1]):
+        with pytest.raises(ValueError, match="params must be"):
+            torchmf.autotune("mse", ratings, params=bad)  # type: ignore[arg-type]
+
+
 def _ratings_only() -> torchmf.MatrixFactorization:
     """An ALS estimator whose fits train one model (no interaction ranker where the estimator has one)."""
     extra = {"rank_by": "scores"} if "rank_by" in torchmf.MatrixFactorization().get_params() else {}
@@ -254,8 +277,20 @@ def test_cli_train_auto(tmp_path: Path, ratings: torchmf.Interactions) -> None:
     assert math.isfinite(model.extras_["autotune"]["validation"])
 
 
+def test_cli_train_auto_params(tmp_path: Path, ratings: torchmf.Interactions) -> None:
+    from test_cli import torchmf as run_cli  # tests/ is on sys.path under pytest
+
+    data = _write(tmp_path / "r.csv", ratings)
+    res = run_cli("train", data, "-o", tmp_path / "m", "--solver", "als", "--auto", "2", "--auto-params", "reg",
+                  "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert set(torchmf.load(tmp_path / "m").extras_["autotune"]["params"]) == {"solver", "reg"}
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--auto", "0"], "--auto"),
+    (["--auto", "5", "--auto-params", "alpha"], "--auto-params: 'alpha'"),
+    (["--auto-params", "reg"], "--auto-params goes with --auto"),
     (["--auto", "5", "--validation", "0.2"], "--validation"),
 ])
 def test_cli_train_auto_errors(tmp_path: Path, ratings: torchmf.Interactions, args: list[str], fragment: str) -> None:
