@@ -123,7 +123,9 @@ def test_same_seed_same_trials(ratings: torchmf.Interactions) -> None:
 def test_implicit_uses_ranking_metric(plays: torchmf.Interactions) -> None:
     model = _tune(plays, "ials", n_trials=3, max_epochs=4)
     assert model.is_ranking
-    assert "ndcg@10" in model.tuning_.columns and "confidence" in model.tuning_.columns
+    assert "ndcg@10" in model.tuning_.columns and "alpha" in model.tuning_.columns
+    # every value is 1: the confidence transform is only another alpha there, so it is not searched
+    assert "confidence" not in model.tuning_.columns
     assert model.tuning_["ndcg@10"].between(0, 1).all()
     assert model.extras_["autotune"]["metric"] == "ndcg@10"
 
@@ -138,6 +140,13 @@ def test_params_restrict_the_search(plays: torchmf.Interactions) -> None:
     default = torchmf.MatrixFactorization(loss="ials").fit(plays).effective_params
     for name in ("factors", "reg", "unobserved_weight"):  # not searched: the defaults
         assert model.effective_params[name] == default[name]
+
+
+def test_counts_search_the_confidence_transform(plays: torchmf.Interactions) -> None:
+    counts = torchmf.Interactions.from_arrays(plays.user_map.raw(plays.users), plays.item_map.raw(plays.items),
+                                              np.random.default_rng(0).zipf(2.0, len(plays)).astype(float))
+    model = _tune(counts, "ials", n_trials=2, max_epochs=2)
+    assert "confidence" in model.tuning_.columns
 
 
 def test_params_leave_out_solvers_without_them(ratings: torchmf.Interactions) -> None:

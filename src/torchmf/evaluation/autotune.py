@@ -119,7 +119,10 @@ def autotune(
     (``"mse"``: ALS, SGD and Gibbs), the solver being a categorical of the
     search and each solver's values their own dimensions. Each solver's first
     trial is its defaults (the estimator's values where it sets them); then
-    Optuna's TPE sampler (seeded) proposes. Trials of iterative solvers are
+    Optuna's TPE sampler (seeded) proposes. Names a solver declares moot for
+    the training values are not searched (iALS's ``confidence`` on binary
+    data: there the transform is only another ``alpha``) unless ``params``
+    names them. Trials of iterative solvers are
     validated after every epoch, stop early (patience 3), are pruned when they
     trail the median of the complete trials of the same solver at the same
     epoch, and keep the epoch count validation chose. Trials of samplers
@@ -209,6 +212,14 @@ def autotune(
     known = ["rmse", "mae", *(f"{m}@{k}" for m in (*RANKING_METRICS, "coverage"))]
     if metric not in known:
         raise ValueError(f"metric must be one of {known} (with k={k}), got {metric!r}")
+    data_profile = value_profile(data.values)
+    for name in spaces:  # leave out what cannot change the model on these values (unless asked for)
+        moot = getattr(get_solver(hp["loss"], name), "moot_for", lambda _: ())(data_profile)
+        drop = [key for key in moot if key in spaces[name] and (params is None or key not in params)]
+        if drop and len(drop) < len(spaces[name]):
+            log.info("autotune: not searching %s for %s (no effect on %s values)", ", ".join(drop), name,
+                     data_profile.kind)
+            spaces[name] = {key: spec for key, spec in spaces[name].items() if key not in drop}
     fixed: dict[str, dict[str, Any]] = {}
     samplers: dict[str, int | None] = {}
     for name in spaces:
