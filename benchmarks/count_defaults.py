@@ -102,7 +102,7 @@ def compare_autotune(train: Interactions, test: Interactions, budget: float, def
     every other value the library's default; the epoch count is still chosen by validation).
     """
     t = time.perf_counter()
-    tuned = torchmf.autotune("ials", train, budget_s=budget, seed=0, params=params)
+    tuned = torchmf.autotune("ials", train, budget_s=budget, seed=0, params=params, verbose=False)
     took = time.perf_counter() - t
     best = tuned.extras_["autotune"]["params"]
     ndcg = torchmf.evaluate(tuned, test, k=K)["ndcg@10"]
