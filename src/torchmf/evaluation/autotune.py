@@ -13,9 +13,9 @@ them, and their epoch count is the chain length they ran. Trials stop being
 started when the time left would not fit one more, the re-check and the
 refit. The re-check scores the few best trials again on two more validation
 splits (the top scores of one split are often closer than that split's noise),
-each also at a smaller training size to extrapolate to the refit's size (the
-setting that gains most from more data is the one the refit needs), and the
-trial with the best estimate is refitted on all the training data. The trial
+each at two training sizes, extrapolated to the refit's size (the setting that
+gains most from more data is the one the refit needs), and the trial with the
+best mean of those estimates is refitted on all the training data. The trial
 loop is :mod:`torchmf.evaluation.selection`'s.
 """
 
@@ -137,12 +137,12 @@ def autotune(
     most 30% of the budget, fewer finalists when they cost more). On each, a
     finalist is fitted on the split's training part and on a part of that
     smaller by the validation fraction again, both scored on the split's
-    held-out part; the finalist's estimate is the mean of its scores on the
-    three splits plus what the line through the two sizes gains from there
-    to the size of ``data`` (the refit's): with 10% held out, trials train on
-    90% of what the refit gets, and on ML-100k's implicit protocol settings
+    held-out part, and the score is extrapolated along the line through the
+    two to the size of ``data`` (the refit's): with 10% held out, trials train
+    on 90% of what the refit gets, and on ML-100k's implicit protocol settings
     that tie at 90% differ at 100% (benchmarks/RESULTS.md section 8.3). The
-    finalist with the best estimate wins; with fewer than two re-checked, the
+    finalist with the best mean estimate wins (the first split, which chose
+    the finalists, is not counted again); with fewer than two re-checked, the
     best of the first split. It is refitted on all of
     ``data`` for its epoch count. Budget: no trial starts when the time left
     would not fit one more (the median so far), the re-check and the refit,
@@ -188,8 +188,8 @@ def autotune(
         Fitted on all of ``data``. ``tuning_`` is the trials table (a
         DataFrame, one row per trial in trial order: ``solver``, the searched
         parameters (NaN where another solver's), the validation ``metric``,
-        ``<metric>_recheck`` (the re-check's estimate at the refit's size:
-        the mean over the three splits plus the extrapolated gain; finalists only),
+        ``<metric>_recheck`` (the re-check's estimate at the refit's size, the
+        mean over its splits; finalists only),
         ``epochs`` (what the refit of that trial would run), ``state``
         (complete, pruned or failed) and ``seconds``);
         ``extras_["autotune"]`` records the chosen setting (with its solver)
@@ -267,7 +267,7 @@ def autotune(
             others.append((part, held, split(part, fraction, seed=seed + RECHECKS + n)[0]))
 
         def recheck(t: TrialRecord) -> float:
-            scores, gains = [t.value], []
+            scores = []
             for part, held, less in others:
                 try:
                     at = [float(evaluate(_clone(trial_base, **t.params, epochs=t.epochs, early_stopping=None)
@@ -275,10 +275,9 @@ def autotune(
                 except TrainingError as exc:
                     log.info("autotune: re-check of trial %d diverged: %s", t.number, exc)
                     return math.nan
-                scores.append(at[0])
-                # what the rows the refit adds are worth, on the line through the scores at the two sizes
-                gains.append((at[0] - at[1]) * (len(data) - len(part)) / max(len(part) - len(less), 1))
-            return sum(scores) / len(scores) + sum(gains) / len(gains)
+                # the score at the refit's size, on the line through the scores at the two sizes
+                scores.append(at[0] + (at[0] - at[1]) * (len(data) - len(part)) / max(len(part) - len(less), 1))
+            return sum(scores) / len(scores)
 
         best = tuner.choose(recheck)
         if best is None:

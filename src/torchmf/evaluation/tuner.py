@@ -203,10 +203,9 @@ class Tuner:
     def choose(self, recheck: Callable[[TrialRecord], float]) -> TrialRecord | None:
         """Re-check the finalists (best first, while the budget allows) and return the winner.
 
-        Finalists are ranked by ``recheck`` (what ``recheck`` returns: autotune's estimate at the
-        refit's size, the first split's score included); the best first-split trial when fewer than
-        two of them fit in the re-check's share of the budget or the time left. None when no trial
-        completed.
+        Finalists are ranked by ``recheck`` alone (the first split chose them, so its scores are
+        biased upwards by that choice); the best first-split trial when fewer than two of them fit
+        in the re-check's share of the budget or the time left. None when no trial completed.
         """
         finalists = self.finalists()
         checkable = finalists[:len(self._checkable([t.cost for t in finalists]))]
