@@ -46,7 +46,7 @@ def test_trials_table_and_refit(ratings: torchmf.Interactions) -> None:
     # the refit is the chosen finalist's setting, for its epoch count, on all the data
     info = model.extras_["autotune"]
     chosen = table[table["rmse_recheck"].notna()]
-    best = chosen.loc[chosen["rmse_recheck"].idxmin()]  # the re-check's estimate at the refit's size decides
+    best = chosen.loc[((chosen["rmse"] + 2 * chosen["rmse_recheck"]) / 3).idxmin()]  # the mean of 3 splits
     assert info["params"] == {"solver": "als", **{name: best[name].item() for name in space}}
     assert info["validation"] == pytest.approx(best["rmse"]) and info["recheck"] == pytest.approx(best["rmse_recheck"])
     hp = model.effective_params
@@ -65,19 +65,6 @@ def test_finalists_are_rechecked_on_more_splits(ratings: torchmf.Interactions) -
     top = table[table["rmse"].notna()].nsmallest(5, "rmse")
     assert sorted(rechecked["trial"]) == sorted(top["trial"])
     assert (rechecked["rmse_recheck"] != rechecked["rmse"]).all()
-
-
-def test_recheck_extrapolates_to_the_refit_size(ratings: torchmf.Interactions,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    # a stand-in metric linear in the rows a model was fitted on: 1 - 0.1 * rows / len(ratings); the
-    # re-check's line through its two fit sizes must then land on 0.9 (its value at all the rows) exactly
-    def fake_evaluate(model, test, train=None, k=10):
-        return {"rmse": 1.0 - 0.1 * len(model.seen_indices_) / len(ratings)}
-
-    monkeypatch.setattr(autotune_module, "evaluate", fake_evaluate)
-    table = _tune(ratings, torchmf.MatrixFactorization(solver="als"), n_trials=4).tuning_
-    rechecked = table["rmse_recheck"].dropna()
-    assert len(rechecked) >= 2 and np.allclose(rechecked, 0.9)
 
 
 def test_a_loss_name_searches_its_solvers(ratings: torchmf.Interactions) -> None:
@@ -182,7 +169,7 @@ def _ratings_only() -> torchmf.MatrixFactorization:
 def test_budget_on_a_simulated_clock(ratings: torchmf.Interactions, simulated_clock: dict[str, float]) -> None:
     """Each epoch of any fit (trials and refit) costs one simulated second; the total must stay in budget."""
     clock = simulated_clock
-    model = torchmf.autotune(_ratings_only(), ratings, budget_s=120, max_epochs=4, verbose=False)
+    model = torchmf.autotune(_ratings_only(), ratings, budget_s=120, max_epochs=8, verbose=False)
     table = model.tuning_
     # the search stopped on its own (no n_trials), used most of the budget, and the refit still fit in it
     assert len(table) >= 3

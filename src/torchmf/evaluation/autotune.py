@@ -12,11 +12,9 @@ not the averaged prediction the fit ends with, so it neither stops nor prunes
 them, and their epoch count is the chain length they ran. Trials stop being
 started when the time left would not fit one more, the re-check and the
 refit. The re-check scores the few best trials again on two more validation
-splits (the top scores of one split are often closer than that split's noise),
-each at two training sizes, extrapolated to the refit's size (the setting that
-gains most from more data is the one the refit needs), and the trial with the
-best mean of those estimates is refitted on all the training data. The trial
-loop is :mod:`torchmf.evaluation.selection`'s.
+splits (the top scores of one split are often closer than that split's noise)
+and the trial with the best mean of its three scores is refitted on all the
+training data. The trial loop is :mod:`torchmf.evaluation.selection`'s.
 """
 
 from __future__ import annotations
@@ -133,16 +131,10 @@ def autotune(
     chain length they ran.
 
     Choice: the 5 best trials (complete, or pruned and scored at their best
-    epoch) are scored again on two more validation splits (other seeds; at
-    most 30% of the budget, fewer finalists when they cost more). On each, a
-    finalist is fitted on the split's training part and on a part of that
-    smaller by the validation fraction again, both scored on the split's
-    held-out part, and the score is extrapolated along the line through the
-    two to the size of ``data`` (the refit's): with 10% held out, trials train
-    on 90% of what the refit gets, and on ML-100k's implicit protocol settings
-    that tie at 90% differ at 100% (benchmarks/RESULTS.md section 8.3). The
-    finalist with the best mean estimate wins (the first split, which chose
-    the finalists, is not counted again); with fewer than two re-checked, the
+    epoch) are scored again on two more validation splits (other seeds;
+    at most 30% of the budget, fewer finalists when they cost more) and the
+    one with the best mean of its three scores wins (top scores of one split
+    are often closer than its noise); with fewer than two re-checked, the
     best of the first split. It is refitted on all of
     ``data`` for its epoch count. Budget: no trial starts when the time left
     would not fit one more (the median so far), the re-check and the refit,
@@ -188,8 +180,7 @@ def autotune(
         Fitted on all of ``data``. ``tuning_`` is the trials table (a
         DataFrame, one row per trial in trial order: ``solver``, the searched
         parameters (NaN where another solver's), the validation ``metric``,
-        ``<metric>_recheck`` (the re-check's estimate at the refit's size, the
-        mean over its splits; finalists only),
+        ``<metric>_recheck`` (the mean over the re-check splits, finalists only),
         ``epochs`` (what the refit of that trial would run), ``state``
         (complete, pruned or failed) and ``seconds``);
         ``extras_["autotune"]`` records the chosen setting (with its solver)
@@ -261,22 +252,18 @@ def autotune(
         with epoch_hook(tuner.on_epoch):
             _search(trial_base, train, validation, tuner, metric, k, PATIENCE, seed,
                     on_result=tuner.on_result, per_epoch=True)
-        others = []
-        for n in range(1, RECHECKS + 1):
-            part, held = split(data, fraction, seed=seed + n)
-            others.append((part, held, split(part, fraction, seed=seed + RECHECKS + n)[0]))
+        others = [split(data, fraction, seed=seed + n) for n in range(1, RECHECKS + 1)]
 
         def recheck(t: TrialRecord) -> float:
             scores = []
-            for part, held, less in others:
+            for part, held in others:
+                model = _clone(trial_base, **t.params, epochs=t.epochs, early_stopping=None)
                 try:
-                    at = [float(evaluate(_clone(trial_base, **t.params, epochs=t.epochs, early_stopping=None)
-                                         .fit(rows), held, train=part, k=k)[metric]) for rows in (part, less)]
+                    model.fit(part)
                 except TrainingError as exc:
                     log.info("autotune: re-check of trial %d diverged: %s", t.number, exc)
                     return math.nan
-                # the score at the refit's size, on the line through the scores at the two sizes
-                scores.append(at[0] + (at[0] - at[1]) * (len(data) - len(part)) / max(len(part) - len(less), 1))
+                scores.append(float(evaluate(model, held, k=k)[metric]))
             return sum(scores) / len(scores)
 
         best = tuner.choose(recheck)

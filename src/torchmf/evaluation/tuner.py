@@ -27,9 +27,6 @@ SAFETY = 1.25
 # how many of the best trials are scored again, on how many more validation splits, before one is
 # chosen, and the share of the budget that re-check may spend at most (fewer finalists when they cost more)
 FINALISTS, RECHECKS, RECHECK_SHARE = 5, 2, 0.3
-# fits per re-check split, in trial fits: one on the split's training part and one on a share of it
-# (the re-check estimates the score at the refit's size from the two: autotune's docstring)
-RECHECK_FITS = 2
 # median pruning per solver: from this many complete trials of the solver on, after this many epochs
 PRUNE_STARTUP, PRUNE_WARMUP = 4, 2
 
@@ -86,9 +83,9 @@ class Tuner:
         """The leading finalists' costs the re-check can afford (none unless two fit: nothing to compare)."""
         out: list[float] = []
         for cost in costs:
-            if sum(out) + RECHECK_FITS * RECHECKS * cost > self.recheck_budget:
+            if sum(out) + RECHECKS * cost > self.recheck_budget:
                 break
-            out.append(RECHECK_FITS * RECHECKS * cost)
+            out.append(RECHECKS * cost)
         return out if len(out) > 1 else []
 
     def reserve(self, running: float | None = None) -> float:
@@ -203,16 +200,16 @@ class Tuner:
     def choose(self, recheck: Callable[[TrialRecord], float]) -> TrialRecord | None:
         """Re-check the finalists (best first, while the budget allows) and return the winner.
 
-        Finalists are ranked by ``recheck`` alone (the first split chose them, so its scores are
-        biased upwards by that choice); the best first-split trial when fewer than two of them fit
-        in the re-check's share of the budget or the time left. None when no trial completed.
+        Finalists are ranked by the mean of both splits' scores; the best first-split trial when
+        fewer than two of them fit in the re-check's share of the budget or the time left. None
+        when no trial completed.
         """
         finalists = self.finalists()
         checkable = finalists[:len(self._checkable([t.cost for t in finalists]))]
         refit = SAFETY * max((t.cost for t in finalists), default=0.0) * self.refit_scale
         checked = []
         for t in checkable:
-            if self.clock() + SAFETY * RECHECK_FITS * RECHECKS * t.cost + refit > self.deadline:
+            if self.clock() + SAFETY * RECHECKS * t.cost + refit > self.deadline:
                 log.info("autotune: no time left to re-check trial %d", t.number)
                 break
             began = self.clock()
@@ -223,4 +220,4 @@ class Tuner:
         if len(checked) < 2:
             return finalists[0] if finalists else None
         sign = 1.0 if self.lower else -1.0
-        return min(checked, key=lambda t: sign * t.recheck)
+        return min(checked, key=lambda t: sign * (t.value + RECHECKS * t.recheck) / (1 + RECHECKS))
