@@ -131,7 +131,8 @@ def autotune(
     chain length they ran.
 
     Choice: the 5 best trials (complete, or pruned and scored at their best
-    epoch) are scored again on two more validation splits (other seeds;
+    epoch) are scored again on two more validation splits (other seeds for
+    the split and for the initialisation;
     at most 30% of the budget, fewer finalists when they cost more) and the
     one with the best mean of its three scores wins (top scores of one split
     are often closer than its noise); with fewer than two re-checked, the
@@ -252,12 +253,14 @@ def autotune(
         with epoch_hook(tuner.on_epoch):
             _search(trial_base, train, validation, tuner, metric, k, PATIENCE, seed,
                     on_result=tuner.on_result, per_epoch=True)
-        others = [split(data, fraction, seed=seed + n) for n in range(1, RECHECKS + 1)]
+        # each re-check split with its own initialisation seed too: a trial's first-split score
+        # includes the luck of its initialisation, which the re-check must not inherit
+        others = [(seed + n, *split(data, fraction, seed=seed + n)) for n in range(1, RECHECKS + 1)]
 
         def recheck(t: TrialRecord) -> float:
             scores = []
-            for part, held in others:
-                model = _clone(trial_base, **t.params, epochs=t.epochs, early_stopping=None)
+            for other_seed, part, held in others:
+                model = _clone(trial_base, **t.params, epochs=t.epochs, early_stopping=None, seed=other_seed)
                 try:
                     model.fit(part)
                 except TrainingError as exc:
