@@ -67,6 +67,18 @@ def test_finalists_are_rechecked_on_more_splits(ratings: torchmf.Interactions) -
     assert (rechecked["rmse_recheck"] != rechecked["rmse"]).all()
 
 
+def test_recheck_fits_use_other_init_seeds(ratings: torchmf.Interactions, monkeypatch: pytest.MonkeyPatch) -> None:
+    seeds = []
+
+    def fake_evaluate(model, test, train=None, k=10):  # records the re-check fits' seeds
+        seeds.append(model.get_params()["seed"])
+        return {"rmse": 1.0}
+
+    monkeypatch.setattr(autotune_module, "evaluate", fake_evaluate)
+    _tune(ratings, torchmf.MatrixFactorization(solver="als"), n_trials=4, seed=7)
+    assert seeds and set(seeds) == {8, 9}  # one per re-check split, never the trials' seed 7
+
+
 def test_a_loss_name_searches_its_solvers(ratings: torchmf.Interactions) -> None:
     """For a loss name the solver is part of the search: every solver of "mse" with a search_space."""
     model = _tune(ratings, n_trials=12, max_epochs=4)
