@@ -51,7 +51,8 @@ def test_selections_are_each_rows_entries_in_csr_order():
     sides = SeenSides(m)
     chosen = np.array([0, 3, 8])
     for side, rows_of, cols_of in (("item", m.items, m.users), ("user", m.users, m.items)):
-        r, c, pos = sides.select(side, "some", chosen)
+        r, c, pos, indptr = sides.select(side, "some", chosen)
+        assert np.array_equal(indptr, _csr(r, len(chosen)))
         want = sorted((j, int(col)) for j, row in enumerate(chosen) for col in cols_of[rows_of == row])
         assert list(zip(r.tolist(), c.tolist(), strict=True)) == want  # renumbered rows, then columns ascending
         assert np.array_equal(rows_of[pos], chosen[r]) and np.array_equal(cols_of[pos], c)

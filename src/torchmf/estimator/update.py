@@ -304,14 +304,14 @@ def _resolve_rows(model: MFModel, sides: SeenSides, values: np.ndarray, hp: dict
     def solver_for(side: str, name: str, rows_to_solve: np.ndarray, steps: int = hp["cg_steps"]
                    ) -> Callable[[], None]:
         (f, b), (of, ob), other = tables[side]
-        r, c, pos = sides.select(side, name, rows_to_solve)  # CSR-sorted: the layouts skip their sort
+        r, c, pos, indptr = sides.select(side, name, rows_to_solve)  # CSR-sorted: the layouts skip their sort
         settings_k = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], steps)
         idx = torch.as_tensor(rows_to_solve, device=dev)
         if implicit:
             layout: Any = ials_side(r, c, vals[pos], len(rows_to_solve), n_of[other], hp["factors"], dev, settings_k)
         else:
             layout = als_layout(r, c, vals[pos], len(rows_to_solve), n_of[other], {**hp, "cg_steps": steps}, dev,
-                                t["P"].dtype)
+                                t["P"].dtype, indptr=indptr)
 
         def solve() -> None:
             rows_f = t[f][idx]
