@@ -21,7 +21,7 @@ other rows as the warm start:
   iALS in the alternations; exact with ``cg_steps=0``) and the training
   penalty (``reg * n ** reg_exponent``; iALS's unobserved term over every
   item). Untouched rows keep their factors. The data work is linear and
-  sorts nothing of the seen index's size but once (:mod:`torchmf.estimator.touched`).
+  sorts nothing of the seen index's size (:mod:`torchmf.estimator.touched`).
 * SGD losses (``mse`` with ``solver="sgd"``, ``bpr``, ``logistic``, ``warp``):
   for ``mse`` the new rows first get the same ridge solves (SGD's per-rating
   L2 is ALS's weighted lambda), then ``epochs`` passes (default 2) of the
