@@ -17,8 +17,9 @@ The explicit cases also report NDCG@10 of ``recommend`` on u1.test (what
 their interaction-ranking component ranks by; no target, a check that the
 update keeps it up to date).
 Times (wall and process CPU) are the best of ``--rounds`` runs on 2 threads
-(``--threads``); the copy of the fitted model each ``partial_fit`` round
-updates is made outside the timed region.
+(``--threads``), full fits and updates alternating (the ratios of the median
+times are printed too); the copy of the fitted model each ``partial_fit``
+round updates is made outside the timed region.
 
     TORCHMF_DATA_HOME=/path/to/data python benchmarks/partial_fit.py [--rounds 3]
 """
@@ -60,19 +61,23 @@ def ndcg(model: torchmf.MatrixFactorization, test: torchmf.Interactions) -> floa
     return float(torchmf.evaluate(model, test, k=10)["ndcg@10"])
 
 
-def timed(fn: Any, rounds: int, setup: Any = None) -> tuple[Any, float, float]:
-    """``fn(setup())``'s result (``fn()`` without ``setup``), its best wall and process CPU times over ``rounds`` runs.
+def timed(fns: list[Any], rounds: int) -> list[tuple[Any, list[float], list[float]]]:
+    """Run each ``(fn, setup)`` of ``fns`` once per round, alternating: last result, wall and CPU times of each.
 
-    ``setup`` runs outside the timed region.
+    ``setup`` (or None) runs outside the timed region and its result is ``fn``'s
+    argument. Alternating puts the runs being compared under the same load.
     """
-    wall = cpu = float("inf")
-    out = None
+    out: list[Any] = [None] * len(fns)
+    wall: list[list[float]] = [[] for _ in fns]
+    cpu: list[list[float]] = [[] for _ in fns]
     for _ in range(rounds):
-        args = () if setup is None else (setup(),)
-        t, c = time.perf_counter(), time.process_time()
-        out = fn(*args)
-        wall, cpu = min(wall, time.perf_counter() - t), min(cpu, time.process_time() - c)
-    return out, wall, cpu
+        for j, (fn, setup) in enumerate(fns):
+            args = () if setup is None else (setup(),)
+            t, c = time.perf_counter(), time.process_time()
+            out[j] = fn(*args)
+            wall[j].append(time.perf_counter() - t)
+            cpu[j].append(time.process_time() - c)
+    return list(zip(out, wall, cpu, strict=True))
 
 
 def compare(name: str, train: torchmf.Interactions, test: torchmf.Interactions, metric: Any, rounds: int,
@@ -83,12 +88,13 @@ def compare(name: str, train: torchmf.Interactions, test: torchmf.Interactions, 
     def make() -> torchmf.MatrixFactorization:
         return torchmf.MatrixFactorization(verbose=False, device="cpu", **params)
 
-    full, t_full, c_full = timed(lambda: make().fit(train), rounds)
     before = make().fit(base)
     m_before = metric(before, test)
-
-    # each round updates a fresh copy of the same fitted model; the copy is not timed
-    updated, t_upd, c_upd = timed(lambda est: est.partial_fit(extra), rounds, setup=lambda: copy.deepcopy(before))
+    # full fits and updates alternate; each update runs on a fresh copy of the same fitted model (not timed)
+    (full, w_full, cp_full), (updated, w_upd, cp_upd) = timed(
+        [(lambda: make().fit(train), None), (lambda est: est.partial_fit(extra), lambda: copy.deepcopy(before))],
+        rounds)
+    t_full, c_full, t_upd, c_upd = min(w_full), min(cp_full), min(w_upd), min(cp_upd)
     m_full, m_upd = metric(full, test), metric(updated, test)
     ranks = {} if ranking is None else {
         "ranking_ndcg10_full_refit": round(ranking(full, test), 5), "ranking_ndcg10_partial_fit":
@@ -99,6 +105,8 @@ def compare(name: str, train: torchmf.Interactions, test: torchmf.Interactions, 
         "metric_partial_fit": round(m_upd, 5), "delta": round(m_upd - m_full, 5),
         "full_fit_s": round(t_full, 3), "partial_fit_s": round(t_upd, 3), "time_ratio": round(t_upd / t_full, 3),
         "full_fit_cpu_s": round(c_full, 3), "partial_fit_cpu_s": round(c_upd, 3), "cpu_ratio": round(c_upd / c_full, 3),
+        "time_ratio_median": round(float(np.median(w_upd) / np.median(w_full)), 3),
+        "cpu_ratio_median": round(float(np.median(cp_upd) / np.median(cp_full)), 3),
         **ranks, "updates": updated.extras_["updates"][-1],
     }
 
