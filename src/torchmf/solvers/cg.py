@@ -21,6 +21,7 @@ product:
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ import torch
 from torchmf.solvers.ragged import ragged_layout
 
 __all__ = [
-    "CSRPairs", "IALSBucket", "IALSChunk", "cg_rows", "chunk_data_term", "chunk_scores", "gathered_chunks", "make_csr",
+    "CSRPairs", "IALSBucket", "IALSChunk", "cg_rows", "chunk_data_term", "chunk_scores", "gathered_cg",
+    "gathered_chunks", "make_csr",
 ]
 
 # CG's data term: (v, residual) -> F^T (c - w * (F v)) if residual else F^T (w * (F v)), shape like v
@@ -270,3 +272,74 @@ def chunk_scores(chunk: IALSChunk, feats: torch.Tensor, x: torch.Tensor, scores:
     for b in chunk.buckets:
         torch.bmm(x[b.r0 : b.r1].unsqueeze(1), b.view(feats).transpose(1, 2), out=b.view(scores).unsqueeze(1))
     return scores
+
+
+def gathered_cg(chunks: tuple[IALSChunk, ...], factors: torch.Tensor, other: torch.Tensor, gram: torch.Tensor,
+                steps: int, a0: float, with_loss: bool) -> float:
+    """``steps`` CG steps chunk by chunk over gathered blocks, in place; the observed loss (0.0 unless ``with_loss``).
+
+    ``gram`` is ``a0`` times the whole other side's Gramian; the loss is iALS's
+    ``sum c (1 - y)^2 - a0 y^2`` over the chunks' pairs at the new factors.
+
+    On the CPU with ``n > 1`` intra-op threads, ``n`` Python threads take the
+    chunks in turn, each running serial kernels: chunks are independent (disjoint
+    rows, the other side read-only), so the threads never meet at a barrier,
+    where intra-op threads would meet at one per kernel, and a chunk's kernels
+    are too small to keep two threads busy. Every chunk computes the same numbers
+    whichever thread runs it, and the loss adds the chunks' terms in chunk order.
+    """
+    k = other.shape[1]
+    padded = torch.cat([other, other.new_zeros(1, k)])  # padding cols point at the zero row
+    size = max((c.cols.numel() for c in chunks), default=0)
+    losses: list[torch.Tensor | None] = [None] * len(chunks)
+    errors: list[BaseException] = []
+    threads = torch.get_num_threads() if other.device.type == "cpu" else 1
+    workers = min(threads, len(chunks))
+    queue = iter(range(len(chunks)))
+    lock = threading.Lock()
+
+    def work() -> None:
+        buf = other.new_empty(size * k)  # reused: a fresh block per chunk would page-fault each time
+        scores_buf = other.new_empty(size)
+        while True:
+            with lock:
+                j = None if errors else next(queue, None)
+            if j is None:
+                return
+            c = chunks[j]
+            E = c.cols.numel()
+            feats, scores = buf[: E * k].view(E, k), scores_buf[:E]
+            torch.index_select(padded, 0, c.cols, out=feats)
+            x = factors.index_select(0, c.rows)
+            cg_rows(x, gram, c.lam, steps, chunk_data_term(c, feats, scores))
+            factors.index_copy_(0, c.rows, x)
+            if with_loss:  # padding has c = 0 and y = 0: it adds nothing
+                y = chunk_scores(c, feats, x, scores)
+                losses[j] = (c.conf * (1 - y).square() - a0 * y.square()).sum()
+
+    def guarded() -> None:
+        try:
+            work()
+        except BaseException as e:  # re-raised in the calling thread below
+            with lock:
+                errors.append(e)
+
+    if workers <= 1:
+        work()
+    else:
+        torch.set_num_threads(1)  # the workers pick this up: serial kernels in each
+        try:
+            pool = [threading.Thread(target=guarded, name=f"torchmf-ials-{w}", daemon=True) for w in range(workers)]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+        finally:
+            torch.set_num_threads(threads)
+        if errors:
+            raise errors[0]
+    observed = torch.zeros((), dtype=torch.float64, device=other.device)
+    for term in losses:  # in chunk order, as one thread would add them
+        if term is not None:
+            observed += term
+    return float(observed)
