@@ -152,7 +152,7 @@ def test_gathered_chunks_on_two_python_threads_match_one_bitwise(monkeypatch):
 
 def test_gathered_worker_error_reaches_the_caller(monkeypatch):
     """An error inside a worker thread is raised by the half-sweep, and the thread count is restored."""
-    from torchmf.solvers import cg
+    from torchmf.solvers import ials as ials_module
     from torchmf.solvers.ials import ials_half_sweep
 
     side, s, P, Q = _gathered_case(monkeypatch)
@@ -164,8 +164,8 @@ def test_gathered_worker_error_reaches_the_caller(monkeypatch):
             raise RuntimeError("chunk failed")
         return real(x, gram, lam, steps, term)
 
-    real = cg.cg_rows
-    monkeypatch.setattr(cg, "cg_rows", failing)
+    real = ials_module.cg_rows
+    monkeypatch.setattr(ials_module, "cg_rows", failing)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

@@ -32,11 +32,12 @@ import torch
 from torchmf.solvers.ragged import ragged_layout
 
 __all__ = [
-    "CSRPairs", "IALSBucket", "IALSChunk", "cg_rows", "chunk_data_term", "chunk_scores", "gathered_cg",
+    "CSRPairs", "IALSBucket", "IALSChunk", "cg_rows", "chunk_data_term", "chunk_scores", "each_chunk",
     "gathered_chunks", "make_csr",
 ]
 
-# CG's data term: (v, residual) -> F^T (c - w * (F v)) if residual else F^T (w * (F v)), shape like v
+# CG's data term: (v, residual) -> F^T (c - w * (F v)) if residual else F^T (w * (F v)), shape like v;
+# the result may be overwritten by the next call with the same flag (cg_rows needs it only until then)
 DataTerm = Callable[[torch.Tensor, bool], torch.Tensor]
 
 
@@ -247,21 +248,36 @@ def gathered_chunks(
 
 
 def chunk_data_term(chunk: IALSChunk, feats: torch.Tensor, scores: torch.Tensor) -> DataTerm:
-    """The data term of one chunk over its gathered ``(E, k)`` block, with an ``(E,)`` scratch buffer."""
+    """The data term of one chunk over its gathered ``(E, k)`` block, with an ``(E,)`` scratch buffer.
+
+    CG passes the same vector (``x`` once, then ``p`` every step) and needs each
+    product only until the next one, so the per-bucket views of the input and of
+    one output buffer per flag are built on the first call and reused: a chunk
+    makes a few dozen small kernel calls per pass, and the Python work around
+    them is what the workers of :func:`gathered_cg` contend for.
+    """
+    # (B,1,k) @ (B,k,L) on a transposed view: on CPU several times faster
+    # than the textbook (B,L,k) @ (B,k,1), which misses MKL's fast path
     blocks = [(b, b.view(feats), b.view(scores).unsqueeze(1)) for b in chunk.buckets]
+    Args = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (a, b, out) of each bucket's bmm
+    cache: dict[bool, tuple[torch.Tensor, torch.Tensor, Args, Args]] = {}
 
     def term(v: torch.Tensor, residual: bool) -> torch.Tensor:
-        out = torch.empty_like(v)
-        # (B,1,k) @ (B,k,L) on a transposed view: on CPU several times faster
-        # than the textbook (B,L,k) @ (B,k,1), which misses MKL's fast path
-        for b, f, y in blocks:
-            torch.bmm(v[b.r0 : b.r1].unsqueeze(1), f.transpose(1, 2), out=y)
+        hit = cache.get(residual)
+        if hit is None or hit[0] is not v:
+            out = torch.empty_like(v)
+            forward = [(v[b.r0 : b.r1].unsqueeze(1), f.transpose(1, 2), y) for b, f, y in blocks]
+            back = [(y, f, out[b.r0 : b.r1].unsqueeze(1)) for b, f, y in blocks]
+            hit = cache[residual] = (v, out, forward, back)
+        _, out, forward, back = hit
+        for a, f, y in forward:  # y = F v, bucket by bucket
+            torch.bmm(a, f, out=y)
         if residual:
             torch.addcmul(chunk.conf, chunk.weight, scores, value=-1.0, out=scores)
         else:
             scores.mul_(chunk.weight)
-        for b, f, y in blocks:
-            torch.bmm(y, f, out=out[b.r0 : b.r1].unsqueeze(1))
+        for y, f, o in back:  # out = F^T y
+            torch.bmm(y, f, out=o)
         return out
 
     return term
@@ -274,72 +290,50 @@ def chunk_scores(chunk: IALSChunk, feats: torch.Tensor, x: torch.Tensor, scores:
     return scores
 
 
-def gathered_cg(chunks: tuple[IALSChunk, ...], factors: torch.Tensor, other: torch.Tensor, gram: torch.Tensor,
-                steps: int, a0: float, with_loss: bool) -> float:
-    """``steps`` CG steps chunk by chunk over gathered blocks, in place; the observed loss (0.0 unless ``with_loss``).
+def each_chunk(n: int, solve: Callable[[int, int], None], device: torch.device) -> None:
+    """``solve(j, worker)`` for every chunk ``j < n``; on the CPU, on one Python thread per intra-op thread.
 
-    ``gram`` is ``a0`` times the whole other side's Gramian; the loss is iALS's
-    ``sum c (1 - y)^2 - a0 y^2`` over the chunks' pairs at the new factors.
-
-    On the CPU with ``n > 1`` intra-op threads, ``n`` Python threads take the
-    chunks in turn, each running serial kernels: chunks are independent (disjoint
-    rows, the other side read-only), so the threads never meet at a barrier,
-    where intra-op threads would meet at one per kernel, and a chunk's kernels
-    are too small to keep two threads busy. Every chunk computes the same numbers
-    whichever thread runs it, and the loss adds the chunks' terms in chunk order.
+    With ``t > 1`` intra-op threads, ``min(t, n)`` Python threads take the
+    chunks in turn, each running serial kernels (torch's thread count is 1
+    meanwhile and restored after). Chunks are independent (disjoint rows, the
+    other side read-only), so the workers never meet at a barrier, where
+    intra-op threads meet at one per kernel call, and a chunk's kernels are
+    too small to keep several threads busy. A chunk computes the same numbers
+    whichever worker (``worker < t``) solves it; results summed over chunks
+    should be added in chunk order. An error in a worker stops the others
+    taking chunks and is raised here.
     """
-    k = other.shape[1]
-    padded = torch.cat([other, other.new_zeros(1, k)])  # padding cols point at the zero row
-    size = max((c.cols.numel() for c in chunks), default=0)
-    losses: list[torch.Tensor | None] = [None] * len(chunks)
-    errors: list[BaseException] = []
-    threads = torch.get_num_threads() if other.device.type == "cpu" else 1
-    workers = min(threads, len(chunks))
-    queue = iter(range(len(chunks)))
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    workers = min(threads, n)
+    if workers <= 1:
+        for j in range(n):
+            solve(j, 0)
+        return
+    queue = iter(range(n))
     lock = threading.Lock()
+    errors: list[BaseException] = []
 
-    def work() -> None:
-        buf = other.new_empty(size * k)  # reused: a fresh block per chunk would page-fault each time
-        scores_buf = other.new_empty(size)
-        while True:
-            with lock:
-                j = None if errors else next(queue, None)
-            if j is None:
-                return
-            c = chunks[j]
-            E = c.cols.numel()
-            feats, scores = buf[: E * k].view(E, k), scores_buf[:E]
-            torch.index_select(padded, 0, c.cols, out=feats)
-            x = factors.index_select(0, c.rows)
-            cg_rows(x, gram, c.lam, steps, chunk_data_term(c, feats, scores))
-            factors.index_copy_(0, c.rows, x)
-            if with_loss:  # padding has c = 0 and y = 0: it adds nothing
-                y = chunk_scores(c, feats, x, scores)
-                losses[j] = (c.conf * (1 - y).square() - a0 * y.square()).sum()
-
-    def guarded() -> None:
+    def work(worker: int) -> None:
         try:
-            work()
-        except BaseException as e:  # re-raised in the calling thread below
+            while True:
+                with lock:
+                    j = None if errors else next(queue, None)
+                if j is None:
+                    return
+                solve(j, worker)
+        except BaseException as e:  # raised in the calling thread below
             with lock:
                 errors.append(e)
 
-    if workers <= 1:
-        work()
-    else:
-        torch.set_num_threads(1)  # the workers pick this up: serial kernels in each
-        try:
-            pool = [threading.Thread(target=guarded, name=f"torchmf-ials-{w}", daemon=True) for w in range(workers)]
-            for t in pool:
-                t.start()
-            for t in pool:
-                t.join()
-        finally:
-            torch.set_num_threads(threads)
-        if errors:
-            raise errors[0]
-    observed = torch.zeros((), dtype=torch.float64, device=other.device)
-    for term in losses:  # in chunk order, as one thread would add them
-        if term is not None:
-            observed += term
-    return float(observed)
+    torch.set_num_threads(1)  # the workers pick this up: serial kernels in each
+    try:
+        pool = [threading.Thread(target=work, args=(w,), name=f"torchmf-chunks-{w}", daemon=True)
+                for w in range(workers)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    finally:
+        torch.set_num_threads(threads)
+    if errors:
+        raise errors[0]

@@ -31,15 +31,21 @@ import torch
 
 from torchmf.data.csr import csr_order
 from torchmf.device import EXACT_BLOCK_BYTES, MIN_CHUNK_ENTRIES, chunk_bytes, prefer_csr
-from torchmf.solvers.cg import CSRPairs, IALSChunk, cg_rows, gathered_cg, gathered_chunks
+from torchmf.solvers.cg import (
+    CSRPairs,
+    IALSChunk,
+    cg_rows,
+    chunk_data_term,
+    chunk_scores,
+    each_chunk,
+    gathered_chunks,
+)
 from torchmf.solvers.ragged import Bucket, bucketize
 
 __all__ = [
     "IALSSettings", "IALSSide", "confidence", "ials_half_sweep", "ials_loss", "ials_observed", "ials_penalty",
     "ials_side", "ials_solve_rows",
 ]
-
-
 
 _CONF_BLOCK = 1 << 16
 
@@ -272,6 +278,37 @@ def _exact(side: IALSSide, other: torch.Tensor, gram: torch.Tensor, x: torch.Ten
         x[b.rows] = ials_solve_rows(padded[b.cols], conf, weight, gram, side.lam[b.rows])
 
 
+def _gathered_cg(chunks: tuple[IALSChunk, ...], factors: torch.Tensor, other: torch.Tensor, gram: torch.Tensor,
+                 s: IALSSettings, with_loss: bool) -> float:
+    """CG chunk by chunk over gathered blocks (:func:`~torchmf.solvers.cg.each_chunk`); returns the observed loss."""
+    k = other.shape[1]
+    padded = torch.cat([other, other.new_zeros(1, k)])  # padding cols point at the zero row
+    size = max((c.cols.numel() for c in chunks), default=0)
+    bufs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per worker, reused: fresh blocks would page-fault
+    terms: list[torch.Tensor | None] = [None] * len(chunks)
+
+    def solve(j: int, worker: int) -> None:
+        if worker not in bufs:
+            bufs[worker] = (other.new_empty(size * k), other.new_empty(size))
+        buf, scores_buf = bufs[worker]
+        c = chunks[j]
+        E = c.cols.numel()
+        feats, scores = buf[: E * k].view(E, k), scores_buf[:E]
+        torch.index_select(padded, 0, c.cols, out=feats)
+        x = factors.index_select(0, c.rows)
+        cg_rows(x, gram, c.lam, s.cg_steps, chunk_data_term(c, feats, scores))
+        factors.index_copy_(0, c.rows, x)
+        if with_loss:  # padding has c = 0 and y = 0: it adds nothing
+            y = chunk_scores(c, feats, x, scores)
+            terms[j] = (c.conf * (1 - y).square() - s.unobserved_weight * y.square()).sum()
+
+    each_chunk(len(chunks), solve, other.device)
+    observed = torch.zeros((), dtype=torch.float64, device=other.device)
+    for t in terms if with_loss else ():  # in chunk order, whichever worker solved which chunk
+        observed += t
+    return float(observed)
+
+
 def ials_half_sweep(
     side: IALSSide,
     factors: torch.Tensor,
@@ -312,7 +349,7 @@ def ials_half_sweep(
     if gram is None:
         gram = (other.T @ other).mul_(s.unobserved_weight)
     if s.cg_steps > 0 and side.chunks is not None:
-        return gathered_cg(side.chunks, factors, other, gram, s.cg_steps, s.unobserved_weight, with_loss)
+        return _gathered_cg(side.chunks, factors, other, gram, s, with_loss)
     kept = factors[side.empty] if len(side.empty) else None
     if s.cg_steps > 0:
         cg_rows(factors, gram, side.lam, s.cg_steps, side.pairs.data_term(other, scores))
