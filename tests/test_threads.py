@@ -110,6 +110,24 @@ def test_fit_is_the_same_with_one_thread_or_two(two_threads, monkeypatch, params
     np.testing.assert_array_equal(factors[0][1], factors[1][1])
 
 
+def test_gathered_ials_fit_is_the_same_with_one_thread_or_two(two_threads, monkeypatch):
+    """A whole fit on the gathered layout, its chunks on two workers or on one thread: the same factors and loss."""
+    data, _ = torchmf.datasets.synthetic(n_users=300, n_items=200, n_interactions=20000, implicit=True, seed=1)
+    monkeypatch.setattr(device, "_CSR_MAX_OTHER_BYTES", 0)  # both sides gathered
+    monkeypatch.setattr(device, "_CHUNK_BYTES_CPU", 1)  # MIN_CHUNK_ENTRIES per chunk: several chunks a side
+    monkeypatch.setattr(device, "MIN_WORK_PER_THREAD", 1)
+    monkeypatch.setattr(device, "available_cores", lambda: 2)
+    fits = []
+    for busy in (0, 1):
+        monkeypatch.setattr(device, "busy_cores", lambda b=busy: b)
+        model = MatrixFactorization(loss="ials", epochs=3, device="cpu", verbose=False, seed=3).fit(data)
+        assert torch.get_num_threads() == 2
+        fits.append(model)
+    np.testing.assert_array_equal(fits[0].user_factors, fits[1].user_factors)
+    np.testing.assert_array_equal(fits[0].item_factors, fits[1].item_factors)
+    assert fits[0].history_ == fits[1].history_
+
+
 def _gathered_case(monkeypatch):
     """A side laid out in many gathered chunks (small chunk limit), its factors and the other side's."""
     from torchmf.solvers import ials as ials_module

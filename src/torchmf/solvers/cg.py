@@ -312,15 +312,17 @@ def each_chunk(n: int, solve: Callable[[int, int], None], device: torch.device) 
     queue = iter(range(n))
     lock = threading.Lock()
     errors: list[BaseException] = []
+    grad = torch.is_grad_enabled()  # thread-local in torch: the workers take the caller's
 
     def work(worker: int) -> None:
         try:
-            while True:
-                with lock:
-                    j = None if errors else next(queue, None)
-                if j is None:
-                    return
-                solve(j, worker)
+            with torch.set_grad_enabled(grad):
+                while True:
+                    with lock:
+                        j = None if errors else next(queue, None)
+                    if j is None:
+                        return
+                    solve(j, worker)
         except BaseException as e:  # raised in the calling thread below
             with lock:
                 errors.append(e)
