@@ -294,7 +294,7 @@ def each_chunk(n: int, solve: Callable[[int, int], None], device: torch.device) 
     """``solve(j, worker)`` for every chunk ``j < n``; on the CPU, on one Python thread per intra-op thread.
 
     With ``t > 1`` intra-op threads, ``min(t, n)`` Python threads take the
-    chunks in turn, each running serial kernels (torch's thread count is 1
+    chunks in turn (from the last), each running serial kernels (torch's thread count is 1
     meanwhile and restored after). Chunks are independent (disjoint rows, the
     other side read-only), so the workers never meet at a barrier, where
     intra-op threads meet at one per kernel call, and a chunk's kernels are
@@ -309,7 +309,7 @@ def each_chunk(n: int, solve: Callable[[int, int], None], device: torch.device) 
         for j in range(n):
             solve(j, 0)
         return
-    queue = iter(range(n))
+    queue = iter(range(n - 1, -1, -1))  # last first: the layouts put the longest rows last, short ones fill the end
     lock = threading.Lock()
     errors: list[BaseException] = []
     grad = torch.is_grad_enabled()  # thread-local in torch: the workers take the caller's
