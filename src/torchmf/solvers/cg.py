@@ -17,6 +17,7 @@ product:
   rows are gathered once per half-sweep into padded degree buckets and every
   CG pass is a batched matrix product over that contiguous block. It wins when
   random reads of a large factor table would be the bottleneck, and on GPUs.
+  On several CPU threads the chunks are shared out whole (:func:`each_chunk`).
 """
 
 from __future__ import annotations
