@@ -29,6 +29,12 @@ same pairs and factors, and top-10 of every user with seen items filtered
 (``top_k`` against implicit's ``recommend(..., filter_already_liked_items=True)``),
 both libraries on ``torch.get_num_threads()`` threads (implicit's BLAS limited to one
 thread, as implicit asks); it prints the ratios.
+
+``--phases`` times one whole torchmf fit phase by phase, wall and CPU seconds: the
+set-up before the first sweep, every half-sweep, the loss; CPU / wall is the number of
+cores a phase kept busy (2 on an idle 2-core machine when both threads work)::
+
+    python benchmarks/implicit_speed.py --cache /tmp/syn5m.npz --phases --losses none --threads 2
 """
 
 from __future__ import annotations
@@ -99,6 +105,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of --versus-implicit")
     ap.add_argument("--epochs", type=int, default=10, help="sweeps of the --versus-implicit fits")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (and implicit's num_threads) first")
+    ap.add_argument("--phases", action="store_true", help="one whole fit, wall and CPU seconds phase by phase")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,7 +113,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads")
     data = load_data(args)
 
-    if args.versus_implicit:
+    if args.phases:
+        fit_phases(args, data)
+    elif args.versus_implicit:
         versus_implicit(args, data)
     elif not args.skip_ials:
         time_ials(args, data, device)
@@ -141,6 +150,56 @@ def time_ials(args: argparse.Namespace, data: Interactions, device: torch.device
     raw = est.user_map.raw(users)
     best, median = timed(lambda: est.recommend(raw, k=10), 1)
     print(f"recommend(all users, k=10) incl. DataFrame: {best:.2f} s")
+
+
+def fit_phases(args: argparse.Namespace, data: Interactions) -> None:
+    """One ``MatrixFactorization(loss="ials").fit`` with each phase's wall and CPU seconds (see the module doc)."""
+    from torchmf.solvers import ials_solver
+
+    marks: list[tuple[str, float, float]] = []  # (phase that ends here, wall, CPU) at each phase boundary
+    originals = {name: getattr(ials_solver, name) for name in ("ials_half_sweep", "ials_loss")}
+
+    def timed_phase(name: str, fn: Callable[..., object]) -> Callable[..., object]:
+        def run(*a: object, **k: object) -> object:
+            marks.append(("before", time.perf_counter(), time.process_time()))
+            out = fn(*a, **k)
+            marks.append((name, time.perf_counter(), time.process_time()))
+            return out
+        return run
+
+    for name, fn in originals.items():
+        setattr(ials_solver, name, timed_phase(name, fn))
+    try:
+        load = os.getloadavg()[0]
+        t0, c0 = time.perf_counter(), time.process_time()
+        torchmf.MatrixFactorization(loss="ials", factors=args.factors, epochs=args.epochs, device="cpu",
+                                    verbose=False).fit(data)
+        t1, c1 = time.perf_counter(), time.process_time()
+    finally:
+        for name, fn in originals.items():
+            setattr(ials_solver, name, fn)
+    rows: dict[str, list[float]] = {}
+    prev_t, prev_c, half = t0, c0, 0
+    for name, t, c in marks:
+        if name == "before":
+            key = "set-up before the first sweep" if prev_t == t0 else "between phases (monitor, policy)"
+        elif name == "ials_half_sweep":
+            key = f"half-sweep ({'users' if half % 2 == 0 else 'items'})"
+            half += 1
+        else:
+            key = "training loss"
+        row = rows.setdefault(key, [0, 0.0, 0.0])
+        row[0] += 1
+        row[1] += t - prev_t
+        row[2] += c - prev_c
+        prev_t, prev_c = t, c
+    row = rows.setdefault("after the last sweep (install, seen index)", [0, 0.0, 0.0])
+    row[0], row[1], row[2] = 1, t1 - prev_t, c1 - prev_c
+    print(f"iALS fit phases, {torch.get_num_threads()} threads, {args.epochs} sweeps, factors {args.factors}, "
+          f"load average {load:.1f} -> {os.getloadavg()[0]:.1f} (1 min)")
+    for key, (n, wall, cpu) in rows.items():
+        print(f"  {key:45s} x{n:<3d} wall {wall:7.3f} s  CPU {cpu:7.3f} s  CPU/wall {cpu / max(wall, 1e-9):.2f}")
+    print(f"  {'whole fit':45s}      wall {t1 - t0:7.3f} s  CPU {c1 - c0:7.3f} s  CPU/wall {(c1 - c0) / (t1 - t0):.2f}")
 
 
 def versus_implicit(args: argparse.Namespace, data: Interactions) -> None:

@@ -67,6 +67,18 @@ def test_finalists_are_rechecked_on_more_splits(ratings: torchmf.Interactions) -
     assert (rechecked["rmse_recheck"] != rechecked["rmse"]).all()
 
 
+def test_recheck_fits_use_other_init_seeds(ratings: torchmf.Interactions, monkeypatch: pytest.MonkeyPatch) -> None:
+    seeds = []
+
+    def fake_evaluate(model, test, train=None, k=10):  # records the re-check fits' seeds
+        seeds.append(model.get_params()["seed"])
+        return {"rmse": 1.0}
+
+    monkeypatch.setattr(autotune_module, "evaluate", fake_evaluate)
+    _tune(ratings, torchmf.MatrixFactorization(solver="als"), n_trials=4, seed=7)
+    assert seeds and set(seeds) == {8, 9}  # one per re-check split, never the trials' seed 7
+
+
 def test_a_loss_name_searches_its_solvers(ratings: torchmf.Interactions) -> None:
     """For a loss name the solver is part of the search: every solver of "mse" with a search_space."""
     model = _tune(ratings, n_trials=12, max_epochs=4)
@@ -123,9 +135,41 @@ def test_same_seed_same_trials(ratings: torchmf.Interactions) -> None:
 def test_implicit_uses_ranking_metric(plays: torchmf.Interactions) -> None:
     model = _tune(plays, "ials", n_trials=3, max_epochs=4)
     assert model.is_ranking
-    assert "ndcg@10" in model.tuning_.columns and "confidence" in model.tuning_.columns
+    assert "ndcg@10" in model.tuning_.columns and "alpha" in model.tuning_.columns
+    # every value is 1: the confidence transform is only another alpha there, so it is not searched
+    assert "confidence" not in model.tuning_.columns
     assert model.tuning_["ndcg@10"].between(0, 1).all()
     assert model.extras_["autotune"]["metric"] == "ndcg@10"
+
+
+def test_params_restrict_the_search(plays: torchmf.Interactions) -> None:
+    model = _tune(plays, "ials", n_trials=4, max_epochs=3, params=["confidence", "alpha"])
+    table = model.tuning_
+    assert {"confidence", "alpha"} <= set(table.columns)
+    assert not {"factors", "reg", "unobserved_weight"} & set(table.columns)
+    assert table["alpha"].nunique() > 1  # searched (the first trial is the default, then TPE)
+    assert set(model.extras_["autotune"]["params"]) == {"solver", "confidence", "alpha"}
+    default = torchmf.MatrixFactorization(loss="ials").fit(plays).effective_params
+    for name in ("factors", "reg", "unobserved_weight"):  # not searched: the defaults
+        assert model.effective_params[name] == default[name]
+
+
+def test_counts_search_the_confidence_transform(plays: torchmf.Interactions) -> None:
+    counts = torchmf.Interactions.from_arrays(plays.user_map.raw(plays.users), plays.item_map.raw(plays.items),
+                                              np.random.default_rng(0).zipf(2.0, len(plays)).astype(float))
+    model = _tune(counts, "ials", n_trials=2, max_epochs=2)
+    assert "confidence" in model.tuning_.columns
+
+
+def test_params_leave_out_solvers_without_them(ratings: torchmf.Interactions) -> None:
+    spaces = autotune_module.search_spaces(torchmf.MatrixFactorization(), ["lr", "reg"])
+    assert set(spaces) == {"als", "sgd"} and spaces["als"] == {"reg": get_solver("mse", "als").search_space["reg"]}
+    assert set(spaces["sgd"]) == {"lr", "reg"}
+    with pytest.raises(ValueError, match="params: 'alpha' not searched"):
+        torchmf.autotune("mse", ratings, params=["alpha"])
+    for bad in ("reg", [], [1]):
+        with pytest.raises(ValueError, match="params must be"):
+            torchmf.autotune("mse", ratings, params=bad)  # type: ignore[arg-type]
 
 
 def _ratings_only() -> torchmf.MatrixFactorization:
@@ -254,8 +298,20 @@ def test_cli_train_auto(tmp_path: Path, ratings: torchmf.Interactions) -> None:
     assert math.isfinite(model.extras_["autotune"]["validation"])
 
 
+def test_cli_train_auto_params(tmp_path: Path, ratings: torchmf.Interactions) -> None:
+    from test_cli import torchmf as run_cli  # tests/ is on sys.path under pytest
+
+    data = _write(tmp_path / "r.csv", ratings)
+    res = run_cli("train", data, "-o", tmp_path / "m", "--solver", "als", "--auto", "2", "--auto-params", "reg",
+                  "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert set(torchmf.load(tmp_path / "m").extras_["autotune"]["params"]) == {"solver", "reg"}
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--auto", "0"], "--auto"),
+    (["--auto", "5", "--auto-params", "alpha"], "--auto-params: 'alpha'"),
+    (["--auto-params", "reg"], "--auto-params goes with --auto"),
     (["--auto", "5", "--validation", "0.2"], "--validation"),
 ])
 def test_cli_train_auto_errors(tmp_path: Path, ratings: torchmf.Interactions, args: list[str], fragment: str) -> None:

@@ -10,6 +10,7 @@ import torchmf
 from torchmf.data.idmap import IdMap
 from torchmf.estimator.touched import SeenSides, merge_seen, row_ranges
 from torchmf.estimator.update import extend_map
+from torchmf.solvers.als import als_side
 
 
 def _csr(users: np.ndarray, n_users: int) -> np.ndarray:
@@ -51,12 +52,27 @@ def test_selections_are_each_rows_entries_in_csr_order():
     sides = SeenSides(m)
     chosen = np.array([0, 3, 8])
     for side, rows_of, cols_of in (("item", m.items, m.users), ("user", m.users, m.items)):
-        r, c, pos = sides.select(side, "some", chosen)
+        r, c, pos, indptr = sides.select(side, "some", chosen)
+        assert np.array_equal(indptr, _csr(r, len(chosen)))
         want = sorted((j, int(col)) for j, row in enumerate(chosen) for col in cols_of[rows_of == row])
         assert list(zip(r.tolist(), c.tolist(), strict=True)) == want  # renumbered rows, then columns ascending
         assert np.array_equal(rows_of[pos], chosen[r]) and np.array_equal(cols_of[pos], c)
         assert sides.select(side, "some", chosen)[2] is pos  # computed once per (side, name)
     assert row_ranges(np.array([0, 2, 2, 5]), np.array([1])).size == 0
+
+
+def test_als_side_takes_presorted_pairs_as_they_are():
+    """The update's layouts pass the selections' row pointers: same layout as sorting the pairs."""
+    rng = np.random.default_rng(2)
+    users, items = np.nonzero(rng.random((15, 11)) < 0.4)  # CSR-sorted
+    values = rng.random(len(users)).astype(np.float32)
+    shuffle = rng.permutation(len(users))
+    cpu = torch.device("cpu")
+    given = als_side(users, items, values, 15, 11, cpu, indptr=_csr(users, 15))
+    sorted_ = als_side(users[shuffle], items[shuffle], values[shuffle], 15, 11, cpu)
+    for a, b in ((given.col, sorted_.col), (given.ratings, sorted_.ratings), (given.counts, sorted_.counts),
+                 (given.pairs.conf.crow_indices(), sorted_.pairs.conf.crow_indices())):
+        assert torch.equal(a, b)
 
 
 def test_extend_map_keeps_integer_ids_and_still_resolves_strings():

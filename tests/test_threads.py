@@ -108,3 +108,87 @@ def test_fit_is_the_same_with_one_thread_or_two(two_threads, monkeypatch, params
         factors.append((model.user_factors, model.item_factors))
     np.testing.assert_array_equal(factors[0][0], factors[1][0])
     np.testing.assert_array_equal(factors[0][1], factors[1][1])
+
+
+def test_gathered_ials_fit_is_the_same_with_one_thread_or_two(two_threads, monkeypatch):
+    """A whole fit on the gathered layout, its chunks on two workers or on one thread: the same factors and loss."""
+    data, _ = torchmf.datasets.synthetic(n_users=300, n_items=200, n_interactions=20000, implicit=True, seed=1)
+    monkeypatch.setattr(device, "_CSR_MAX_OTHER_BYTES", 0)  # both sides gathered
+    monkeypatch.setattr(device, "_CHUNK_BYTES_CPU", 1)  # MIN_CHUNK_ENTRIES per chunk: several chunks a side
+    monkeypatch.setattr(device, "MIN_WORK_PER_THREAD", 1)
+    monkeypatch.setattr(device, "available_cores", lambda: 2)
+    fits = []
+    for busy in (0, 1):
+        monkeypatch.setattr(device, "busy_cores", lambda b=busy: b)
+        model = MatrixFactorization(loss="ials", epochs=3, device="cpu", verbose=False, seed=3).fit(data)
+        assert torch.get_num_threads() == 2
+        fits.append(model)
+    np.testing.assert_array_equal(fits[0].user_factors, fits[1].user_factors)
+    np.testing.assert_array_equal(fits[0].item_factors, fits[1].item_factors)
+    assert fits[0].history_ == fits[1].history_
+
+
+def _gathered_case(monkeypatch):
+    """A side laid out in many gathered chunks (small chunk limit), its factors and the other side's."""
+    from torchmf.solvers import ials as ials_module
+    from torchmf.solvers.ials import IALSSettings, confidence, ials_side
+
+    rng = np.random.default_rng(2)
+    n_u, n_i, k = 400, 150, 8
+    mask = rng.random((n_u, n_i)) < rng.uniform(0.02, 0.5, (n_u, 1))  # a spread of degrees: several buckets
+    u, i = np.nonzero(mask)
+    s = IALSSettings(reg=0.05, reg_exponent=1.0, unobserved_weight=0.2, cg_steps=3)
+    monkeypatch.setattr(ials_module, "MIN_CHUNK_ENTRIES", 256)
+    monkeypatch.setattr(device, "_CHUNK_BYTES_CPU", 256 * 4 * k)
+    side = ials_side(u, i, confidence(np.ones(len(u)), 1.0, "linear", 1.0), n_u, n_i, k, torch.device("cpu"), s,
+                     layout="gathered")
+    g = torch.Generator().manual_seed(0)
+    return side, s, torch.randn(n_u, k, generator=g), torch.randn(n_i, k, generator=g)
+
+
+def test_gathered_chunks_on_two_python_threads_match_one_bitwise(monkeypatch):
+    """With two intra-op threads the chunks run on two Python threads of serial kernels: same bits as one thread."""
+    from torchmf.solvers.ials import ials_half_sweep
+
+    side, s, P0, Q = _gathered_case(monkeypatch)
+    assert len(side.chunks) > 8
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            P = P0.clone()
+            loss = ials_half_sweep(side, P, Q, s, with_loss=True)
+            assert torch.get_num_threads() == threads  # restored after the workers
+            out[threads] = (P, loss)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out[1][0], out[2][0])
+    assert out[1][1] == out[2][1]  # chunk terms added in chunk order either way
+    assert not torch.equal(out[1][0], P0)
+
+
+def test_gathered_worker_error_reaches_the_caller(monkeypatch):
+    """An error inside a worker thread is raised by the half-sweep, and the thread count is restored."""
+    from torchmf.solvers import ials as ials_module
+    from torchmf.solvers.ials import ials_half_sweep
+
+    side, s, P, Q = _gathered_case(monkeypatch)
+    calls = []
+
+    def failing(x, gram, lam, steps, term):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("chunk failed")
+        return real(x, gram, lam, steps, term)
+
+    real = ials_module.cg_rows
+    monkeypatch.setattr(ials_module, "cg_rows", failing)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="chunk failed"):
+            ials_half_sweep(side, P, Q, s)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

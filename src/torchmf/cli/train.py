@@ -58,6 +58,12 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
              "e.g. ALS, SGD and Gibbs for mse) unless --solver names one; other hyperparameter options set the "
              "values that are not searched",
     )
+    p.add_argument(
+        "--auto-params",
+        metavar="NAME,NAME",
+        help="with --auto: search only these hyperparameters of the search space (e.g. confidence,alpha for "
+             "iALS's confidence setting); the others keep their defaults or the values given",
+    )
     p.add_argument("--no-refit", dest="refit", action="store_false",
                    help="with --validation: save the model fitted on the training part instead of refitting")
     p.add_argument("-k", type=int, default=10, help="cut-off of the validation ranking metrics (default 10)")
@@ -104,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
     checkpoint_kwargs(args)  # fail before reading the data, not after
     est = common.estimator_from_args(args)
     if args.auto is not None:
-        check_auto(args)
+        check_auto(args, est)
+    elif args.auto_params is not None:
+        raise common.CLIError("--auto-params goes with --auto SECONDS")
     data = common.read_data(args.data, args)
     if args.auto is not None:
         return run_auto(args, est, data)
@@ -144,11 +152,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_auto(args: argparse.Namespace) -> None:
+def check_auto(args: argparse.Namespace, est: Any) -> None:
     if not args.auto > 0:
         raise common.CLIError(f"--auto must be a positive number of seconds, got {args.auto:g}")
     if args.validation is not None:
         raise common.CLIError("--auto carves its own validation split; leave out --validation")
+    if args.auto_params is not None:
+        names = [n.strip().replace("-", "_") for n in args.auto_params.split(",")]
+        if not all(names):
+            raise common.CLIError(f"--auto-params {args.auto_params!r}: expected NAME[,NAME...]")
+        from torchmf.evaluation.autotune import search_spaces
+
+        try:
+            search_spaces(est, names)  # fail before reading the data
+        except ValueError as exc:
+            msg = str(exc)
+            raise common.CLIError(f"--auto-{msg}" if msg.startswith("params") else msg) from None
+        args.auto_params = names
     try:
         import optuna  # noqa: F401
     except ImportError:
@@ -162,7 +182,8 @@ def run_auto(args: argparse.Namespace, est: Any, data: Any) -> int:
     kind = "implicit" if data.implicit else "explicit"
     print(f"read {len(data):,} {kind} interactions from {args.data}: {data.n_users:,} users x {data.n_items:,} items")
     p = est.get_params()
-    model = autotune(est, data, budget_s=args.auto, seed=p["seed"], k=args.k, verbose=p["verbose"])
+    model = autotune(est, data, budget_s=args.auto, seed=p["seed"], k=args.k, verbose=p["verbose"],
+                     params=args.auto_params)
     info = model.extras_["autotune"]
     states = model.tuning_["state"].value_counts().to_dict()
     print(f"tuned {model.effective_params['solver'].upper()} ({p['loss']}) in {info['seconds']:.1f} s of "

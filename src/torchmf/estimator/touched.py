@@ -3,24 +3,24 @@
 A full fit on ML-100k takes a few hundredths of a second, so an update's
 fixed costs decide whether it is cheaper than a refit. Everything here is
 linear in the seen index (or in the new pairs) and sorts nothing of that
-size but once: the seen index is already in CSR order, the new pairs are
-merged into it by binary search (:func:`merge_seen`), and the rows an update
-re-solves are cut out of it, and out of one column-major permutation of it,
-already in the order the layout builders want (:class:`SeenSides`), so
-their own sort is skipped (:func:`~torchmf.data.csr.csr_order` finds the
-pairs sorted). The selections are shared by the rating model's update and
-its ranking component's.
+size: the seen index is already in CSR order, the new pairs are merged into
+it by binary search (:func:`merge_seen`), and the rows an update re-solves
+are cut out of it, and out of its transpose (one counting pass), already in
+the order the layout builders want and with their row pointers
+(:class:`SeenSides`), so the layouts neither sort nor check them. The
+selections are shared by the rating model's update and its ranking
+component's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
+import scipy.sparse as sp
 
-from torchmf.data.csr import csr_order
-
-__all__ = ["Merged", "SeenSides", "merge_seen", "row_ranges"]
+__all__ = ["Merged", "SeenSides", "Selection", "merge_seen", "row_ranges"]
 
 
 @dataclass(frozen=True)
@@ -121,46 +121,76 @@ def _pair_order(rows: np.ndarray, cols: np.ndarray, key: np.ndarray, largest: in
 
 def row_ranges(indptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Positions of every entry of ``rows`` (sorted) in a CSR index, shape (sum of their lengths,)."""
+    return _row_ranges(indptr, rows)[0]
+
+
+def _row_ranges(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`row_ranges` and the row pointers of the selection, shape (len(rows) + 1,)."""
     starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
-    first = np.cumsum(lengths) - lengths  # where each row's run begins in the output
-    return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - first, lengths)
+    sub = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=sub[1:])  # where each row's run begins in the output
+    return np.arange(int(sub[-1]), dtype=np.int64) + np.repeat(starts - sub[:-1], lengths), sub
+
+
+class Selection(NamedTuple):
+    """The entries of some rows of one side of a merged seen index, CSR-sorted (rows, then columns).
+
+    Attributes
+    ----------
+    rows : numpy.ndarray of int64, shape (nnz,)
+        Rows renumbered ``0 .. len(chosen) - 1``.
+    cols : numpy.ndarray of int, shape (nnz,)
+        The other side's index of each entry, ascending within a row.
+    pos : numpy.ndarray of int, shape (nnz,)
+        Position of each entry in the merged index (to pick its values).
+    indptr : numpy.ndarray of int64, shape (len(chosen) + 1,)
+        Row pointers: the layouts take them instead of sorting the entries again.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    pos: np.ndarray
+    indptr: np.ndarray
 
 
 @dataclass
 class SeenSides:
     """Both sides of a merged seen index, and the entries of named row sets of each.
 
-    :meth:`select` returns ``(rows renumbered 0..len(chosen)-1, cols, positions
-    in the merged index)``, CSR-sorted, computed once per (side, name) and
-    shared by every model the update re-solves.
+    :meth:`select` returns a :class:`Selection`, computed once per (side, name)
+    and shared by every model the update re-solves.
     """
 
     merged: Merged
-    _by_item: tuple[np.ndarray, np.ndarray] | None = None
-    _cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _by_item: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    _cache: dict[tuple[str, str], Selection] = field(default_factory=dict)
 
-    def _item_major(self) -> tuple[np.ndarray, np.ndarray]:
-        """(indptr over items, permutation of the merged index sorted by item, then user)."""
+    def _item_major(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indptr over items, users in item-major order, their positions in the merged index).
+
+        One linear pass (scipy's CSR to CSC counting sort): users come out ascending within each item.
+        """
         if self._by_item is None:
             m = self.merged
-            if m.n_items <= 1 << 16:  # users come ascending: one stable (radix) sort by item keeps them so
-                perm = np.argsort(m.items.astype(np.uint16), kind="stable")
-                indptr = np.zeros(m.n_items + 1, dtype=np.int64)
-                np.cumsum(np.bincount(m.items, minlength=m.n_items), out=indptr[1:])
-                self._by_item = indptr, perm
-            else:
-                self._by_item = csr_order(m.items, m.users, m.n_items, m.n_users)
+            index = np.int32 if len(m) < 2**31 else np.int64
+            csr = sp.csr_matrix((np.arange(len(m), dtype=index), m.items, m.indptr), shape=(m.n_users, m.n_items),
+                                copy=False)
+            csc = csr.tocsc()
+            self._by_item = csc.indptr, csc.indices, csc.data
         return self._by_item
 
-    def select(self, side: str, name: str, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def select(self, side: str, name: str, chosen: np.ndarray) -> Selection:
         """The entries of the ``chosen`` rows (sorted indices) of ``side`` ("user" or "item"), cached by ``name``."""
         key = (side, name)
         if key not in self._cache:
             m = self.merged
-            indptr, perm = (m.indptr, None) if side == "user" else self._item_major()
-            at = row_ranges(indptr, chosen)
-            pos = at if perm is None else perm[at]
-            cols = m.items[pos] if side == "user" else m.users[pos]
-            rows = np.repeat(np.arange(len(chosen), dtype=np.int64), indptr[chosen + 1] - indptr[chosen])
-            self._cache[key] = (rows, cols, pos)
+            if side == "user":
+                at, indptr = _row_ranges(m.indptr, chosen)
+                pos, cols = at, m.items[at]
+            else:
+                by_item, users, positions = self._item_major()
+                at, indptr = _row_ranges(by_item, chosen)
+                pos, cols = positions[at], users[at]
+            rows = np.repeat(np.arange(len(chosen), dtype=np.int64), np.diff(indptr))
+            self._cache[key] = Selection(rows, cols, pos, indptr)
         return self._cache[key]

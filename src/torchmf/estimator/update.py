@@ -21,7 +21,7 @@ other rows as the warm start:
   iALS in the alternations; exact with ``cg_steps=0``) and the training
   penalty (``reg * n ** reg_exponent``; iALS's unobserved term over every
   item). Untouched rows keep their factors. The data work is linear and
-  sorts nothing of the seen index's size but once (:mod:`torchmf.estimator.touched`).
+  sorts nothing of the seen index's size (:mod:`torchmf.estimator.touched`).
 * SGD losses (``mse`` with ``solver="sgd"``, ``bpr``, ``logistic``, ``warp``):
   for ``mse`` the new rows first get the same ridge solves (SGD's per-rating
   L2 is ALS's weighted lambda), then ``epochs`` passes (default 2) of the
@@ -29,6 +29,10 @@ other rows as the warm start:
   (a uniform sample, seeded), so the rows the new data touches do not drift
   away from what the old data taught them (more passes over the small set
   overfit it: ``benchmarks/partial_fit.py``). The optimiser starts afresh.
+
+An explicit model's ranking component (:mod:`torchmf.estimator.ranker`, an
+iALS model) is updated like an iALS model on the same row selections, its
+new rows solved items first, then users.
 
 The global bias stays at the value it was fitted with, and the approximate
 index (``index_``) is dropped: it indexes the old item factors.
@@ -276,8 +280,8 @@ def _touched(idx: np.ndarray, n: int) -> np.ndarray:
 
 
 def _resolve_rows(model: MFModel, sides: SeenSides, values: np.ndarray, hp: dict[str, Any], touched_u: np.ndarray,
-                  touched_i: np.ndarray, new_u: np.ndarray, new_i: np.ndarray, alternations: int
-                  ) -> list[Callable[[], None]]:
+                  touched_i: np.ndarray, new_u: np.ndarray, new_i: np.ndarray, alternations: int,
+                  items_first: bool = False) -> list[Callable[[], None]]:
     """Closed-form re-solves of rows on all their merged entries, the other side fixed, as steps to run in order.
 
     Every layout is built here, before any step runs: the data work is not interleaved with the solves
@@ -285,7 +289,8 @@ def _resolve_rows(model: MFModel, sides: SeenSides, values: np.ndarray, hp: dict
 
     First the new rows alone (users, items, and users again except for
     explicit ALS: cheap, and it gives them sensible factors before their
-    known neighbours are re-solved against them), then ``alternations`` of
+    known neighbours are re-solved against them; with ``items_first``, items
+    then users), then ``alternations`` of
     touched users then touched items. Each solve is the training one
     (``cg_steps`` warm-started CG steps, fewer for the touched rows, which
     start near their optimum: ``ALS_FEWER_CG_STEPS`` / ``IALS_FEWER_CG_STEPS``;
@@ -304,14 +309,14 @@ def _resolve_rows(model: MFModel, sides: SeenSides, values: np.ndarray, hp: dict
     def solver_for(side: str, name: str, rows_to_solve: np.ndarray, steps: int = hp["cg_steps"]
                    ) -> Callable[[], None]:
         (f, b), (of, ob), other = tables[side]
-        r, c, pos = sides.select(side, name, rows_to_solve)  # CSR-sorted: the layouts skip their sort
+        r, c, pos, indptr = sides.select(side, name, rows_to_solve)  # CSR-sorted: the layouts skip their sort
         settings_k = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], steps)
         idx = torch.as_tensor(rows_to_solve, device=dev)
         if implicit:
             layout: Any = ials_side(r, c, vals[pos], len(rows_to_solve), n_of[other], hp["factors"], dev, settings_k)
         else:
             layout = als_layout(r, c, vals[pos], len(rows_to_solve), n_of[other], {**hp, "cg_steps": steps}, dev,
-                                t["P"].dtype)
+                                t["P"].dtype, indptr=indptr)
 
         def solve() -> None:
             rows_f = t[f][idx]
@@ -333,7 +338,10 @@ def _resolve_rows(model: MFModel, sides: SeenSides, values: np.ndarray, hp: dict
         # the new users once more against the solved new items: iALS and the SGD starts need it (iALS
         # NDCG -0.0036 without it, -0.0028 with it); explicit ALS's touched users step re-solves them
         # right away (u1 RMSE +0.00204 without, +0.00206 with)
-        steps += [first_u, first_i] + ([first_u] if implicit or alternations < 1 else [])
+        if items_first:  # the new items against the known users first: one new-users solve fewer
+            steps += [first_i, first_u]
+        else:
+            steps += [first_u, first_i] + ([first_u] if implicit or alternations < 1 else [])
     if alternations < 1:
         return steps
     # known rows start near their optimum: fewer CG steps than training (same accuracy on ML-100k)
@@ -368,10 +376,13 @@ def _update_ranker(est: MatrixFactorization, sides: SeenSides, rows: tuple[np.nd
 
     It trains on the pairs with every value 1 (:mod:`torchmf.estimator.ranker`), with its own effective
     hyperparameters, on the same row selections as the rating model's update; one alternation (ALS's
-    default) whatever ``epochs`` the rating model's update used.
+    default) whatever ``epochs`` the rating model's update used. Its new rows are solved items first,
+    then users (two solves instead of an iALS model's three; NDCG@10 of recommend on u1.test over three
+    hold-back seeds: the same on average, benchmarks/RESULTS.md section 12).
     """
     rhp = est.extras_["ranker"]["hp"]
     ranker = _copy_model(est._ranker)
     m = sides.merged
     ranker.grow(m.n_users, m.n_items, rhp["init_std"], torch.Generator().manual_seed(rhp["seed"]))
-    return ranker, _resolve_rows(ranker, sides, np.ones(len(m), dtype=np.float32), rhp, *rows, ALS_ALTERNATIONS)
+    return ranker, _resolve_rows(ranker, sides, np.ones(len(m), dtype=np.float32), rhp, *rows, ALS_ALTERNATIONS,
+                                 items_first=True)

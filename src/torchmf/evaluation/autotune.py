@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -57,16 +57,21 @@ PATIENCE = 3
 _clock = time.perf_counter
 
 
-def search_spaces(estimator: MatrixFactorization) -> dict[str, dict[str, tuple]]:
+def search_spaces(
+    estimator: MatrixFactorization, params: Sequence[str] | None = None,
+) -> dict[str, dict[str, tuple]]:
     """Solver name to ``search_space`` of every solver ``autotune`` searches for ``estimator``.
 
     The estimator's ``solver`` alone when it names one; otherwise every solver
     registered for its loss that declares a ``search_space`` (default first).
+    With ``params``, each space keeps only those names, and a solver none of
+    whose names are listed is left out.
 
     Raises
     ------
     ValueError
-        For an unknown loss or solver, or when none of those solvers declares a search space.
+        For an unknown loss or solver, when none of those solvers declares a
+        search space, or when ``params`` names a value none of them searches.
     """
     p = estimator.get_params()
     named = get_solver(p["loss"], p["solver"])  # checks the loss and the pair
@@ -77,7 +82,17 @@ def search_spaces(estimator: MatrixFactorization) -> dict[str, dict[str, tuple]]
         if p["solver"] is not None:
             raise ValueError(f"solver {named.name!r} (loss={p['loss']!r}) declares no search_space to tune")
         raise ValueError(f"no solver of loss={p['loss']!r} ({', '.join(names)}) declares a search_space to tune")
-    return spaces
+    if params is None:
+        return spaces
+    if isinstance(params, str) or not all(isinstance(name, str) for name in params) or not params:
+        raise ValueError(f"params must be a non-empty list of hyperparameter names, got {params!r}")
+    searched = {name for space in spaces.values() for name in space}
+    unknown = [name for name in params if name not in searched]
+    if unknown:
+        raise ValueError(f"params: {', '.join(map(repr, unknown))} not searched for loss={p['loss']!r} "
+                         f"(the search space has {', '.join(sorted(searched))})")
+    return {solver: kept for solver, space in spaces.items()
+            if (kept := {name: spec for name, spec in space.items() if name in params})}
 
 
 def autotune(
@@ -90,6 +105,7 @@ def autotune(
     n_trials: int | None = None,
     max_epochs: int | None = None,
     verbose: bool = True,
+    params: Sequence[str] | None = None,
 ) -> MatrixFactorization:
     """Tune the solver and its hyperparameters with Optuna within a time budget; return the refitted best model.
 
@@ -103,7 +119,10 @@ def autotune(
     (``"mse"``: ALS, SGD and Gibbs), the solver being a categorical of the
     search and each solver's values their own dimensions. Each solver's first
     trial is its defaults (the estimator's values where it sets them); then
-    Optuna's TPE sampler (seeded) proposes. Trials of iterative solvers are
+    Optuna's TPE sampler (seeded) proposes. Names a solver declares moot for
+    the training values are not searched (iALS's ``confidence`` on binary
+    data: there the transform is only another ``alpha``) unless ``params``
+    names them. Trials of iterative solvers are
     validated after every epoch, stop early (patience 3), are pruned when they
     trail the median of the complete trials of the same solver at the same
     epoch, and keep the epoch count validation chose. Trials of samplers
@@ -112,7 +131,8 @@ def autotune(
     chain length they ran.
 
     Choice: the 5 best trials (complete, or pruned and scored at their best
-    epoch) are scored again on two more validation splits (other seeds;
+    epoch) are scored again on two more validation splits (other seeds for
+    the split and for the initialisation;
     at most 30% of the budget, fewer finalists when they cost more) and the
     one with the best mean of its three scores wins (top scores of one split
     are often closer than its noise); with fewer than two re-checked, the
@@ -148,6 +168,12 @@ def autotune(
         20) by default, a sampler's whole chain.
     verbose : bool
         Show a progress bar over the budget.
+    params : list of str, optional
+        Search only these names of the solvers' search spaces (e.g.
+        ``["confidence", "alpha"]`` for iALS's confidence setting); every
+        other value stays the estimator's (its defaults where it sets none).
+        The epoch count is still chosen by validation. A solver with none of
+        these names in its space is not searched.
 
     Returns
     -------
@@ -180,23 +206,31 @@ def autotune(
     if max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1):
         raise ValueError(f"max_epochs must be None or a positive integer, got {max_epochs!r}")
     data = as_interactions(data, "train")
-    spaces = search_spaces(base)
-    params = base.get_params()
-    ranking = is_ranking_loss(params["loss"])
+    spaces = search_spaces(base, params)
+    hp = base.get_params()
+    ranking = is_ranking_loss(hp["loss"])
     metric = metric or default_metric(base, k)
     known = ["rmse", "mae", *(f"{m}@{k}" for m in (*RANKING_METRICS, "coverage"))]
     if metric not in known:
         raise ValueError(f"metric must be one of {known} (with k={k}), got {metric!r}")
+    data_profile = value_profile(data.values)
+    for name in spaces:  # leave out what cannot change the model on these values (unless asked for)
+        moot = getattr(get_solver(hp["loss"], name), "moot_for", lambda _: ())(data_profile)
+        drop = [key for key in moot if key in spaces[name] and (params is None or key not in params)]
+        if drop and len(drop) < len(spaces[name]):
+            log.info("autotune: not searching %s for %s (no effect on %s values)", ", ".join(drop), name,
+                     data_profile.kind)
+            spaces[name] = {key: spec for key, spec in spaces[name].items() if key not in drop}
     fixed: dict[str, dict[str, Any]] = {}
     samplers: dict[str, int | None] = {}
     for name in spaces:
-        cls = get_solver(params["loss"], name)
+        cls = get_solver(hp["loss"], name)
         if getattr(cls, "sampler", False):  # the whole chain, no early stopping; a max_epochs cap cuts it
             fixed[name], samplers[name] = {"epochs": None, "early_stopping": None}, max_epochs
         else:
-            fixed[name] = {"epochs": max_epochs or max(20, 4 * int(cls.defaults[params["loss"]]["epochs"]))}
+            fixed[name] = {"epochs": max_epochs or max(20, 4 * int(cls.defaults[hp["loss"]]["epochs"]))}
     trial_base = _clone(base, seed=seed, verbose=False, early_stopping=PATIENCE)
-    if "rank_by" in params and metric in ("rmse", "mae"):
+    if "rank_by" in hp and metric in ("rmse", "mae"):
         # trials scored on ratings need no interaction ranker; the refit keeps the estimator's choice
         trial_base = _clone(trial_base, rank_by="scores")
 
@@ -214,17 +248,19 @@ def autotune(
     tuner = Tuner(study, spaces, fixed, samplers, start, float(budget_s), n_trials,
                    len(data) / max(len(train), 1), metric, watch, bar, _clock)
     profile = value_profile(train.values)  # what the fit of each solver's defaults would see
-    tuner.start_from({name: resolve(Params(**{**params, "solver": name}), profile) for name in spaces})
+    tuner.start_from({name: resolve(Params(**{**hp, "solver": name}), profile) for name in spaces})
     try:
         with epoch_hook(tuner.on_epoch):
             _search(trial_base, train, validation, tuner, metric, k, PATIENCE, seed,
                     on_result=tuner.on_result, per_epoch=True)
-        others = [split(data, fraction, seed=seed + n) for n in range(1, RECHECKS + 1)]
+        # each re-check split with its own initialisation seed too: a trial's first-split score
+        # includes the luck of its initialisation, which the re-check must not inherit
+        others = [(seed + n, *split(data, fraction, seed=seed + n)) for n in range(1, RECHECKS + 1)]
 
         def recheck(t: TrialRecord) -> float:
             scores = []
-            for part, held in others:
-                model = _clone(trial_base, **t.params, epochs=t.epochs, early_stopping=None)
+            for other_seed, part, held in others:
+                model = _clone(trial_base, **t.params, epochs=t.epochs, early_stopping=None, seed=other_seed)
                 try:
                     model.fit(part)
                 except TrainingError as exc:
@@ -235,7 +271,7 @@ def autotune(
 
         best = tuner.choose(recheck)
         if best is None:
-            raise ValueError(f"autotune: every trial failed (diverged); the search space of {params['loss']!r} "
+            raise ValueError(f"autotune: every trial failed (diverged); the search space of {hp['loss']!r} "
                              "needs narrower ranges")
         final = _clone(base, **best.params, epochs=best.epochs, early_stopping=None, seed=seed)
         final.fit(data)

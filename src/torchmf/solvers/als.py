@@ -190,7 +190,7 @@ class ALSSide:
 
 
 def als_side(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, n_cols: int,
-             device: torch.device, dtype: torch.dtype = torch.float32) -> ALSSide:
+             device: torch.device, dtype: torch.dtype = torch.float32, indptr: np.ndarray | None = None) -> ALSSide:
     """Lay out one side (rows index this side, cols the other) in CSR order.
 
     Parameters
@@ -201,11 +201,18 @@ def als_side(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, 
     n_rows, n_cols : int
     device : torch.device
     dtype : torch.dtype
+    indptr : numpy.ndarray of int64, shape (n_rows + 1,), optional
+        Row pointers of pairs that already come in CSR order (by row, then
+        strictly by column): taken as they are, nothing sorted or checked.
     """
-    crow, order = csr_order(rows, cols, n_rows, n_cols)
+    if indptr is None:
+        crow, order = csr_order(rows, cols, n_rows, n_cols)
+        cols, vals = np.asarray(cols)[order], np.asarray(vals)[order]
+    else:
+        crow = indptr
     crow_t = torch.as_tensor(crow, device=device)
-    col = torch.as_tensor(np.asarray(cols, dtype=np.int64)[order], device=device)
-    ratings = torch.as_tensor(np.asarray(vals)[order], device=device).to(dtype)
+    col = torch.as_tensor(np.asarray(cols, dtype=np.int64), device=device)
+    ratings = torch.as_tensor(np.asarray(vals), device=device).to(dtype)
     counts = torch.as_tensor(np.diff(crow), device=device).to(dtype).unsqueeze(1)
     return ALSSide(CSRPairs.build(crow_t, col, ratings.clone(), None, (n_rows, n_cols)), col, ratings, counts)
 

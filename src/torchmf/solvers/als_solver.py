@@ -18,7 +18,8 @@ __all__ = ["ALSSolver", "als_layout", "ridge_fold_in"]
 
 
 def als_layout(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int, n_cols: int,
-               hp: dict[str, Any], device: torch.device, dtype: torch.dtype = torch.float32) -> ALSSide | list[Bucket]:
+               hp: dict[str, Any], device: torch.device, dtype: torch.dtype = torch.float32,
+               indptr: np.ndarray | None = None) -> ALSSide | list[Bucket]:
     """One side's ratings laid out for :func:`~torchmf.solvers.als.als_half_sweep`.
 
     Matrix-free CG on CSR kernels where :func:`~torchmf.device.prefer_csr`
@@ -36,12 +37,16 @@ def als_layout(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: i
     device : torch.device
     dtype : torch.dtype
         Of the factors.
+    indptr : numpy.ndarray of int64, shape (n_rows + 1,), optional
+        Row pointers of pairs already in CSR order (by row, then column; the
+        update's selections): the CSR layout then takes them as they are.
     """
     width = hp["factors"] + int(hp["biases"])
     itemsize = torch.finfo(dtype).bits // 8
-    n_active = int(np.count_nonzero(np.bincount(rows, minlength=n_rows)))
+    counts = np.diff(indptr) if indptr is not None else np.bincount(rows, minlength=n_rows)
+    n_active = int(np.count_nonzero(counts))
     if hp["cg_steps"] > 0 and prefer_csr(len(rows), n_active, n_cols, width, itemsize, device):
-        return als_side(rows, cols, values, n_rows, n_cols, device, dtype)
+        return als_side(rows, cols, values, n_rows, n_cols, device, dtype, indptr=indptr)
     return bucketize(rows, cols, values, n_rows, n_cols, device)
 
 

@@ -48,6 +48,10 @@ class Solver(Protocol):
     :class:`~torchmf.data.profile.ValueProfile`, or None before fit; ``given``
     the user's values); they take precedence over ``defaults`` for the
     parameters the user left as None (iALS: the confidence transform and scale).
+    Optional: a class attribute ``search_space`` (what ``torchmf.autotune``
+    searches) and a classmethod ``moot_for(profile) -> tuple of str``: names of
+    that space that cannot change the model on values like these (iALS: the
+    confidence transform when every value is equal), left out of the search.
     """
 
     name: ClassVar[str]

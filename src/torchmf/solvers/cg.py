@@ -17,10 +17,12 @@ product:
   rows are gathered once per half-sweep into padded degree buckets and every
   CG pass is a batched matrix product over that contiguous block. It wins when
   random reads of a large factor table would be the bottleneck, and on GPUs.
+  On several CPU threads the chunks are shared out whole (:func:`each_chunk`).
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,18 +33,12 @@ import torch
 from torchmf.solvers.ragged import ragged_csr
 
 __all__ = [
-    "CSRPairs",
-    "IALSBucket",
-    "IALSChunk",
-    "cg_rows",
-    "chunk_data_term",
-    "chunk_scores",
-    "gathered_chunks",
-    "make_csr",
-    "padded_gather",
+    "CSRPairs", "IALSBucket", "IALSChunk", "cg_rows", "chunk_data_term", "chunk_scores", "each_chunk",
+    "gathered_chunks", "make_csr", "padded_gather",
 ]
 
-# CG's data term: (v, residual) -> F^T (c - w * (F v)) if residual else F^T (w * (F v)), shape like v
+# CG's data term: (v, residual) -> F^T (c - w * (F v)) if residual else F^T (w * (F v)), shape like v;
+# the result may be overwritten by the next call with the same flag (cg_rows needs it only until then)
 DataTerm = Callable[[torch.Tensor, bool], torch.Tensor]
 
 
@@ -290,23 +286,38 @@ def padded_gather(other: torch.Tensor, max_copy_bytes: int | None = None
 
 
 def chunk_data_term(chunk: IALSChunk, feats: torch.Tensor, scores: torch.Tensor) -> DataTerm:
-    """The data term of one chunk over its gathered ``(E, k)`` block, with an ``(E,)`` scratch buffer."""
+    """The data term of one chunk over its gathered ``(E, k)`` block, with an ``(E,)`` scratch buffer.
+
+    CG passes the same vector (``x`` once, then ``p`` every step) and needs each
+    product only until the next one, so the per-bucket views of the input and of
+    one output buffer per flag are built on the first call and reused: a chunk
+    makes a few dozen small kernel calls per pass, and the Python work around
+    them is what the workers of :func:`gathered_cg` contend for.
+    """
+    # (B,1,k) @ (B,k,L) on a transposed view: on CPU several times faster
+    # than the textbook (B,L,k) @ (B,k,1), which misses MKL's fast path
     blocks = [(b, b.view(feats), b.view(scores).unsqueeze(1)) for b in chunk.buckets]
     conf = chunk.conf.to(scores.dtype)  # chunk-sized, for this chunk's CG only (float16 conf: converted once)
     weight = conf - chunk.a0
+    Args = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (a, b, out) of each bucket's bmm
+    cache: dict[bool, tuple[torch.Tensor, torch.Tensor, Args, Args]] = {}
 
     def term(v: torch.Tensor, residual: bool) -> torch.Tensor:
-        out = torch.empty_like(v)
-        # (B,1,k) @ (B,k,L) on a transposed view: on CPU several times faster
-        # than the textbook (B,L,k) @ (B,k,1), which misses MKL's fast path
-        for b, f, y in blocks:
-            torch.bmm(v[b.r0 : b.r1].unsqueeze(1), f.transpose(1, 2), out=y)
+        hit = cache.get(residual)
+        if hit is None or hit[0] is not v:
+            out = torch.empty_like(v)
+            forward = [(v[b.r0 : b.r1].unsqueeze(1), f.transpose(1, 2), y) for b, f, y in blocks]
+            back = [(y, f, out[b.r0 : b.r1].unsqueeze(1)) for b, f, y in blocks]
+            hit = cache[residual] = (v, out, forward, back)
+        _, out, forward, back = hit
+        for a, f, y in forward:  # y = F v, bucket by bucket
+            torch.bmm(a, f, out=y)
         if residual:
             torch.addcmul(conf, weight, scores, value=-1.0, out=scores)
         else:
             scores.mul_(weight)
-        for b, f, y in blocks:
-            torch.bmm(y, f, out=out[b.r0 : b.r1].unsqueeze(1))
+        for y, f, o in back:  # out = F^T y
+            torch.bmm(y, f, out=o)
         return out
 
     return term
@@ -317,3 +328,54 @@ def chunk_scores(chunk: IALSChunk, feats: torch.Tensor, x: torch.Tensor, scores:
     for b in chunk.buckets:
         torch.bmm(x[b.r0 : b.r1].unsqueeze(1), b.view(feats).transpose(1, 2), out=b.view(scores).unsqueeze(1))
     return scores
+
+
+def each_chunk(n: int, solve: Callable[[int, int], None], device: torch.device) -> None:
+    """``solve(j, worker)`` for every chunk ``j < n``; on the CPU, on one Python thread per intra-op thread.
+
+    With ``t > 1`` intra-op threads, ``min(t, n)`` Python threads take the
+    chunks in turn (from the last), each running serial kernels (torch's thread count is 1
+    meanwhile and restored after). Chunks are independent (disjoint rows, the
+    other side read-only), so the workers never meet at a barrier, where
+    intra-op threads meet at one per kernel call, and a chunk's kernels are
+    too small to keep several threads busy. A chunk computes the same numbers
+    whichever worker (``worker < t``) solves it; results summed over chunks
+    should be added in chunk order. An error in a worker stops the others
+    taking chunks and is raised here.
+    """
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    workers = min(threads, n)
+    if workers <= 1:
+        for j in range(n):
+            solve(j, 0)
+        return
+    queue = iter(range(n - 1, -1, -1))  # last first: the layouts put the longest rows last, short ones fill the end
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    grad = torch.is_grad_enabled()  # thread-local in torch: the workers take the caller's
+
+    def work(worker: int) -> None:
+        try:
+            with torch.set_grad_enabled(grad):
+                while True:
+                    with lock:
+                        j = None if errors else next(queue, None)
+                    if j is None:
+                        return
+                    solve(j, worker)
+        except BaseException as e:  # raised in the calling thread below
+            with lock:
+                errors.append(e)
+
+    torch.set_num_threads(1)  # the workers pick this up: serial kernels in each
+    try:
+        pool = [threading.Thread(target=work, args=(w,), name=f"torchmf-chunks-{w}", daemon=True)
+                for w in range(workers)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    finally:
+        torch.set_num_threads(threads)
+    if errors:
+        raise errors[0]

@@ -32,6 +32,7 @@ from torchmf.solvers.cg import (
     cg_rows,
     chunk_data_term,
     chunk_scores,
+    each_chunk,
     padded_gather,
 )
 from torchmf.solvers.ials_layout import IALSSettings, IALSSide, exact_buckets, ials_penalty, ials_side, ials_side_csr
@@ -40,8 +41,6 @@ __all__ = [
     "IALSSettings", "IALSSide", "confidence", "ials_half_sweep", "ials_loss", "ials_observed", "ials_penalty",
     "ials_side", "ials_side_csr", "ials_solve_rows",
 ]
-
-
 
 _CONF_BLOCK = 1 << 16
 
@@ -129,14 +128,18 @@ def _exact(side: IALSSide, other: torch.Tensor, gram: torch.Tensor, x: torch.Ten
 
 def _gathered_cg(chunks: tuple[IALSChunk, ...], factors: torch.Tensor, other: torch.Tensor, gram: torch.Tensor,
                  s: IALSSettings, with_loss: bool) -> float:
-    """CG chunk by chunk over gathered blocks; returns the observed loss (0.0 unless ``with_loss``)."""
+    """CG chunk by chunk over gathered blocks (:func:`~torchmf.solvers.cg.each_chunk`); returns the observed loss."""
     k = other.shape[1]
     gather = padded_gather(other)  # padding cols point past the table: zero rows
     size = max((c.cols.numel() for c in chunks), default=0)
-    buf = other.new_empty(size * k)  # reused: a fresh block per chunk would page-fault each time
-    scores_buf = other.new_empty(size)
-    observed = torch.zeros((), dtype=torch.float64, device=other.device)
-    for c in chunks:
+    bufs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per worker, reused: fresh blocks would page-fault
+    terms: list[torch.Tensor | None] = [None] * len(chunks)
+
+    def solve(j: int, worker: int) -> None:
+        if worker not in bufs:
+            bufs[worker] = (other.new_empty(size * k), other.new_empty(size))
+        buf, scores_buf = bufs[worker]
+        c = chunks[j]
         E = c.cols.numel()
         feats, scores = buf[: E * k].view(E, k), scores_buf[:E]
         gather(c.cols, feats)
@@ -145,7 +148,12 @@ def _gathered_cg(chunks: tuple[IALSChunk, ...], factors: torch.Tensor, other: to
         factors.index_copy_(0, c.rows, x)
         if with_loss:  # padding has c = 0 and y = 0: it adds nothing
             y = chunk_scores(c, feats, x, scores)
-            observed += (c.conf * (1 - y).square() - s.unobserved_weight * y.square()).sum()
+            terms[j] = (c.conf * (1 - y).square() - s.unobserved_weight * y.square()).sum()
+
+    each_chunk(len(chunks), solve, other.device)
+    observed = torch.zeros((), dtype=torch.float64, device=other.device)
+    for t in terms if with_loss else ():  # in chunk order, whichever worker solved which chunk
+        observed += t
     return float(observed)
 
 

@@ -58,12 +58,23 @@ class IALSSolver:
         },
     }
     # What torchmf.autotune searches: (kind, low, high[, "log"]) or ("categorical", choices); epochs come
-    # from early stopping. The confidence transform matters for counts, not for binary data.
+    # from early stopping. The confidence transform matters for counts, not for binary data (moot_for).
     search_space: ClassVar[dict[str, tuple]] = {
         "factors": ("int", 16, 256, "log"), "reg": ("float", 0.003, 0.3, "log"),
         "alpha": ("float", 0.1, 30.0, "log"), "unobserved_weight": ("float", 0.01, 1.0, "log"),
         "confidence": ("categorical", ("linear", "log")),
     }
+
+    @classmethod
+    def moot_for(cls, profile: ValueProfile) -> tuple[str, ...]:
+        """Search-space names that cannot change the model on values like these.
+
+        When every value is equal (binary data), ``confidence="log"`` gives every
+        pair ``1 + alpha * log(1 + v / eps)`` and ``"linear"`` gives ``1 + alpha * v``:
+        the same model for another ``alpha``, which is searched anyway. A search
+        over the transform would only split the trials between two copies of one space.
+        """
+        return ("confidence",) if profile.kind == "binary" else ()
 
     @classmethod
     def data_defaults(cls, loss: str, profile: ValueProfile | None, given: dict[str, Any]) -> dict[str, Any]:
