@@ -130,7 +130,7 @@ def test_gathered_ials_fit_is_the_same_with_one_thread_or_two(two_threads, monke
 
 def _gathered_case(monkeypatch):
     """A side laid out in many gathered chunks (small chunk limit), its factors and the other side's."""
-    from torchmf.solvers import ials as ials_module
+    from torchmf.solvers import ials_layout
     from torchmf.solvers.ials import IALSSettings, confidence, ials_side
 
     rng = np.random.default_rng(2)
@@ -138,7 +138,7 @@ def _gathered_case(monkeypatch):
     mask = rng.random((n_u, n_i)) < rng.uniform(0.02, 0.5, (n_u, 1))  # a spread of degrees: several buckets
     u, i = np.nonzero(mask)
     s = IALSSettings(reg=0.05, reg_exponent=1.0, unobserved_weight=0.2, cg_steps=3)
-    monkeypatch.setattr(ials_module, "MIN_CHUNK_ENTRIES", 256)
+    monkeypatch.setattr(ials_layout, "MIN_CHUNK_ENTRIES", 256)
     monkeypatch.setattr(device, "_CHUNK_BYTES_CPU", 256 * 4 * k)
     side = ials_side(u, i, confidence(np.ones(len(u)), 1.0, "linear", 1.0), n_u, n_i, k, torch.device("cpu"), s,
                      layout="gathered")
