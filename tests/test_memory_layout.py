@@ -131,3 +131,34 @@ def test_large_value_checks_go_by_blocks_with_the_same_message(monkeypatch):
     values[13], values[17] = 1e13, np.nan  # the non-finite one is named first, as without blocks
     with pytest.raises(DataError, match="entry 17: value nan is not finite"):
         checks_module.check_values(values, lambda pos: f"entry {pos}")
+
+
+def test_rows_longer_than_a_chunk_share_one_block_and_give_the_same_bits(monkeypatch):
+    """Chunks over the chunk limit (single long rows) are solved one at a time in a shared block: same numbers."""
+    from torchmf import device as device_module
+    from torchmf.solvers import ials as ials_module
+    from torchmf.solvers import ials_layout
+    from torchmf.solvers.ials import IALSSettings, ials_half_sweep, ials_side
+
+    rng = np.random.default_rng(8)
+    n_u, n_i, k = 300, 120, 4
+    mask = rng.random((n_u, n_i)) < rng.uniform(0.01, 0.9, (n_u, 1))  # a few rows of ~100 pairs
+    u, i = np.nonzero(mask)
+    s = IALSSettings(reg=0.05, reg_exponent=1.0, unobserved_weight=0.2, cg_steps=3)
+    for module in (ials_layout, ials_module):
+        monkeypatch.setattr(module, "MIN_CHUNK_ENTRIES", 32)
+    monkeypatch.setattr(device_module, "_CHUNK_BYTES_CPU", 32 * 4 * k)  # chunks of 32 slots: long rows exceed them
+    side = ials_side(u, i, np.ones(len(u), np.float32) * 2, n_u, n_i, k, torch.device("cpu"), s, layout="gathered")
+    assert sum(c.cols.numel() > 32 for c in side.chunks) >= 3
+    g = torch.Generator().manual_seed(0)
+    P0, Q = torch.randn(n_u, k, generator=g), torch.randn(n_i, k, generator=g)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            P = P0.clone()
+            results.append((P, ials_half_sweep(side, P, Q, s, with_loss=True)))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]

@@ -24,9 +24,12 @@ pairs in one of two layouts, picked per side by :func:`ials_side`; see
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
+from torchmf.device import MIN_CHUNK_ENTRIES, chunk_bytes
 from torchmf.solvers.cg import (
     IALSChunk,
     cg_rows,
@@ -132,12 +135,23 @@ def _gathered_cg(chunks: tuple[IALSChunk, ...], factors: torch.Tensor, other: to
     k = other.shape[1]
     gather = padded_gather(other)  # padding cols point past the table: zero rows
     size = max((c.cols.numel() for c in chunks), default=0)
+    # Chunks hold up to chunk_bytes of factors unless one row alone is longer (a blockbuster item: 600 k
+    # pairs at 50 M, a 150 MB block). Those share one block, taken in turn, so workers never hold two.
+    small = min(size, max(MIN_CHUNK_ENTRIES, chunk_bytes(other.device) // (other.element_size() * k)))
     bufs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per worker, reused: fresh blocks would page-fault
+    big_lock = threading.Lock()
     terms: list[torch.Tensor | None] = [None] * len(chunks)
 
     def solve(j: int, worker: int) -> None:
+        if chunks[j].cols.numel() > small:
+            with big_lock:
+                solve_in(j, -1, size)
+        else:
+            solve_in(j, worker, small)
+
+    def solve_in(j: int, worker: int, room: int) -> None:
         if worker not in bufs:
-            bufs[worker] = (other.new_empty(size * k), other.new_empty(size))
+            bufs[worker] = (other.new_empty(room * k), other.new_empty(room))
         buf, scores_buf = bufs[worker]
         c = chunks[j]
         E = c.cols.numel()
