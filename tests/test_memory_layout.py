@@ -124,6 +124,19 @@ def test_fit_from_csr_equals_fit_from_arrays(binary):
     assert np.array_equal(a.seen_indices_, b.seen_indices_) and np.array_equal(a.seen_indptr_, b.seen_indptr_)
 
 
+def test_fitted_model_does_not_share_the_callers_matrix():
+    """The fit reads a from_csr matrix in place; the model's seen index is its own copy afterwards."""
+    m = _matrix(6)
+    model = torchmf.MatrixFactorization(loss="ials", factors=4, epochs=1, device="cpu", verbose=False)
+    model.fit(torchmf.Interactions.from_csr(m, implicit=True))
+    before = model.seen_indices_.copy(), model.seen_values_.copy()
+    assert not np.shares_memory(model.seen_indices_, m.indices)
+    assert not np.shares_memory(model.seen_values_, m.data)
+    m.indices[:] = 0  # the caller reuses its arrays
+    m.data[:] = 7.0
+    assert np.array_equal(model.seen_indices_, before[0]) and np.array_equal(model.seen_values_, before[1])
+
+
 def test_large_value_checks_go_by_blocks_with_the_same_message(monkeypatch):
     monkeypatch.setattr(checks_module, "_CHECK_BLOCK", 4)
     values = np.ones(20, dtype=np.float32)

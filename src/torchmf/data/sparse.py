@@ -99,6 +99,11 @@ class CSRStorage:
         return out
 
     @property
+    def shares_input(self) -> bool:
+        """Whether the arrays may be a caller's own (a ``from_csr`` matrix's, not copied)."""
+        return self._csr is not None
+
+    @property
     def users(self) -> np.ndarray:
         """User index of each interaction, int64, shape (n,)."""
         if self._users is None:  # stored as CSR (from_csr): expanded on first use, then kept

@@ -275,7 +275,13 @@ class MatrixFactorization(PredictMixin, RankingMixin, FoldInMixin):
     def _set_seen(self, data: Interactions) -> None:
         """The seen index: the training data's CSR arrays (shared with it where it holds them, as from_csr's does)."""
         indptr, items, values = data.row_major()
-        self.seen_indptr_ = np.asarray(indptr, dtype=np.int64)
+        if data.shares_input:
+            # A from_csr matrix's arrays are the caller's: the fit reads them in place (no second copy
+            # at the peak), but the model keeps its own, so that the caller editing the matrix later
+            # (eliminate_zeros, data *= 2) cannot change what the model filters. Made after the fit's
+            # layouts are freed, so below the fit's peak.
+            items, values = items.copy(), values.copy()
+        self.seen_indptr_ = np.array(indptr, dtype=np.int64)
         self.seen_indices_, self.seen_values_ = items, values
 
     def partial_fit(self, new_interactions: Interactions | Mapping, epochs: int | None = None) -> MatrixFactorization:

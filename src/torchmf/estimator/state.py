@@ -42,9 +42,8 @@ class ModelState:
     user_map, item_map : IdMap
     seen_indptr : numpy.ndarray of int64, shape (n_users + 1,)
     seen_indices : numpy.ndarray of int64 (int32 after a fit on ``from_csr`` data), shape (n_seen,)
-        Each user's training items, CSR, sorted within a row. After a fit they
-        are the training data's own arrays (shared with a ``from_csr`` matrix,
-        not copied); saved files hold int64.
+        Each user's training items, CSR, sorted within a row; saved files hold
+        int64. Never shared with a caller's ``from_csr`` matrix (copied after the fit).
     seen_values : numpy.ndarray of float32, shape (n_seen,)
         The training value of each of those interactions (1 for implicit data).
     rating_range : (float, float)
