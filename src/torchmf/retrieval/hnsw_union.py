@@ -71,8 +71,10 @@ class UnionHNSWIndex(HNSWIndex):
         self.dim = int(dim)
         self.has_bias = bool(has_bias)
         self.info = dict(info)
-        self.ef_search = int(self.info.get("ef_search", 200))
-        self.ef_search_angular = int(self.info.get("ef_search_angular", self.ef_search))
+        self.ef_search = self.info.get("ef_search", 200)
+        self.ef_search_angular = self.info.get("ef_search_angular", self.ef_search)
+        check_int("ef_search", self.ef_search)
+        check_int("ef_search_angular", self.ef_search_angular)
         self.rerank = 0
         self._param_cache: dict[int, Any] = {}
         self._graphs = {g: graph_from_arrays(graphs[g], self._full, ef) for g, ef in
