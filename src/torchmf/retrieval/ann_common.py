@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "as_f32", "check_int", "filter_excluded", "import_faiss", "import_hnswlib", "item_matrix", "recall_at",
+    "as_f32", "check_int", "filter_excluded", "import_faiss", "import_hnswlib", "item_matrix", "measure_recall",
+    "recall_at",
     "sample_rows", "score_axes",
     "unpack_hnsw",
 ]
@@ -182,3 +183,20 @@ def item_matrix(
     if not all(np.isfinite(p).all() for p in parts):
         raise ValueError("item vectors or biases contain NaN or infinity")
     return vec, np.ascontiguousarray(np.concatenate(parts, axis=1))
+
+
+def measure_recall(index: Any, queries: np.ndarray, k: int = 10, block: int = 256) -> float:
+    """Mean recall@``k`` of ``index`` against exact search over all items, nothing excluded.
+
+    Parameters
+    ----------
+    queries : numpy.ndarray, shape (B, dim)
+    """
+    exact = index.exact()
+    hits = []
+    for s in range(0, len(queries), block):
+        q = torch.from_numpy(np.ascontiguousarray(queries[s : s + block]))
+        approx, _ = index.search(q, k)
+        best, _ = exact.search(torch.from_numpy(index._queries(q)), k)
+        hits.append(recall_at(approx, best))
+    return float(np.concatenate(hits).mean()) if hits else float("nan")

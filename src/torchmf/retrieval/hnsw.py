@@ -36,7 +36,7 @@ from torchmf.retrieval.ann_common import (
     filter_excluded,
     import_faiss,
     item_matrix,
-    recall_at,
+    measure_recall,
     sample_rows,
     score_axes,
     unpack_hnsw,
@@ -78,6 +78,7 @@ class HNSWIndex:
     """
 
     kind: ClassVar[str] = "hnsw"
+    _direct: ClassVar[bool] = False  # searches without exclusions call _candidates(y, k) directly
 
     def __init__(self, faiss_index: Any, dim: int, has_bias: bool, info: dict[str, Any]) -> None:
         width = dim + int(has_bias)
@@ -220,6 +221,10 @@ class HNSWIndex:
             if len(exclude[0]) != B + 1:
                 raise ValueError(f"exclude indptr must have {B + 1} entries (queries + 1), got {len(exclude[0])}")
             n_excl = np.diff(exclude[0]).astype(np.int64)
+        if self._direct and exclude is None and k <= _MAX_FETCH_SHARE * n:  # no over-fetch: no bookkeeping
+            s, ids = self._candidates(y, k)
+            out_i[:, : ids.shape[1]], out_s[:, : ids.shape[1]] = ids, s
+            return out_i, out_s
         want = np.minimum(k, np.maximum(n - n_excl, 0))  # results a row can have at most
         # fetch k + (number excluded), rounded up to a power of two so that few groups share a search
         fetch = np.minimum(2 ** np.ceil(np.log2(k + n_excl)).astype(np.int64), n)
@@ -379,19 +384,3 @@ def build_hnsw(
     log.info("built %r in %.1f s", out, build_s)
     return out
 
-
-def measure_recall(index: HNSWIndex, queries: np.ndarray, k: int = RECALL_K, block: int = 256) -> float:
-    """Mean recall@``k`` of ``index`` against exact search over all items, nothing excluded.
-
-    Parameters
-    ----------
-    queries : numpy.ndarray, shape (B, dim)
-    """
-    exact = index.exact()
-    hits = []
-    for s in range(0, len(queries), block):
-        q = torch.from_numpy(np.ascontiguousarray(queries[s : s + block]))
-        approx, _ = index.search(q, k)
-        best, _ = exact.search(torch.from_numpy(index._queries(q)), k)
-        hits.append(recall_at(approx, best))
-    return float(np.concatenate(hits).mean()) if hits else float("nan")

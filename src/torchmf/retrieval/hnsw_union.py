@@ -94,26 +94,32 @@ class UnionHNSWIndex(HNSWIndex):
         return {g: graph_arrays(self._graphs[g]) for g in GRAPHS}
 
     def _candidates(self, y: np.ndarray, kf: int) -> tuple[np.ndarray, np.ndarray]:
-        """Best ``kf`` (scores, ids) per row of ``y`` (B, width) over both beams, best first, -1 padded."""
+        """Best ``kf`` (scores, ids) per row of ``y`` (B, width) over both beams, best first, -1 padded.
+
+        The beams are merged by hnswlib's own distances (``1 - score``, float32, the same
+        vectors in both graphs); the best ``kf`` are then scored exactly and sorted.
+        """
         n = self.n_items
-        beams = []
         try:
-            for g, ef in zip(GRAPHS, (self.ef_search, self.ef_search_angular), strict=True):
-                beams.append(self._graphs[g].knn_query(y, k=min(max(ef, kf), n))[0])  # the whole beam
+            (ip_ids, ip_d), (an_ids, an_d) = (  # whole beams: hnswlib's beam is max(ef, k)
+                self._graphs[g].knn_query(y, k=min(max(ef, kf), n))
+                for g, ef in zip(GRAPHS, (self.ef_search, self.ef_search_angular), strict=True))
         except RuntimeError:  # hnswlib found fewer than k items (tiny or disconnected graph): scan instead
             ids, s = self.exact().search(torch.from_numpy(y), kf)
             return s, ids
-        ids = np.concatenate(beams, axis=1).astype(np.int64)
-        ids.sort(axis=1)
-        s = np.matmul(self._full[ids], y[:, :, None])[:, :, 0]
-        s[:, 1:][ids[:, 1:] == ids[:, :-1]] = -np.inf  # found by both graphs: keep one
-        if kf < ids.shape[1]:
-            part = np.argpartition(-s, kf - 1, axis=1)[:, :kf]
-            ids, s = np.take_along_axis(ids, part, 1), np.take_along_axis(s, part, 1)
+        ids = np.concatenate((ip_ids, an_ids), axis=1).astype(np.int64)
+        dist = np.concatenate((ip_d, an_d), axis=1)
+        top = np.empty((len(y), kf), dtype=np.int64)
+        for b in range(len(y)):  # per row: a few small numpy calls (serving asks one row at a time)
+            uniq, first = np.unique(ids[b], return_index=True)
+            d = dist[b, first]
+            best = np.argpartition(d, kf - 1)[:kf] if kf < len(uniq) else np.arange(len(uniq))
+            top[b, : len(best)] = uniq[best]
+            top[b, len(best) :] = -1
+        s = np.matmul(self._full[np.maximum(top, 0)], y[:, :, None])[:, :, 0]
+        s[top < 0] = -np.inf
         order = np.argsort(-s, axis=1, kind="stable")
-        s, ids = np.take_along_axis(s, order, 1), np.take_along_axis(ids, order, 1)
-        ids[~(s > -np.inf)] = -1
-        return s, ids
+        return np.take_along_axis(s, order, 1), np.take_along_axis(top, order, 1)
 
     def set_ef_search(self, ef_search: int, ef_search_angular: int | None = None) -> None:
         """Beam widths at query time (angular: the same unless given): larger = better recall, slower."""
