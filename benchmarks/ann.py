@@ -23,10 +23,8 @@ score axes, beam re-scored exactly; ``--rerank`` candidates, 0 = the whole
 beam); process CPU time per query is reported beside wall time.
 
 ``--graphs union`` (the default) builds the union index (an inner-product and
-an angular hnswlib graph, beams merged and re-ranked exactly,
-``build_hnsw(..., graphs="union")``); an ``--ef-search`` value ``A:B`` gives the
-two graphs different beams (``A`` alone: both ``A``). ``--graphs ip`` builds the
-single faiss graph of earlier rounds.
+an angular hnswlib graph merged into one, ``build_hnsw(..., graphs="union")``);
+``--graphs ip`` builds the single faiss graph of earlier rounds.
 """
 
 from __future__ import annotations
@@ -94,9 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--graphs", choices=("ip", "union"), default="union")
     ap.add_argument("--m", type=int, default=None, help="graph degree (default 32; union 24)")
     ap.add_argument("--ef-construction", type=int, default=None, help="default 200; union 128")
-    ap.add_argument("--ef-search", nargs="+", default=None,
-                    help="beams to try (union: A or A:B for the ip and angular graph; default: union 150 200 250,"
-                         " ip 200 400 800)")
+    ap.add_argument("--ef-search", type=int, nargs="+", default=None,
+                    help="beams to try (default: union 100 200 300 400, ip 200 400 800)")
     ap.add_argument("--dims", type=int, default=None,
                     help="build a projected graph over this many coordinates (default: the full vectors)")
     ap.add_argument("--rerank", type=int, nargs="+", default=[0],
@@ -110,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the results here")
     args = ap.parse_args(argv)
     if args.ef_search is None:
-        args.ef_search = ["150", "200", "250"] if args.graphs == "union" else ["200", "400", "800"]
-    beams = [tuple(int(v) for v in e.split(":")) for e in args.ef_search]
+        args.ef_search = [100, 200, 300, 400] if args.graphs == "union" else [200, 400, 800]
 
     n_users = max(args.recall_queries, args.timed_queries)
     items, bias, users = synthetic_factors(args.items, n_users, args.dim, args.norm_spread, args.seed)
@@ -135,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     seen = [np.sort(rng.choice(args.items, min(args.seen, args.items - 1), replace=False)) for _ in timed]
 
     start = time.perf_counter()
-    index = build_hnsw(items, bias, m=args.m, ef_construction=args.ef_construction, ef_search=beams[0][0],
+    index = build_hnsw(items, bias, m=args.m, ef_construction=args.ef_construction, ef_search=args.ef_search[0],
                        dims=args.dims, rerank=args.rerank[0], recall_queries=users, n_recall=args.recall_queries,
                        seed=args.seed, graphs=args.graphs)
     build_s = time.perf_counter() - start
@@ -148,9 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     best = exact_index.search(rec_q, 10)[0]  # the exact top-10, computed once
     projected = index.info["dims"] < args.dim + 1
     rows = []
-    for rerank, beam in itertools.product(args.rerank if projected else [0], beams):
-        index.set_ef_search(*beam)
-        ef = ":".join(map(str, beam))
+    for rerank, ef in itertools.product(args.rerank if projected else [0], args.ef_search):
+        index.set_ef_search(ef)
         if projected:
             index.set_rerank(rerank)
         recall = float(np.concatenate([recall_at(index.search(rec_q[s : s + 256], 10)[0], best[s : s + 256])

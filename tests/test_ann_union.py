@@ -1,4 +1,5 @@
-"""Union HNSW index (inner-product + angular hnswlib graphs): exact with a wide beam, persists, refuses bad graphs."""
+"""Union HNSW index (inner-product + angular hnswlib graphs merged): exact with a wide beam, persists, refuses bad
+graphs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torchmf.errors import ModelFileError
 from torchmf.retrieval.ann_io import index_files, index_from_files, load_index, save_index
 from torchmf.retrieval.hnsw import build_hnsw
 from torchmf.retrieval.hnsw_union import UnionHNSWIndex
-from torchmf.retrieval.hnswlib_graph import build_graph, graph_arrays, graph_from_arrays
+from torchmf.retrieval.hnswlib_graph import build_graph, graph_arrays, graph_from_arrays, merge_graphs
 
 N_ITEMS, DIM = 1200, 10
 
@@ -32,7 +33,7 @@ def factors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="module")
 def index(factors) -> UnionHNSWIndex:
     items, bias, users = factors
-    # each beam as wide as the catalogue: the search is exhaustive in practice
+    # a beam as wide as the catalogue: the search is exhaustive in practice
     return build_hnsw(items, bias, graphs="union", m=8, ef_construction=64, ef_search=N_ITEMS,
                       recall_queries=users, n_recall=30)
 
@@ -58,10 +59,9 @@ def test_union_with_wide_beams_is_exact(index, factors):
 def test_defaults_and_narrow_beams(factors):
     items, bias, users = factors
     small = build_hnsw(items, bias, graphs="union", n_recall=0)
-    assert (small.info["m"], small.info["ef_construction"], small.ef_search, small.ef_search_angular) == (24, 128,
-                                                                                                        200, 200)
-    small.set_ef_search(5, 7)
-    assert (small.ef_search, small.ef_search_angular) == (5, 7)
+    assert (small.info["m"], small.info["ef_construction"], small.ef_search) == (24, 128, 200)
+    small.set_ef_search(5)
+    assert small.ef_search == 5 and small.info["ef_search"] == 5
     got, _ = small.search(users, 10)  # the beam is widened to k: still 10 distinct valid items per row
     assert (got >= 0).all() and all(len(set(r)) == 10 for r in got.tolist())
     with pytest.raises(ValueError, match="rerank"):
@@ -118,6 +118,23 @@ def test_graph_arrays_round_trip_in_label_order(factors):
     np.testing.assert_array_equal(want, got)  # same graph, same beam: same answers
 
 
+def test_merged_graph_has_both_graphs_edges_once(factors):
+    items, _, _ = factors
+    x = np.ascontiguousarray(items.numpy()[:300])
+    a, b = (graph_arrays(build_graph(x, space, 4, 30, seed=0)) for space in ("ip", "cosine"))
+    merged = merge_graphs(a, b)
+    assert merged["level0"].shape == (300, 17) and merged["upper"].shape == (len(a["upper"]), 9)
+    assert merged["header"][0] == 8 and (merged["header"][1:] == a["header"][1:]).all()
+    for i in range(300):
+        want = {int(v) for g in (a, b) for v in g["level0"][i, 1 : 1 + g["level0"][i, 0]]}
+        row = merged["level0"][i]
+        assert row[0] == len(want) and set(row[1 : 1 + row[0]].tolist()) == want
+    np.testing.assert_array_equal(merged["upper"][:, :5], a["upper"])
+    g = graph_from_arrays(merged, x, ef=300)  # valid as a graph; a full beam finds the exact top-10
+    want = np.argsort(-(x[:5] @ x.T), axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(np.sort(g.knn_query(x[:5], k=10)[0].astype(np.int64), 1), np.sort(want, 1))
+
+
 def test_save_load_round_trip(tmp_path, index, factors):
     _, _, users = factors
     entry = save_index(index, tmp_path)
@@ -143,12 +160,12 @@ def _edit(arrays, key, fn):
 
 
 @pytest.mark.parametrize("key, fn, match", [
-    ("ip.level0", lambda a: a.__setitem__((0, 1), N_ITEMS + 5), "neighbour id out of range"),
-    ("angular.level0", lambda a: a.__setitem__((3, 1), -1), "neighbour id out of range"),
-    ("ip.level0", lambda a: a.__setitem__((0, 0), 1000), "neighbour count"),
-    ("ip.header", lambda a: a.__setitem__(3, N_ITEMS), "header"),
-    ("ip.header", lambda a: a.__setitem__(0, 9), "layer 0 has shape"),
-    ("ip.levels", lambda a: a.__setitem__(0, 100), "layers out of range"),
+    ("graph.level0", lambda a: a.__setitem__((0, 1), N_ITEMS + 5), "neighbour id out of range"),
+    ("graph.level0", lambda a: a.__setitem__((3, 1), -1), "neighbour id out of range"),
+    ("graph.level0", lambda a: a.__setitem__((0, 0), 1000), "neighbour count"),
+    ("graph.header", lambda a: a.__setitem__(3, N_ITEMS), "header"),
+    ("graph.header", lambda a: a.__setitem__(0, 9), "layer 0 has shape"),
+    ("graph.levels", lambda a: a.__setitem__(0, 100), "layers out of range"),
     ("vectors", lambda a: a.__setitem__((0, 0), np.nan), "finite"),
 ])
 def test_forged_graph_arrays_are_refused(index, key, fn, match):
@@ -162,17 +179,17 @@ def test_forged_graph_arrays_are_refused(index, key, fn, match):
 def test_forged_upper_layer_link_is_refused(index):
     entry, files = index_files(index)
     arrays = st_load(files[entry["file"]])
-    levels, upper = arrays["ip.levels"], arrays["ip.upper"].copy()
+    levels, upper = arrays["graph.levels"], arrays["graph.upper"].copy()
     assert len(upper), "the fixture graph has upper layers"
     ground = int(np.flatnonzero(levels == 0)[0])  # a node on layer 0 only, linked from layer >= 1
     upper[0, 0], upper[0, 1] = 1, ground
-    entry2, files2 = _resigned(entry, files, {**arrays, "ip.upper": upper})
+    entry2, files2 = _resigned(entry, files, {**arrays, "graph.upper": upper})
     with pytest.raises(ModelFileError, match="upper layer"):
         index_from_files(entry2, files2, "m")
-    entry3, files3 = _resigned(entry, files, {k: v for k, v in arrays.items() if k != "ip.upper"})
+    entry3, files3 = _resigned(entry, files, {k: v for k, v in arrays.items() if k != "graph.upper"})
     with pytest.raises(ModelFileError, match="needs"):
         index_from_files(entry3, files3, "m")
-    entry4, files4 = _resigned(entry, files, {**arrays, "ip.upper": upper.astype(np.int64)})
+    entry4, files4 = _resigned(entry, files, {**arrays, "graph.upper": upper.astype(np.int64)})
     with pytest.raises(ModelFileError, match="int32"):
         index_from_files(entry4, files4, "m")
 

@@ -7,9 +7,9 @@ An index is two files in the model folder:
   ``IndexHNSWFlat``, or (format version 2, projected graphs) an
   ``IndexRefineFlat`` over an ``IndexPreTransform`` of one;
 - or (format version 3, union indexes of :mod:`torchmf.retrieval.hnsw_union`)
-  ``index.hnsw.safetensors``: the item rows once (``vectors``) and each graph's
-  arrays (``ip.level0``, ``ip.levels``, ``ip.upper``, ``ip.header``, the same for
-  ``angular``), every id and count checked on load
+  ``index.hnsw.safetensors``: the item rows (``vectors``) and the hnswlib graph's
+  arrays (``graph.level0``, ``graph.levels``, ``graph.upper``, ``graph.header``),
+  every id and count checked on load
   (:func:`~torchmf.retrieval.hnswlib_graph.graph_from_arrays`);
 - ``index.hnsw.json``: kind, sizes, build parameters and the recall measured at build time.
 
@@ -34,7 +34,7 @@ from safetensors.numpy import save as st_save
 from torchmf.errors import ModelFileError
 from torchmf.retrieval.ann_common import import_faiss
 from torchmf.retrieval.hnsw import HNSWIndex
-from torchmf.retrieval.hnsw_union import GRAPHS, UnionHNSWIndex
+from torchmf.retrieval.hnsw_union import UnionHNSWIndex
 
 __all__ = ["INDEX_FORMAT", "index_files", "index_from_files", "index_names", "load_index", "save_index"]
 
@@ -76,7 +76,7 @@ def index_files(index: HNSWIndex) -> tuple[dict[str, Any], dict[str, bytes]]:
     if isinstance(index, UnionHNSWIndex):
         version = 3
         arrays = {"vectors": index.all_item_vectors()}
-        arrays.update({f"{g}.{k}": a for g, graph in index.graph_arrays().items() for k, a in graph.items()})
+        arrays.update({f"graph.{k}": a for k, a in index.graph_arrays().items()})
         data = st_save(arrays, metadata={"format": INDEX_FORMAT})
     else:
         version = 1 if index.info.get("dims", index.dim + index.has_bias) == index.dim + index.has_bias else 2
@@ -240,15 +240,15 @@ def _union_from_bytes(data: bytes, meta: dict[str, Any], data_path: Path, meta_p
         arrays = st_load(data)
     except (SafetensorError, ValueError, TypeError) as exc:
         raise ModelFileError(f"{data_path}: not a safetensors file ({exc})") from None
-    want = {"vectors", *(f"{g}.{k}" for g in GRAPHS for k in _GRAPH_ARRAYS)}
+    want = {"vectors", *(f"graph.{k}" for k in _GRAPH_ARRAYS)}
     if set(arrays) != want:
         raise ModelFileError(f"{data_path}: holds arrays {sorted(arrays)}, a union index needs {sorted(want)}")
     vectors = arrays["vectors"]
     if vectors.dtype != np.float32 or not np.isfinite(vectors).all():
         raise ModelFileError(f"{data_path}: item vectors must be finite float32")
-    graphs = {g: {k: arrays[f"{g}.{k}"] for k in _GRAPH_ARRAYS} for g in GRAPHS}
+    graph = {k: arrays[f"graph.{k}"] for k in _GRAPH_ARRAYS}
     try:
-        out = UnionHNSWIndex(vectors, graphs, int(meta["dim"]), bool(meta["has_bias"]), dict(meta["info"]))
+        out = UnionHNSWIndex(vectors, graph, int(meta["dim"]), bool(meta["has_bias"]), dict(meta["info"]))
     except (KeyError, TypeError) as exc:
         raise ModelFileError(f"{meta_path}: {exc}") from None
     except ValueError as exc:

@@ -1,13 +1,17 @@
-"""Two HNSW graphs over the same items, searched together: an inner-product graph and an angular one.
+"""One HNSW graph holding the edges of two: an inner-product graph and an angular one.
 
 An inner-product HNSW graph leaves some items without in-edges (no beam reaches
 them, so its recall plateaus); a graph built by distance over the normalised
 vectors (*angular*) reaches every item but needs a wide beam to get near the
-top scores. Searching both by inner product over the raw vectors and ranking
-the union of their beams exactly keeps the best of each (benchmarks/RESULTS.md
-§11.1 and §11.3). Both graphs are hnswlib's (twice as fast per query as faiss'
-HNSW on our catalogues); they are stored as validated arrays
-(:mod:`torchmf.retrieval.hnswlib_graph`), the vectors once.
+top scores (benchmarks/RESULTS.md §11.1). Here both are built (hnswlib) and
+merged: node ``i``'s layer-0 neighbours are the union of its neighbours in the
+two graphs (up to ``4 m``), the upper layers are the inner-product graph's. One
+beam over the merged graph, by inner product over the raw vectors, then reaches
+the items the inner-product graph alone cannot, without the angular graph's slow
+start (§11.3: higher recall per query time than searching the two graphs
+separately and merging their beams). The best ``k`` of the beam are re-scored
+exactly. The graph is stored as validated arrays
+(:mod:`torchmf.retrieval.hnswlib_graph`) beside the vectors.
 
 The hnswlib library is an optional dependency: ``pip install torchmf[ann]``.
 """
@@ -22,19 +26,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchmf.retrieval.ann_common import check_int, import_hnswlib, item_matrix, sample_rows
-from torchmf.retrieval.hnsw import RECALL_K, HNSWIndex, measure_recall
-from torchmf.retrieval.hnswlib_graph import build_graph, graph_arrays, graph_from_arrays
+from torchmf.retrieval.ann_common import check_int, import_hnswlib, item_matrix, measure_recall, sample_rows
+from torchmf.retrieval.hnsw import RECALL_K, HNSWIndex
+from torchmf.retrieval.hnswlib_graph import build_graph, graph_arrays, graph_from_arrays, merge_graphs
 
-__all__ = ["GRAPHS", "UnionHNSWIndex", "build_union"]
+__all__ = ["UnionHNSWIndex", "build_union"]
 
 log = logging.getLogger(__name__)
 
-GRAPHS = ("ip", "angular")  # the graphs' names, in the order their beams are merged
-
 
 class UnionHNSWIndex(HNSWIndex):
-    """An inner-product and an angular HNSW graph over the same item rows; top-``k`` by exact re-ranking.
+    """An HNSW graph with the edges of an inner-product and an angular graph; top-``k`` re-scored exactly.
 
     Build one with :func:`build_union` (``build_hnsw(..., graphs="union")``); read one back
     with :func:`torchmf.retrieval.ann_io.load_index`. Searches, exclusions, candidates and
@@ -47,17 +49,17 @@ class UnionHNSWIndex(HNSWIndex):
     n_items, dim, has_bias
         As for :class:`~torchmf.retrieval.hnsw.HNSWIndex`.
     ef_search : int
-        Beam of the inner-product graph.
-    ef_search_angular : int
-        Beam of the angular graph.
+        Beam width (raised to the fetch size when that is larger).
     info : dict
-        ``graphs`` (``"ip+angular"``), ``library``, ``m``, ``ef_construction``, ``ef_search``,
-        ``ef_search_angular``, ``recall_at_10``, ``recall_queries``, ``build_seconds``.
+        ``graphs`` (``"ip+angular"``), ``library``, ``m`` (of each graph built), ``ef_construction``,
+        ``ef_search``, ``recall_at_10``, ``recall_queries``, ``build_seconds``.
     """
 
-    def __init__(self, vectors: np.ndarray, graphs: dict[str, dict[str, np.ndarray]], dim: int, has_bias: bool,
+    _direct = True
+
+    def __init__(self, vectors: np.ndarray, graph: dict[str, np.ndarray], dim: int, has_bias: bool,
                  info: dict[str, Any]) -> None:
-        """``vectors`` (n, width) float32 rows ``[q_i, b_i]``; ``graphs``: arrays of :func:`graph_arrays` by name.
+        """``vectors`` (n, width) float32 rows ``[q_i, b_i]``; ``graph``: arrays as :func:`graph_arrays` makes them.
 
         Raises ValueError for arrays that do not describe a graph over ``vectors``.
         """
@@ -71,14 +73,11 @@ class UnionHNSWIndex(HNSWIndex):
         self.dim = int(dim)
         self.has_bias = bool(has_bias)
         self.info = dict(info)
-        self.ef_search = self.info.get("ef_search", 200)
-        self.ef_search_angular = self.info.get("ef_search_angular", self.ef_search)
+        self.ef_search = self.info.get("ef_search", 100)
         check_int("ef_search", self.ef_search)
-        check_int("ef_search_angular", self.ef_search_angular)
         self.rerank = 0
         self._param_cache: dict[int, Any] = {}
-        self._graphs = {g: graph_from_arrays(graphs[g], self._full, ef) for g, ef in
-                        zip(GRAPHS, (self.ef_search, self.ef_search_angular), strict=True)}
+        self._graph = graph_from_arrays(graph, self._full, self.ef_search)
 
     def __repr__(self) -> str:
         return (f"UnionHNSWIndex(n_items={self.n_items}, dim={self.dim}, m={self.info.get('m')}, "
@@ -86,52 +85,38 @@ class UnionHNSWIndex(HNSWIndex):
 
     @property
     def faiss_index(self) -> Any:
-        """None: this index is not a faiss one (its graphs are hnswlib's)."""
+        """None: this index is not a faiss one (its graph is hnswlib's)."""
         return None
 
-    def graph_arrays(self) -> dict[str, dict[str, np.ndarray]]:
-        """Each graph as the arrays of :func:`~torchmf.retrieval.hnswlib_graph.graph_arrays`, by name."""
-        return {g: graph_arrays(self._graphs[g]) for g in GRAPHS}
+    def graph_arrays(self) -> dict[str, np.ndarray]:
+        """The graph as the arrays of :func:`~torchmf.retrieval.hnswlib_graph.graph_arrays`."""
+        return graph_arrays(self._graph)
 
     def _candidates(self, y: np.ndarray, kf: int) -> tuple[np.ndarray, np.ndarray]:
-        """Best ``kf`` (scores, ids) per row of ``y`` (B, width) over both beams, best first, -1 padded.
+        """Best ``kf`` (scores, ids) per row of ``y`` (B, width), best first, re-scored exactly.
 
-        The beams are merged by hnswlib's own distances (``1 - score``, float32, the same
-        vectors in both graphs); the best ``kf`` are then scored exactly and sorted.
+        hnswlib ranks by ``1 - score`` in float32; the exact scores re-order its best ``kf``.
         """
-        n = self.n_items
-        try:
-            (ip_ids, ip_d), (an_ids, an_d) = (  # whole beams: hnswlib's beam is max(ef, k)
-                self._graphs[g].knn_query(y, k=min(max(ef, kf), n))
-                for g, ef in zip(GRAPHS, (self.ef_search, self.ef_search_angular), strict=True))
+        try:  # the beam is max(ef_search, kf)
+            ids, _ = self._graph.knn_query(y, k=min(kf, self.n_items))
         except RuntimeError:  # hnswlib found fewer than k items (tiny or disconnected graph): scan instead
             ids, s = self.exact().search(torch.from_numpy(y), kf)
             return s, ids
-        ids = np.concatenate((ip_ids, an_ids), axis=1).astype(np.int64)
-        dist = np.concatenate((ip_d, an_d), axis=1)
-        top = np.empty((len(y), kf), dtype=np.int64)
-        for b in range(len(y)):  # per row: a few small numpy calls (serving asks one row at a time)
-            uniq, first = np.unique(ids[b], return_index=True)
-            d = dist[b, first]
-            best = np.argpartition(d, kf - 1)[:kf] if kf < len(uniq) else np.arange(len(uniq))
-            top[b, : len(best)] = uniq[best]
-            top[b, len(best) :] = -1
-        s = np.matmul(self._full[np.maximum(top, 0)], y[:, :, None])[:, :, 0]
-        s[top < 0] = -np.inf
+        ids = ids.astype(np.int64)
+        s = np.matmul(self._full[ids], y[:, :, None])[:, :, 0]
         order = np.argsort(-s, axis=1, kind="stable")
-        return np.take_along_axis(s, order, 1), np.take_along_axis(top, order, 1)
+        return np.take_along_axis(s, order, 1), np.take_along_axis(ids, order, 1)
 
-    def set_ef_search(self, ef_search: int, ef_search_angular: int | None = None) -> None:
-        """Beam widths at query time (angular: the same unless given): larger = better recall, slower."""
+    def set_ef_search(self, ef_search: int) -> None:
+        """Beam width at query time: larger = better recall, slower queries."""
         check_int("ef_search", ef_search)
-        ang = ef_search if ef_search_angular is None else ef_search_angular
-        check_int("ef_search_angular", ang)
-        self.ef_search, self.ef_search_angular = int(ef_search), int(ang)
-        self.info.update(ef_search=self.ef_search, ef_search_angular=self.ef_search_angular)
+        self.ef_search = int(ef_search)
+        self.info["ef_search"] = int(ef_search)
+        self._graph.set_ef(int(ef_search))
 
     def set_rerank(self, rerank: int) -> None:
-        """Not applicable: the whole union of the beams is re-ranked."""
-        raise ValueError("rerank applies to projected graphs only; a union index re-ranks both whole beams")
+        """Not applicable: the beam's best ``k`` are always re-scored exactly."""
+        raise ValueError("rerank applies to projected graphs only; a union index re-scores its best k exactly")
 
 
 def build_union(
@@ -141,24 +126,23 @@ def build_union(
     m: int = 24,
     ef_construction: int = 128,
     ef_search: int = 200,
-    ef_search_angular: int | None = None,
     recall_queries: torch.Tensor | np.ndarray | None = None,
     n_recall: int = 1000,
     seed: int = 0,
 ) -> UnionHNSWIndex:
-    """Build an inner-product and an angular HNSW graph (hnswlib) and measure recall@10 of their union.
+    """Build an inner-product and an angular HNSW graph (hnswlib), merge them, and measure recall@10.
 
     Parameters
     ----------
     item_vectors : torch.Tensor or numpy.ndarray, shape (n_items, d)
     item_bias : torch.Tensor or numpy.ndarray, shape (n_items,), optional
     m : int
-        Degree of each graph (hnswlib ``M``, 2 to 1024).
+        Degree of each graph built (hnswlib ``M``, 2 to 512); the merged graph has up to
+        ``4 m`` layer-0 neighbours per item.
     ef_construction : int
         Beam width while building.
-    ef_search, ef_search_angular : int
-        Default beams of the inner-product and the angular graph (angular: ``ef_search``
-        unless given); raised to the fetch size when that is larger.
+    ef_search : int
+        Default beam width while searching (raised to the fetch size when that is larger).
     recall_queries, n_recall, seed
         As for :func:`~torchmf.retrieval.hnsw.build_hnsw`.
 
@@ -167,17 +151,15 @@ def build_union(
     UnionHNSWIndex
         With ``info["recall_at_10"]`` measured against exact search.
     """
-    check_int("m", m, low=2, high=1024)
+    check_int("m", m, low=2, high=512)
     check_int("ef_construction", ef_construction)
     check_int("ef_search", ef_search)
-    ang = ef_search if ef_search_angular is None else ef_search_angular
-    check_int("ef_search_angular", ang)
     check_int("n_recall", n_recall, low=0)
     import_hnswlib()
     vec, x = item_matrix(item_vectors, item_bias)
     t0 = time.perf_counter()
-    graphs = {g: graph_arrays(build_graph(v, space, m, ef_construction, seed)) for g, v, space in
-              (("ip", x, "ip"), ("angular", x, "cosine"))}  # hnswlib normalises for "cosine" (zero rows stay 0)
+    ip = graph_arrays(build_graph(x, "ip", m, ef_construction, seed))
+    graph = merge_graphs(ip, graph_arrays(build_graph(x, "cosine", m, ef_construction, seed)))  # cosine: angular
     build_s = time.perf_counter() - t0
     info: dict[str, Any] = {
         "library": "hnswlib",
@@ -187,11 +169,10 @@ def build_union(
         "m": int(m),
         "ef_construction": int(ef_construction),
         "ef_search": int(ef_search),
-        "ef_search_angular": int(ang),
         "dims": x.shape[1],
         "build_seconds": round(build_s, 3),
     }
-    out = UnionHNSWIndex(x, graphs, vec.shape[1], item_bias is not None, info)
+    out = UnionHNSWIndex(x, graph, vec.shape[1], item_bias is not None, info)
     pool = vec if recall_queries is None else recall_queries
     if n_recall and len(pool):
         sample = sample_rows(pool, np.random.default_rng(seed), n_recall)

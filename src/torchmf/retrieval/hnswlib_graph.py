@@ -28,7 +28,7 @@ import numpy as np
 
 from torchmf.retrieval.ann_common import import_hnswlib
 
-__all__ = ["build_graph", "graph_arrays", "graph_from_arrays"]
+__all__ = ["build_graph", "graph_arrays", "graph_from_arrays", "merge_graphs"]
 
 _MAX_M = 1024  # hnswlib itself caps M at 10000; nothing sensible is near either
 _MAX_LEVEL = 64  # levels are drawn with P(level >= l) = m^-l: 64 is unreachable for m >= 2
@@ -171,3 +171,31 @@ def graph_from_arrays(arrays: dict[str, np.ndarray], vectors: np.ndarray, ef: in
     index = hnswlib.Index.__new__(hnswlib.Index)
     index.__setstate__((st,))  # the binding's constructor from a state dict (no pickle involved)
     return index
+
+
+def merge_graphs(base: dict[str, np.ndarray], extra: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One graph (arrays) with ``base``'s layers and, on layer 0, each node's neighbours in both graphs.
+
+    Both graphs must be over the same ``n`` nodes with the same ``m``. The result has
+    degree ``2 m`` (so up to ``4 m`` layer-0 neighbours, each once); its upper layers,
+    levels and entry point are ``base``'s.
+    """
+    m = int(base["header"][0])
+    if int(extra["header"][0]) != m or base["level0"].shape != extra["level0"].shape:
+        raise ValueError("graphs to merge must have the same nodes and degree")
+    lists = []
+    for g in (base, extra):
+        rows = g["level0"]
+        ids = rows[:, 1:].astype(np.int64)
+        lists.append(np.where(np.arange(ids.shape[1]) < rows[:, :1], ids, -1))
+    ids = np.sort(np.concatenate(lists, axis=1), axis=1)  # unused slots (-1) first
+    ids[:, 1:][ids[:, 1:] == ids[:, :-1]] = -1  # an edge of both graphs: once
+    ids = np.take_along_axis(ids, np.argsort(ids < 0, axis=1, kind="stable"), 1)  # used slots first, in order
+    level0 = np.zeros((len(ids), 4 * m + 1), dtype=np.int32)
+    level0[:, 0] = (ids >= 0).sum(1)
+    level0[:, 1:] = np.maximum(ids, 0)
+    upper = np.zeros((len(base["upper"]), 2 * m + 1), dtype=np.int32)
+    upper[:, : m + 1] = base["upper"]
+    header = base["header"].copy()
+    header[0] = 2 * m
+    return {"level0": level0, "levels": base["levels"].copy(), "upper": upper, "header": header}
