@@ -59,7 +59,7 @@ def test_union_with_wide_beams_is_exact(index, factors):
 def test_defaults_and_narrow_beams(factors):
     items, bias, users = factors
     small = build_hnsw(items, bias, graphs="union", n_recall=0)
-    assert (small.info["m"], small.info["ef_construction"], small.ef_search) == (24, 128, 200)
+    assert (small.info["m"], small.info["ef_construction"], small.ef_search) == (24, 128, 300)
     small.set_ef_search(5)
     assert small.ef_search == 5 and small.info["ef_search"] == 5
     got, _ = small.search(users, 10)  # the beam is widened to k: still 10 distinct valid items per row

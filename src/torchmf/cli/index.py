@@ -23,7 +23,7 @@ _EXAMPLES = """\
 examples:
   torchmf index model
   torchmf index model --m 48 --ef-construction 400 --ef-search 200
-  torchmf index model --graphs union      # 1 M items: recall 0.95 at a fraction of the cost
+  torchmf index model --graphs union      # big catalogues: higher recall per query time
 """
 
 
@@ -42,8 +42,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--ef-construction", type=common.positive_int, default=None, metavar="N",
                    help="beam width while building (default 200; union 128)")
     p.add_argument("--ef-search", type=common.positive_int, default=None, metavar="N",
-                   help="beam width while searching: more = better recall, slower (default 100; union 200 "
-                        "per graph)")
+                   help="beam width while searching: more = better recall, slower (default 100; union 300)")
     p.add_argument("--recall-users", type=common.positive_int, default=1000, metavar="N",
                    help="users sampled to measure recall@10 against exact search (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the user sample (default 0)")

@@ -53,7 +53,7 @@ RECALL_K = 10
 # past it an exact scan is cheaper than a huge beam
 _MAX_FETCH_SHARE = 0.25
 # (m, ef_construction, ef_search) by build_hnsw's ``graphs``
-_DEFAULTS = {"ip": (32, 200, 100), "union": (24, 128, 200)}
+_DEFAULTS = {"ip": (32, 200, 100), "union": (24, 128, 300)}
 
 
 class HNSWIndex:
@@ -297,7 +297,7 @@ def build_hnsw(
         Beam width while building. Default 200 (union: 128).
     ef_search : int, optional
         Default beam width while searching (raised to the fetch size when that is larger).
-        Default 100 (union: 200, each graph).
+        Default 100 (union: 300).
     dims : int, optional
         Build the graph over this many leading axes of
         :func:`~torchmf.retrieval.ann_common.score_axes` (energy measured with

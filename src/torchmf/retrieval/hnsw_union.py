@@ -125,7 +125,7 @@ def build_union(
     *,
     m: int = 24,
     ef_construction: int = 128,
-    ef_search: int = 200,
+    ef_search: int = 300,
     recall_queries: torch.Tensor | np.ndarray | None = None,
     n_recall: int = 1000,
     seed: int = 0,
