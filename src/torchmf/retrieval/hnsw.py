@@ -19,6 +19,10 @@ candidates are re-scored exactly with the full vectors. Not the default: on
 the 1 M synthetic catalogue a 16-coordinate graph had lower recall at every
 beam width than the full one (benchmarks/RESULTS.md §11).
 
+``build_hnsw(..., graphs="union")`` builds
+:class:`~torchmf.retrieval.hnsw_union.UnionHNSWIndex` instead (hnswlib; one graph
+with the edges of an inner-product and an angular graph).
+
 The faiss library is an optional dependency: ``pip install torchmf[ann]``.
 """
 
