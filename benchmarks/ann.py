@@ -1,7 +1,8 @@
 """Approximate (HNSW) against exact top-10 retrieval on a synthetic catalogue: recall@10 and single-query speed.
 
-    python benchmarks/ann.py                          # 1 M items, factors 64 (issue 14 target)
+    python benchmarks/ann.py                          # 1 M items, factors 64 (issue 14 target), union index
     python benchmarks/ann.py --items 100000 --ef-search 50 100   # a quicker check
+    python benchmarks/ann.py --graphs ip --ef-search 200 400 800   # the single faiss inner-product graph
 
 The factors are random, not trained: item vectors are Gaussian with a decaying
 spectrum (dimension j scaled by 1/sqrt(j), as trained factors concentrate their
@@ -20,6 +21,10 @@ excluded) is measured against exact search on ``--recall-queries`` users, for
 each ``--ef-search``. ``--dims N`` builds a projected graph instead (N leading
 score axes, beam re-scored exactly; ``--rerank`` candidates, 0 = the whole
 beam); process CPU time per query is reported beside wall time.
+
+``--graphs union`` (the default) builds the union index (an inner-product and
+an angular hnswlib graph merged into one, ``build_hnsw(..., graphs="union")``);
+``--graphs ip`` builds the single faiss graph of earlier rounds.
 """
 
 from __future__ import annotations
@@ -84,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--m", type=int, default=32)
-    ap.add_argument("--ef-construction", type=int, default=200)
-    ap.add_argument("--ef-search", type=int, nargs="+", default=[200, 400, 800])
+    ap.add_argument("--graphs", choices=("ip", "union"), default="union")
+    ap.add_argument("--m", type=int, default=None, help="graph degree (default 32; union 24)")
+    ap.add_argument("--ef-construction", type=int, default=None, help="default 200; union 128")
+    ap.add_argument("--ef-search", type=int, nargs="+", default=None,
+                    help="beams to try (default: union 100 200 300 400, ip 200 400 800)")
     ap.add_argument("--dims", type=int, default=None,
                     help="build a projected graph over this many coordinates (default: the full vectors)")
     ap.add_argument("--rerank", type=int, nargs="+", default=[0],
@@ -99,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="FILE", help="also write the results here")
     args = ap.parse_args(argv)
+    if args.ef_search is None:
+        args.ef_search = [100, 200, 300, 400] if args.graphs == "union" else [200, 400, 800]
 
     n_users = max(args.recall_queries, args.timed_queries)
     items, bias, users = synthetic_factors(args.items, n_users, args.dim, args.norm_spread, args.seed)
@@ -124,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     index = build_hnsw(items, bias, m=args.m, ef_construction=args.ef_construction, ef_search=args.ef_search[0],
                        dims=args.dims, rerank=args.rerank[0], recall_queries=users, n_recall=args.recall_queries,
-                       seed=args.seed)
+                       seed=args.seed, graphs=args.graphs)
     build_s = time.perf_counter() - start
-    print(f"HNSW build (m={args.m}, ef_construction={args.ef_construction}, dims={index.info['dims']}):"
+    print(f"HNSW build ({args.graphs}, m={index.info['m']}, ef_construction={index.info['ef_construction']},"
+          f" dims={index.info['dims']}):"
           f" graph {index.info['build_seconds']:.1f} s, with recall measurement {build_s:.1f} s;"
           f" recall@10 stored: {index.info['recall_at_10']:.4f}", flush=True)
 
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
               f" {r['ms_per_query']:.3f} |"
               f" {r['queries_per_s']:,} | {r['speedup_vs_exact']} | {r['ms_per_query_seen']:.3f} |")
     if args.json:
-        out = {"machine": machine(), "args": vars(args), "exact_ms_per_query": exact_s * 1e3,
+        out = {"machine": machine(), "args": vars(args), "index_info": index.info, "exact_ms_per_query": exact_s * 1e3,
                "bare_matmul_topk_ms_per_query": bare_s * 1e3,
                "exact_cpu_ms_per_query": CPU_SECONDS[1] * 1e3, "build_seconds": index.info["build_seconds"],
                "hnsw": rows}

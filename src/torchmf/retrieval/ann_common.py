@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 __all__ = [
-    "as_f32", "check_int", "filter_excluded", "import_faiss", "recall_at", "sample_rows", "score_axes",
+    "as_f32", "check_int", "filter_excluded", "import_faiss", "import_hnswlib", "item_matrix", "measure_recall",
+    "recall_at",
+    "sample_rows", "score_axes",
     "unpack_hnsw",
 ]
 
@@ -29,6 +31,15 @@ def import_faiss() -> Any:
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise ImportError("approximate retrieval needs faiss: pip install 'torchmf[ann]' (or faiss-cpu)") from exc
     return faiss
+
+
+def import_hnswlib() -> Any:
+    """The ``hnswlib`` module, or an ImportError that says how to install it."""
+    try:
+        import hnswlib
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError("the union HNSW index needs hnswlib: pip install 'torchmf[ann]' (or hnswlib)") from exc
+    return hnswlib
 
 
 def _row_keys(csr: tuple[np.ndarray, np.ndarray], n_cols: int) -> np.ndarray:
@@ -149,3 +160,43 @@ def as_f32(v: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(v, torch.Tensor):
         return v.detach().to("cpu", torch.float32).numpy()
     return np.asarray(v, dtype=np.float32)
+
+
+def item_matrix(
+    item_vectors: torch.Tensor | np.ndarray, item_bias: torch.Tensor | np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(vectors, x)``: the item factors as float32 (n, d) and the stored rows ``[q_i, b_i]``, (n, d + 1).
+
+    Without biases ``x`` is the factors, (n, d). ValueError for an empty or non-2-d
+    matrix, a bias of the wrong length, NaN or infinity.
+    """
+    vec = as_f32(item_vectors)
+    if vec.ndim != 2 or len(vec) == 0:
+        raise ValueError(f"item_vectors must have shape (n_items, d) with n_items > 0, got {tuple(vec.shape)}")
+    n = len(vec)
+    parts = [vec]
+    if item_bias is not None:
+        bias = as_f32(item_bias).reshape(-1)
+        if len(bias) != n:
+            raise ValueError(f"item_bias has {len(bias)} entries for {n} items")
+        parts.append(bias[:, None])
+    if not all(np.isfinite(p).all() for p in parts):
+        raise ValueError("item vectors or biases contain NaN or infinity")
+    return vec, np.ascontiguousarray(np.concatenate(parts, axis=1))
+
+
+def measure_recall(index: Any, queries: np.ndarray, k: int = 10, block: int = 256) -> float:
+    """Mean recall@``k`` of ``index`` against exact search over all items, nothing excluded.
+
+    Parameters
+    ----------
+    queries : numpy.ndarray, shape (B, dim)
+    """
+    exact = index.exact()
+    hits = []
+    for s in range(0, len(queries), block):
+        q = torch.from_numpy(np.ascontiguousarray(queries[s : s + block]))
+        approx, _ = index.search(q, k)
+        best, _ = exact.search(torch.from_numpy(index._queries(q)), k)
+        hits.append(recall_at(approx, best))
+    return float(np.concatenate(hits).mean()) if hits else float("nan")

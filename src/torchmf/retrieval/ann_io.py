@@ -6,6 +6,11 @@ An index is two files in the model folder:
   (``faiss.write_index``; plain arrays, nothing executable): an
   ``IndexHNSWFlat``, or (format version 2, projected graphs) an
   ``IndexRefineFlat`` over an ``IndexPreTransform`` of one;
+- or (format version 3, union indexes of :mod:`torchmf.retrieval.hnsw_union`)
+  ``index.hnsw.safetensors``: the item rows (``vectors``) and the hnswlib graph's
+  arrays (``graph.level0``, ``graph.levels``, ``graph.upper``, ``graph.header``),
+  every id and count checked on load
+  (:func:`~torchmf.retrieval.hnswlib_graph.graph_from_arrays`);
 - ``index.hnsw.json``: kind, sizes, build parameters and the recall measured at build time.
 
 :func:`save_index` returns a small JSON-able entry holding the SHA-256 of both
@@ -22,21 +27,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
 from torchmf.errors import ModelFileError
 from torchmf.retrieval.ann_common import import_faiss
 from torchmf.retrieval.hnsw import HNSWIndex
+from torchmf.retrieval.hnsw_union import UnionHNSWIndex
 
 __all__ = ["INDEX_FORMAT", "index_files", "index_from_files", "index_names", "load_index", "save_index"]
 
 INDEX_FORMAT = "torchmf-ann-index"
-INDEX_FORMAT_VERSION = 2  # the newest; plain graphs are still written as version 1 (older readers load them)
-# versions read back: 1 (plain IndexHNSWFlat) and 2 (also projected graphs)
-_READABLE_VERSIONS = (1, 2)
+INDEX_FORMAT_VERSION = 3  # the newest; faiss graphs are still written as version 1 or 2 (older readers load them)
+# versions read back: 1 (plain IndexHNSWFlat), 2 (also projected graphs), 3 (union of two hnswlib graphs)
+_READABLE_VERSIONS = (1, 2, 3)
+_GRAPH_ARRAYS = ("level0", "levels", "upper", "header")
 
 
-def _names(kind: str) -> tuple[str, str]:
-    return f"index.{kind}.faiss", f"index.{kind}.json"
+def _names(kind: str, version: int = 1) -> tuple[str, str]:
+    return f"index.{kind}.{'safetensors' if version == 3 else 'faiss'}", f"index.{kind}.json"
 
 
 def _sha256_file(path: Path) -> str:
@@ -63,9 +73,15 @@ def index_files(index: HNSWIndex) -> tuple[dict[str, Any], dict[str, bytes]]:
     """
     if not isinstance(index, HNSWIndex):
         raise TypeError(f"only HNSW indexes are saved, got {type(index).__name__}")
-    faiss = import_faiss()
-    data_name, meta_name = _names(index.kind)
-    version = 1 if index.info.get("dims", index.dim + index.has_bias) == index.dim + index.has_bias else 2
+    if isinstance(index, UnionHNSWIndex):
+        version = 3
+        arrays = {"vectors": index.all_item_vectors()}
+        arrays.update({f"graph.{k}": a for k, a in index.graph_arrays().items()})
+        data = st_save(arrays, metadata={"format": INDEX_FORMAT})
+    else:
+        version = 1 if index.info.get("dims", index.dim + index.has_bias) == index.dim + index.has_bias else 2
+        data = import_faiss().serialize_index(index.faiss_index).tobytes()
+    data_name, meta_name = _names(index.kind, version)
     meta = {
         "format": INDEX_FORMAT,
         "format_version": version,
@@ -76,7 +92,6 @@ def index_files(index: HNSWIndex) -> tuple[dict[str, Any], dict[str, bytes]]:
         "info": index.info,
     }
     meta_bytes = json.dumps(meta, indent=1, allow_nan=False).encode()
-    data = faiss.serialize_index(index.faiss_index).tobytes()
     entry = {
         "kind": index.kind,
         "format_version": version,
@@ -131,7 +146,7 @@ def index_names(entry: Any) -> tuple[str, str]:
     if not isinstance(entry, dict) or entry.get("kind") != HNSWIndex.kind:
         kind = entry.get("kind") if isinstance(entry, dict) else entry
         raise ModelFileError(f"unsupported index kind {kind!r} in the manifest")
-    data_name, meta_name = _names(HNSWIndex.kind)
+    data_name, meta_name = _names(HNSWIndex.kind, 3 if entry.get("format_version") == 3 else 1)
     if entry.get("file") != data_name or entry.get("meta_file") != meta_name:
         raise ModelFileError(f"manifest names index files {entry.get('file')!r}, {entry.get('meta_file')!r}")
     return data_name, meta_name
@@ -195,6 +210,11 @@ def index_from_files(entry: dict[str, Any], files: dict[str, bytes], where: Any)
     version = meta.get("format_version")
     if version not in _READABLE_VERSIONS or isinstance(version, bool):
         raise ModelFileError(f"{folder / meta_name}: index format version {meta.get('format_version')!r} not supported")
+    if (version == 3) != data_name.endswith(".safetensors"):
+        raise ModelFileError(f"{folder / meta_name}: format version {version} does not match the index file "
+                             f"{data_name}")
+    if version == 3:
+        return _union_from_bytes(data, meta, folder / data_name, folder / meta_name, entry)
     faiss = import_faiss()
     try:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))  # already the concrete type
@@ -210,4 +230,29 @@ def index_from_files(entry: dict[str, Any], files: dict[str, bytes], where: Any)
     if out.n_items != meta.get("n_items") or out.n_items != entry.get("n_items"):
         said = entry.get("n_items")
         raise ModelFileError(f"{folder / data_name}: holds {out.n_items} items, the manifest says {said}")
+    return out
+
+
+def _union_from_bytes(data: bytes, meta: dict[str, Any], data_path: Path, meta_path: Path,
+                      entry: dict[str, Any]) -> UnionHNSWIndex:
+    """The union index of a version-3 file (safetensors arrays), every array checked."""
+    try:
+        arrays = st_load(data)
+    except (SafetensorError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{data_path}: not a safetensors file ({exc})") from None
+    want = {"vectors", *(f"graph.{k}" for k in _GRAPH_ARRAYS)}
+    if set(arrays) != want:
+        raise ModelFileError(f"{data_path}: holds arrays {sorted(arrays)}, a union index needs {sorted(want)}")
+    vectors = arrays["vectors"]
+    if vectors.dtype != np.float32 or not np.isfinite(vectors).all():
+        raise ModelFileError(f"{data_path}: item vectors must be finite float32")
+    graph = {k: arrays[f"graph.{k}"] for k in _GRAPH_ARRAYS}
+    try:
+        out = UnionHNSWIndex(vectors, graph, int(meta["dim"]), bool(meta["has_bias"]), dict(meta["info"]))
+    except (KeyError, TypeError) as exc:
+        raise ModelFileError(f"{meta_path}: {exc}") from None
+    except ValueError as exc:
+        raise ModelFileError(f"{data_path}: {exc}") from None
+    if out.n_items != meta.get("n_items") or out.n_items != entry.get("n_items"):
+        raise ModelFileError(f"{data_path}: holds {out.n_items} items, the manifest says {entry.get('n_items')}")
     return out

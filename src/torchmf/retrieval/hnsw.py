@@ -19,6 +19,10 @@ candidates are re-scored exactly with the full vectors. Not the default: on
 the 1 M synthetic catalogue a 16-coordinate graph had lower recall at every
 beam width than the full one (benchmarks/RESULTS.md §11).
 
+``build_hnsw(..., graphs="union")`` builds
+:class:`~torchmf.retrieval.hnsw_union.UnionHNSWIndex` instead (hnswlib; one graph
+with the edges of an inner-product and an angular graph).
+
 The faiss library is an optional dependency: ``pip install torchmf[ann]``.
 """
 
@@ -32,11 +36,11 @@ import numpy as np
 import torch
 
 from torchmf.retrieval.ann_common import (
-    as_f32,
     check_int,
     filter_excluded,
     import_faiss,
-    recall_at,
+    item_matrix,
+    measure_recall,
     sample_rows,
     score_axes,
     unpack_hnsw,
@@ -52,6 +56,8 @@ RECALL_K = 10
 # over-fetch never asks the graph for more than this share of the catalogue:
 # past it an exact scan is cheaper than a huge beam
 _MAX_FETCH_SHARE = 0.25
+# (m, ef_construction, ef_search) by build_hnsw's ``graphs``
+_DEFAULTS = {"ip": (32, 200, 100), "union": (24, 128, 300)}
 
 
 class HNSWIndex:
@@ -76,6 +82,7 @@ class HNSWIndex:
     """
 
     kind: ClassVar[str] = "hnsw"
+    _direct: ClassVar[bool] = False  # searches without exclusions call _candidates(y, k) directly
 
     def __init__(self, faiss_index: Any, dim: int, has_bias: bool, info: dict[str, Any]) -> None:
         width = dim + int(has_bias)
@@ -116,7 +123,7 @@ class HNSWIndex:
         q = np.asarray(q, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"queries must have shape (B, {self.dim}), got {tuple(q.shape)}")
-        out = np.zeros((len(q), self._index.d), dtype=np.float32)
+        out = np.zeros((len(q), self._full.shape[1]), dtype=np.float32)
         out[:, : self.dim] = q
         if self.has_bias:
             out[:, self.dim] = 1.0
@@ -126,7 +133,7 @@ class HNSWIndex:
         """Stored item rows ``[q_i, b_i]`` (``q_i`` without biases), shape ``(len(items), width)`` float32."""
         items = np.ascontiguousarray(items, dtype=np.int64)
         if len(items) == 0:
-            return np.zeros((0, self._index.d), dtype=np.float32)
+            return np.zeros((0, self._full.shape[1]), dtype=np.float32)
         return self._full[items]
 
     def all_item_vectors(self) -> np.ndarray:
@@ -218,6 +225,10 @@ class HNSWIndex:
             if len(exclude[0]) != B + 1:
                 raise ValueError(f"exclude indptr must have {B + 1} entries (queries + 1), got {len(exclude[0])}")
             n_excl = np.diff(exclude[0]).astype(np.int64)
+        if self._direct and exclude is None and k <= _MAX_FETCH_SHARE * n:  # no over-fetch: no bookkeeping
+            s, ids = self._candidates(y, k)
+            out_i[:, : ids.shape[1]], out_s[:, : ids.shape[1]] = ids, s
+            return out_i, out_s
         want = np.minimum(k, np.maximum(n - n_excl, 0))  # results a row can have at most
         # fetch k + (number excluded), rounded up to a power of two so that few groups share a search
         fetch = np.minimum(2 ** np.ceil(np.log2(k + n_excl)).astype(np.int64), n)
@@ -267,11 +278,12 @@ def build_hnsw(
     item_vectors: torch.Tensor | np.ndarray,
     item_bias: torch.Tensor | np.ndarray | None = None,
     *,
-    m: int = 32,
-    ef_construction: int = 200,
-    ef_search: int = 100,
+    m: int | None = None,
+    ef_construction: int | None = None,
+    ef_search: int | None = None,
     dims: int | None = None,
     rerank: int = 0,
+    graphs: str = "ip",
     recall_queries: torch.Tensor | np.ndarray | None = None,
     n_recall: int = 1000,
     seed: int = 0,
@@ -282,12 +294,14 @@ def build_hnsw(
     ----------
     item_vectors : torch.Tensor or numpy.ndarray, shape (n_items, d)
     item_bias : torch.Tensor or numpy.ndarray, shape (n_items,), optional
-    m : int
+    m : int, optional
         Graph degree (faiss ``M``): larger = better recall, more memory, slower build.
-    ef_construction : int
-        Beam width while building.
-    ef_search : int
+        Default 32 (``graphs="union"``: 24).
+    ef_construction : int, optional
+        Beam width while building. Default 200 (union: 128).
+    ef_search : int, optional
         Default beam width while searching (raised to the fetch size when that is larger).
+        Default 100 (union: 300).
     dims : int, optional
         Build the graph over this many leading axes of
         :func:`~torchmf.retrieval.ann_common.score_axes` (energy measured with
@@ -296,6 +310,9 @@ def build_hnsw(
     rerank : int
         Candidates of a projected graph re-scored exactly per query (at least ``k``);
         0 (default): the whole search beam (``ef_search`` or the fetch size).
+    graphs : {"ip", "union"}
+        ``"union"``: an inner-product and an angular hnswlib graph, beams merged
+        (:func:`torchmf.retrieval.hnsw_union.build_union`; ``dims`` not available).
     recall_queries : torch.Tensor or numpy.ndarray, shape (n, d), optional
         Query vectors (typically user factors) to measure recall@10 on; ``n_recall`` of
         them are drawn with ``seed``. Without them recall is measured on ``n_recall``
@@ -311,25 +328,24 @@ def build_hnsw(
         With ``info["recall_at_10"]``: mean share of the exact top-10 (over all items,
         nothing excluded) that the index returns.
     """
+    if graphs not in ("ip", "union"):
+        raise ValueError(f"graphs must be 'ip' or 'union', got {graphs!r}")
+    m, ef_construction, ef_search = (d if v is None else v for v, d in zip(
+        (m, ef_construction, ef_search), _DEFAULTS[graphs], strict=True))
     for name, v in (("m", m), ("ef_construction", ef_construction), ("ef_search", ef_search)):
         check_int(name, v)
     check_int("rerank", rerank, low=0)
     check_int("n_recall", n_recall, low=0)
+    if graphs == "union":
+        if dims is not None:
+            raise ValueError("dims (a projected graph) is not available with graphs='union'")
+        from torchmf.retrieval.hnsw_union import build_union
+
+        return build_union(item_vectors, item_bias, m=m, ef_construction=ef_construction, ef_search=ef_search,
+                           recall_queries=recall_queries, n_recall=n_recall, seed=seed)
     faiss = import_faiss()
-    vec = as_f32(item_vectors)
-    if vec.ndim != 2 or len(vec) == 0:
-        raise ValueError(f"item_vectors must have shape (n_items, d) with n_items > 0, got {tuple(vec.shape)}")
-    n, d = vec.shape
-    parts = [vec]
-    if item_bias is not None:
-        bias = as_f32(item_bias).reshape(-1)
-        if len(bias) != n:
-            raise ValueError(f"item_bias has {len(bias)} entries for {n} items")
-        parts.append(bias[:, None])
-    if not all(np.isfinite(p).all() for p in parts):
-        raise ValueError("item vectors or biases contain NaN or infinity")
-    x = np.ascontiguousarray(np.concatenate(parts, axis=1))
-    width = x.shape[1]
+    vec, x = item_matrix(item_vectors, item_bias)
+    d, width = vec.shape[1], x.shape[1]
     if dims is not None:
         check_int("dims", dims, high=width)
     rng = np.random.default_rng(seed)
@@ -372,19 +388,3 @@ def build_hnsw(
     log.info("built %r in %.1f s", out, build_s)
     return out
 
-
-def measure_recall(index: HNSWIndex, queries: np.ndarray, k: int = RECALL_K, block: int = 256) -> float:
-    """Mean recall@``k`` of ``index`` against exact search over all items, nothing excluded.
-
-    Parameters
-    ----------
-    queries : numpy.ndarray, shape (B, dim)
-    """
-    exact = index.exact()
-    hits = []
-    for s in range(0, len(queries), block):
-        q = torch.from_numpy(np.ascontiguousarray(queries[s : s + block]))
-        approx, _ = index.search(q, k)
-        best, _ = exact.search(torch.from_numpy(index._queries(q)), k)
-        hits.append(recall_at(approx, best))
-    return float(np.concatenate(hits).mean()) if hits else float("nan")
