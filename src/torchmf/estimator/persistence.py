@@ -357,7 +357,7 @@ def _load_files(folder: Path, man: mf.Manifest, device: str, mmap: bool) -> Mode
 
 
 def _read_index(folder: Path, entry: Any, state: ModelState, version: int) -> Index | None:
-    """The saved approximate index, checked against its checksums and the model; None without faiss.
+    """The saved approximate index, checked against its checksums and the model; None without its library.
 
     Version 2 keeps its files among the manifest's ``files`` (taken out of
     ``state.files`` here); version 1 (releases with ANN support) beside the weights.
@@ -369,9 +369,8 @@ def _read_index(folder: Path, entry: Any, state: ModelState, version: int) -> In
             index = ann_io.index_from_files(entry, blobs, folder)
         else:
             index = ann_io.load_index(folder, entry)
-    except ImportError:
-        log.warning("%s: the model has an approximate index but faiss is not installed "
-                    "(pip install 'torchmf[ann]'); using exact search", folder)
+    except ImportError as e:
+        log.warning("%s: the model has an approximate index, but %s; using exact search", folder, e)
         return None
     width = state.query_width
     if index.n_items != state.n_items or getattr(index, "dim", width) != width:

@@ -47,9 +47,11 @@ class RankingMixin:
         ----------
         kind : {"hnsw"}
         **params
-            Passed to :func:`torchmf.retrieval.hnsw.build_hnsw`: ``m`` (32), ``ef_construction``
-            (200), ``ef_search`` (100), ``n_recall`` (1000 users sampled to measure recall@10
-            against exact search), ``seed`` (0).
+            Passed to :func:`torchmf.retrieval.hnsw.build_hnsw`: ``graphs`` (``"ip"``: a faiss
+            inner-product graph; ``"union"``: one hnswlib graph holding the edges of an
+            inner-product and an angular graph), ``m``, ``ef_construction``, ``ef_search``
+            (defaults per graph type: 32/200/100 for ``"ip"``, 24/128/300 for ``"union"``),
+            ``n_recall`` (1000 users sampled to measure recall@10 against exact search), ``seed`` (0).
 
         Returns
         -------
