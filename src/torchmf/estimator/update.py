@@ -60,7 +60,7 @@ from torchmf.nn.mf import MFModel
 from torchmf.solvers import get_solver
 from torchmf.solvers.als import als_half_sweep
 from torchmf.solvers.als_solver import ALSSolver, als_layout
-from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_side
+from torchmf.solvers.ials import IALSSettings, confidence, ials_half_sweep, ials_side_csr
 from torchmf.solvers.ials_solver import IALSSolver
 from torchmf.solvers.pairwise_solver import PairwiseSolver
 from torchmf.solvers.sgd import model_tables
@@ -313,7 +313,8 @@ def _resolve_rows(model: MFModel, sides: SeenSides, values: np.ndarray, hp: dict
         settings_k = IALSSettings(hp["reg"], hp["reg_exponent"], hp["unobserved_weight"], steps)
         idx = torch.as_tensor(rows_to_solve, device=dev)
         if implicit:
-            layout: Any = ials_side(r, c, vals[pos], len(rows_to_solve), n_of[other], hp["factors"], dev, settings_k)
+            layout: Any = ials_side_csr(indptr, c, vals[pos], len(rows_to_solve), n_of[other], hp["factors"], dev,
+                                        settings_k)
         else:
             layout = als_layout(r, c, vals[pos], len(rows_to_solve), n_of[other], {**hp, "cg_steps": steps}, dev,
                                 t["P"].dtype, indptr=indptr)
