@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 from torchmf.retrieval import ExactIndex
 from torchmf.retrieval.ann_common import recall_at
+from torchmf.retrieval.ann_io import load_index, save_index
 from torchmf.retrieval.hnsw import build_hnsw
 
 
@@ -85,6 +86,26 @@ def excluding(index, seen: list[np.ndarray]):
     return run
 
 
+def cached_index(args: argparse.Namespace, items: np.ndarray, bias: np.ndarray, users: np.ndarray):
+    """The index these arguments describe: read from ``--index-cache`` when saved there with them, else built."""
+    build_args = {k: getattr(args, k) for k in ("items", "dim", "graphs", "m", "ef_construction", "dims", "norm_spread",
+                                                "seed", "recall_queries")}
+    entry_file = Path(args.index_cache, "entry.json") if args.index_cache else None
+    if entry_file is not None and entry_file.exists():
+        saved = json.loads(entry_file.read_text())
+        if saved["build_args"] == build_args:
+            print(f"index read from {args.index_cache} (built earlier with the same arguments)", flush=True)
+            return load_index(args.index_cache, saved["entry"])
+    index = build_hnsw(items, bias, m=args.m, ef_construction=args.ef_construction, ef_search=args.ef_search[0],
+                       dims=args.dims, rerank=args.rerank[0], recall_queries=users, n_recall=args.recall_queries,
+                       seed=args.seed, graphs=args.graphs)
+    if entry_file is not None:
+        entry_file.parent.mkdir(parents=True, exist_ok=True)
+        entry = save_index(index, args.index_cache)
+        entry_file.write_text(json.dumps({"build_args": build_args, "entry": entry}))
+    return index
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=1_000_000)
@@ -105,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--norm-spread", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="FILE", help="also write the results here")
+    ap.add_argument("--index-cache", metavar="DIR",
+                    help="load the index saved here by an earlier run with the same arguments, else build it and"
+                         " save it here (so that a build on a busy machine can be timed later on a quiet one)")
     args = ap.parse_args(argv)
     if args.ef_search is None:
         args.ef_search = [100, 200, 300, 400] if args.graphs == "union" else [200, 400, 800]
@@ -131,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     seen = [np.sort(rng.choice(args.items, min(args.seen, args.items - 1), replace=False)) for _ in timed]
 
     start = time.perf_counter()
-    index = build_hnsw(items, bias, m=args.m, ef_construction=args.ef_construction, ef_search=args.ef_search[0],
-                       dims=args.dims, rerank=args.rerank[0], recall_queries=users, n_recall=args.recall_queries,
-                       seed=args.seed, graphs=args.graphs)
+    index = cached_index(args, items, bias, users)
     build_s = time.perf_counter() - start
     print(f"HNSW build ({args.graphs}, m={index.info['m']}, ef_construction={index.info['ef_construction']},"
           f" dims={index.info['dims']}):"
