@@ -1,0 +1,195 @@
+"""The numba functions behind :mod:`torchmf.solvers.pairwise_cpu` (imported only when the kernel runs).
+
+Arrays come from torch tensors (``.numpy()``, shared memory); tables are float32.
+Sums over a row's occurrences run in batch order and the loss is summed over
+``chunks`` fixed chunks, so no result depends on the number of threads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["group_rows", "is_positive", "score_batch", "set_threads", "update_rows"]
+
+# reassociation lets LLVM vectorise the length-d dot products and sums; no NaN/Inf assumptions
+_FAST = {"reassoc", "contract", "nsz"}
+
+
+def set_threads(n: int) -> None:
+    """numba's threads for this Python thread: ``n``, within the pool numba started with."""
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
+@njit(parallel=True, cache=True)
+def is_positive(keys, starts, counts, n_items, users, cand):
+    """Mask, shape (L,): is ``(users[e], cand[e])`` observed? Binary search in the user's sorted keys."""
+    L = len(cand)
+    out = np.zeros(L, np.bool_)
+    for e in prange(L):
+        uu = users[e]
+        if uu >= len(starts):
+            continue
+        key = uu * n_items + cand[e]
+        lo = starts[uu]
+        end = lo + counts[uu]
+        hi = end
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if keys[mid] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        out[e] = lo < end and keys[lo] == key
+    return out
+
+
+@njit(inline="always")
+def _softplus(x):
+    # torch.nn.functional.softplus: threshold 20
+    return x if x > 20.0 else math.log1p(math.exp(x))
+
+
+@njit(inline="always")
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def score_batch(P, Q, u, idx, N, loss_id, n_items, reg, gp, coef, partial, chunks):
+    """Scores, loss and loss coefficients of one batch; the user rows' gradients into ``gp``.
+
+    ``idx`` is ``cat(i, j.reshape(-1))``, shape (m (1 + N),); ``coef[e]`` ends as d loss / d score
+    of entry ``e`` (positives first). ``partial[c]`` is chunk ``c``'s summed loss.
+    """
+    m = len(u)
+    d = P.shape[1]
+    zero = np.float32(0.0)
+    for c in prange(chunks):
+        tot = 0.0
+        for k in range(c * m // chunks, (c + 1) * m // chunks):
+            uk, ik = u[k], idx[k]
+            pos = zero
+            for t in range(d):
+                pos += P[uk, t] * Q[ik, t]
+            base = m + k * N
+            for n in range(N):
+                jn = idx[base + n]
+                s = zero
+                for t in range(d):
+                    s += P[uk, t] * Q[jn, t]
+                coef[base + n] = s
+            gpos = zero
+            if loss_id == 0:  # bpr: -log sigmoid(pos - neg)
+                for n in range(N):
+                    x = pos - coef[base + n]
+                    tot += _softplus(-x)
+                    g = np.float32(-_sigmoid(-x))
+                    gpos += g
+                    coef[base + n] = -g
+            elif loss_id == 1:  # logistic
+                tot += _softplus(-pos)
+                gpos = np.float32(-_sigmoid(-pos))
+                for n in range(N):
+                    s = coef[base + n]
+                    tot += _softplus(s)
+                    coef[base + n] = _sigmoid(s)
+            else:  # warp, as torchmf.solvers.losses.warp with margin 1
+                cnt = 0
+                hsum = zero
+                for n in range(N):
+                    h = np.float32(1.0) - pos + coef[base + n]
+                    if h > 0:
+                        cnt += 1
+                        hsum += h
+                rank = math.floor(np.float32(n_items - 1) * np.float32(cnt) / np.float32(N))
+                w = np.float32(math.log1p(np.float32(rank)) / np.float32(max(cnt, 1)))
+                tot += w * hsum
+                for n in range(N):
+                    v = w if np.float32(1.0) - pos + coef[base + n] > 0 else zero
+                    coef[base + n] = v
+                    gpos -= v
+            coef[k] = gpos
+            for t in range(d):
+                g = zero
+                for n in range(N):
+                    g += coef[base + n] * Q[idx[base + n], t]
+                gp[k, t] = g + gpos * Q[ik, t] + reg * P[uk, t]
+        partial[c] = tot
+
+
+@njit(cache=True)
+def group_rows(rows, slot, uniq, seg, order):
+    """Stable counting sort of ``rows``: distinct rows ``uniq[:n]``, row s's entries ``order[seg[s]:seg[s+1]]``.
+
+    ``slot`` (one per table row, all -1) is left as it was found; returns n.
+    """
+    n = 0
+    for e in range(len(rows)):
+        r = rows[e]
+        s = slot[r]
+        if s < 0:
+            s = n
+            slot[r] = s
+            uniq[s] = r
+            seg[s + 1] = 0
+            n += 1
+        seg[s + 1] += 1
+    seg[0] = 0
+    for s in range(n):
+        seg[s + 1] += seg[s]
+        slot[uniq[s]] = seg[s]  # reused as each row's fill pointer
+    for e in range(len(rows)):
+        r = rows[e]
+        order[slot[r]] = e
+        slot[r] += 1
+    for s in range(n):
+        slot[uniq[s]] = -1
+    return n
+
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def update_rows(T, acc, P, u, gp, coef, idx, m, N, reg, lr, eps, adagrad, items, n, uniq, seg,
+                order):
+    """Sum each distinct row's gradients and apply Adagrad (or SGD) to it, in place.
+
+    Item rows (``items``): entry ``e`` of the batch contributes ``reg T[r] + coef[e] P[u[k]]``
+    (``k`` its positive), read before any user row changes. User rows: entry ``k`` contributes ``gp[k]``.
+    Rows are dealt to 64 chunks round-robin, so that the popular rows (first seen) spread over threads.
+    """
+    d = T.shape[1]
+    chunks = 64
+    for c in prange(chunks):
+        G = np.empty(d, np.float32)
+        S = np.empty(d, np.float32)
+        for s in range(c, n, chunks):
+            r = uniq[s]
+            for t in range(d):
+                G[t] = 0.0
+                S[t] = 0.0
+            for a in range(seg[s], seg[s + 1]):
+                e = order[a]
+                if items:
+                    k = e if e < m else (e - m) // N
+                    cf = coef[e]
+                    uk = u[k]
+                    for t in range(d):
+                        g = reg * T[r, t] + cf * P[uk, t]
+                        G[t] += g
+                        S[t] += g * g
+                else:
+                    for t in range(d):
+                        g = gp[e, t]
+                        G[t] += g
+                        S[t] += g * g
+            if adagrad:
+                for t in range(d):
+                    a2 = acc[r, t] + S[t]
+                    acc[r, t] = a2
+                    T[r, t] += G[t] * (-lr / (math.sqrt(a2) + eps))
+            else:
+                for t in range(d):
+                    T[r, t] += -lr * G[t]
