@@ -58,17 +58,35 @@ def _sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x))
 
 
-@njit(parallel=True, cache=True, fastmath=_FAST)
-def score_batch(P, Q, u, idx, N, loss_id, n_items, reg, gp, coef, partial, chunks):
-    """Scores, loss and loss coefficients of one batch; the user rows' gradients into ``gp``.
+@njit(inline="always", fastmath=_FAST)
+def _apply(T, acc, r, G, S, lr, eps, adagrad):
+    """Row ``r`` of ``T`` takes summed gradient ``G`` (squares summed in ``S``): Adagrad or SGD."""
+    if adagrad:
+        for t in range(T.shape[1]):
+            a2 = acc[r, t] + S[t]
+            acc[r, t] = a2
+            T[r, t] += G[t] * (-lr / (math.sqrt(a2) + eps))
+    else:
+        for t in range(T.shape[1]):
+            T[r, t] += -lr * G[t]
 
-    ``idx`` is ``cat(i, j.reshape(-1))``, shape (m (1 + N),); ``coef[e]`` ends as d loss / d score
-    of entry ``e`` (positives first). ``partial[c]`` is chunk ``c``'s summed loss.
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def score_batch(P, Q, accP, u, idx, N, loss_id, n_items, reg, lr, eps, adagrad, mult,
+                gp, gq, coef, partial, chunks):
+    """Scores, loss and gradients of one batch; user rows seen once in the batch updated at once.
+
+    ``idx`` is ``cat(i, j.reshape(-1))``, shape (m (1 + N),); ``gq[e]`` ends as the gradient
+    of item entry ``e``, ``reg Q[idx[e]] + coef[e] P[u[k]]`` with ``coef[e]`` d loss / d score.
+    A user row with ``mult[k] > 1`` occurrences keeps its gradient in ``gp[k]`` for
+    :func:`update_rows`. ``partial[c]`` is chunk ``c``'s summed loss.
     """
     m = len(u)
     d = P.shape[1]
     zero = np.float32(0.0)
     for c in prange(chunks):
+        G = np.empty(d, np.float32)
+        S = np.empty(d, np.float32)
         tot = 0.0
         for k in range(c * m // chunks, (c + 1) * m // chunks):
             uk, ik = u[k], idx[k]
@@ -113,19 +131,35 @@ def score_batch(P, Q, u, idx, N, loss_id, n_items, reg, gp, coef, partial, chunk
                     coef[base + n] = v
                     gpos -= v
             coef[k] = gpos
+            # user gradient g_pos q_i + sum_n g_n q_jn + reg p_u; item gradients reg q + g p_u
             for t in range(d):
-                g = zero
-                for n in range(N):
-                    g += coef[base + n] * Q[idx[base + n], t]
-                gp[k, t] = g + gpos * Q[ik, t] + reg * P[uk, t]
+                G[t] = gpos * Q[ik, t]
+                gq[k, t] = reg * Q[ik, t] + gpos * P[uk, t]
+            for n in range(N):
+                e = base + n
+                cf = coef[e]
+                jn = idx[e]
+                for t in range(d):
+                    G[t] += cf * Q[jn, t]
+                    gq[e, t] = reg * Q[jn, t] + cf * P[uk, t]
+            for t in range(d):
+                G[t] += reg * P[uk, t]
+            if mult[k] == 1:  # no other entry reads or writes this user row
+                for t in range(d):
+                    S[t] = G[t] * G[t]
+                _apply(P, accP, uk, G, S, lr, eps, adagrad)
+            else:
+                for t in range(d):
+                    gp[k, t] = G[t]
         partial[c] = tot
 
 
 @njit(cache=True)
-def group_rows(rows, slot, uniq, seg, order):
+def group_rows(rows, slot, uniq, seg, order, mult):
     """Stable counting sort of ``rows``: distinct rows ``uniq[:n]``, row s's entries ``order[seg[s]:seg[s+1]]``.
 
-    ``slot`` (one per table row, all -1) is left as it was found; returns n.
+    ``mult[e]`` is how often ``rows[e]`` occurs. ``slot`` (one per table row, all -1) is left as
+    it was found; returns n.
     """
     n = 0
     for e in range(len(rows)):
@@ -138,6 +172,8 @@ def group_rows(rows, slot, uniq, seg, order):
             seg[s + 1] = 0
             n += 1
         seg[s + 1] += 1
+    for e in range(len(rows)):
+        mult[e] = seg[slot[rows[e]] + 1]
     seg[0] = 0
     for s in range(n):
         seg[s + 1] += seg[s]
@@ -152,13 +188,11 @@ def group_rows(rows, slot, uniq, seg, order):
 
 
 @njit(parallel=True, cache=True, fastmath=_FAST)
-def update_rows(T, acc, P, u, gp, coef, idx, m, N, reg, lr, eps, adagrad, items, n, uniq, seg,
-                order):
-    """Sum each distinct row's gradients and apply Adagrad (or SGD) to it, in place.
+def update_rows(T, acc, grads, lr, eps, adagrad, n, uniq, seg, order, skip_single):
+    """Sum each distinct row's gradients ``grads[e]`` (batch order) and update the row in place.
 
-    Item rows (``items``): entry ``e`` of the batch contributes ``reg T[r] + coef[e] P[u[k]]``
-    (``k`` its positive), read before any user row changes. User rows: entry ``k`` contributes ``gp[k]``.
-    Rows are dealt to 64 chunks round-robin, so that the popular rows (first seen) spread over threads.
+    With ``skip_single`` rows that occur once are left alone (already updated).
+    Rows are dealt to 64 chunks round-robin, so that the popular rows (seen first) spread over threads.
     """
     d = T.shape[1]
     chunks = 64
@@ -166,30 +200,15 @@ def update_rows(T, acc, P, u, gp, coef, idx, m, N, reg, lr, eps, adagrad, items,
         G = np.empty(d, np.float32)
         S = np.empty(d, np.float32)
         for s in range(c, n, chunks):
-            r = uniq[s]
+            if skip_single and seg[s + 1] - seg[s] == 1:
+                continue
             for t in range(d):
                 G[t] = 0.0
                 S[t] = 0.0
             for a in range(seg[s], seg[s + 1]):
                 e = order[a]
-                if items:
-                    k = e if e < m else (e - m) // N
-                    cf = coef[e]
-                    uk = u[k]
-                    for t in range(d):
-                        g = reg * T[r, t] + cf * P[uk, t]
-                        G[t] += g
-                        S[t] += g * g
-                else:
-                    for t in range(d):
-                        g = gp[e, t]
-                        G[t] += g
-                        S[t] += g * g
-            if adagrad:
                 for t in range(d):
-                    a2 = acc[r, t] + S[t]
-                    acc[r, t] = a2
-                    T[r, t] += G[t] * (-lr / (math.sqrt(a2) + eps))
-            else:
-                for t in range(d):
-                    T[r, t] += -lr * G[t]
+                    g = grads[e, t]
+                    G[t] += g
+                    S[t] += g * g
+            _apply(T, acc, uniq[s], G, S, lr, eps, adagrad)

@@ -135,29 +135,29 @@ def make_kernel_step(P: torch.Tensor, Q: torch.Tensor, acc: dict[str, torch.Tens
     accQ = acc["Q"].numpy() if adagrad else np.zeros((1, d), np.float32)
     loss_id = _LOSS_IDS[loss]
     L = batch_size * (1 + N)
-    gp = np.empty((batch_size, d), np.float32)
+    gp, gq = np.empty((batch_size, d), np.float32), np.empty((L, d), np.float32)
     coef = np.empty(L, np.float32)
     partial = np.empty(_CHUNKS, np.float64)
     # grouping scratch: slot per table row (-1 = not in this batch), reset after each batch
     slot_u, slot_i = np.full(P.shape[0], -1, np.int64), np.full(Q.shape[0], -1, np.int64)
-    scratch = [np.empty(L + 1, np.int64) for _ in range(3)]  # uniq, seg, order
-    scratch_u = [np.empty(batch_size + 1, np.int64) for _ in range(3)]
+    scratch_i = [np.empty(L + 1, np.int64) for _ in range(4)]  # uniq, seg, order, mult
+    scratch_u = [np.empty(batch_size + 1, np.int64) for _ in range(4)]
+    f32 = np.float32
+    reg32, lr32, eps32 = f32(reg), f32(lr), f32(eps)
 
     def step(u: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        m = len(u)
         idx = torch.cat([i, j.reshape(-1)]).numpy()
         u_np = u.numpy()
         with _LOCK:
             k["set_threads"](torch.get_num_threads())
-            k["score"](P_np, Q_np, u_np, idx, N, loss_id, n_items, np.float32(reg), gp, coef, partial, _CHUNKS)
-            total = float(partial.sum())
-            # items first: their gradients read the old user rows
-            n_i = k["group"](idx, slot_i, *scratch)
-            k["update"](Q_np, accQ, P_np, u_np, gp, coef, idx, m, N, np.float32(reg), np.float32(lr),
-                        np.float32(eps), adagrad, True, n_i, *scratch)
             n_u = k["group"](u_np, slot_u, *scratch_u)
-            k["update"](P_np, accP, P_np, u_np, gp, coef, idx, m, N, np.float32(reg), np.float32(lr),
-                        np.float32(eps), adagrad, False, n_u, *scratch_u)
+            # users seen once are updated inside score (they read old item rows, which change only after)
+            k["score"](P_np, Q_np, accP, u_np, idx, N, loss_id, n_items, reg32, lr32, eps32, adagrad, scratch_u[3],
+                       gp, gq, coef, partial, _CHUNKS)
+            k["update"](P_np, accP, gp, lr32, eps32, adagrad, n_u, *scratch_u[:3], True)
+            n_i = k["group"](idx, slot_i, *scratch_i)
+            k["update"](Q_np, accQ, gq, lr32, eps32, adagrad, n_i, *scratch_i[:3], False)
+            total = float(partial.sum())
         return torch.tensor(total, dtype=torch.float64)
 
     return step
