@@ -8,12 +8,20 @@ Sums over a row's occurrences run in batch order and the loss is summed over
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["group_rows", "is_positive", "score_batch", "set_threads", "update_rows"]
+__all__ = ["build_filter", "group_rows", "is_positive", "score_batch", "set_threads", "update_rows"]
+
+# GNU OpenMP's idle threads spin for a while after each parallel region, and so do torch's: on a
+# few cores the two pools steal each other's time between the many short regions of an epoch (2x
+# the CPU seconds, 2 threads, shared machine). numba's own pool sleeps instead; the lock in
+# pairwise_cpu keeps it to one caller at a time. An explicit NUMBA_THREADING_LAYER wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 # reassociation lets LLVM vectorise the length-d dot products and sums; no NaN/Inf assumptions
 _FAST = {"reassoc", "contract", "nsz"}
@@ -24,16 +32,38 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
 
 
+_HASH_MUL = np.uint64(0x5851F42D4C957F2D)  # odd 64-bit multiplier, as the torch sampler's filter
+
+
+@njit(cache=True)
+def build_filter(keys, bits):
+    """Bit filter of the keys: 2**bits bits, bit ``hash(key)`` set for every key (uint64 words)."""
+    words = np.zeros(max(1, (1 << bits) >> 6), np.uint64)
+    shift = np.uint64(64 - bits)
+    for e in range(len(keys)):
+        h = (np.uint64(keys[e]) * _HASH_MUL) >> shift
+        words[h >> np.uint64(6)] |= np.uint64(1) << (h & np.uint64(63))
+    return words
+
+
 @njit(parallel=True, cache=True)
-def is_positive(keys, starts, counts, n_items, users, cand):
-    """Mask, shape (L,): is ``(users[e], cand[e])`` observed? Binary search in the user's sorted keys."""
+def is_positive(keys, starts, counts, words, bits, n_items, users, cand):
+    """Mask, shape (L,): is ``(users[e], cand[e])`` observed?
+
+    A clear filter bit answers no (most queries: the filter fits in the cache); otherwise a
+    binary search in the user's slice of the sorted keys decides.
+    """
     L = len(cand)
     out = np.zeros(L, np.bool_)
+    shift = np.uint64(64 - bits)
     for e in prange(L):
         uu = users[e]
         if uu >= len(starts):
             continue
         key = uu * n_items + cand[e]
+        h = (np.uint64(key) * _HASH_MUL) >> shift
+        if (words[h >> np.uint64(6)] >> (h & np.uint64(63))) & np.uint64(1) == 0:
+            continue
         lo = starts[uu]
         end = lo + counts[uu]
         hi = end
@@ -72,12 +102,13 @@ def _apply(T, acc, r, G, S, lr, eps, adagrad):
 
 
 @njit(parallel=True, cache=True, fastmath=_FAST)
-def score_batch(P, Q, accP, u, idx, N, loss_id, n_items, reg, lr, eps, adagrad, mult,
+def score_batch(P, Q, accP, u, idx, N, loss_id, n_items, reg, lr, eps, adagrad, mult, where,
                 gp, gq, coef, partial, chunks):
     """Scores, loss and gradients of one batch; user rows seen once in the batch updated at once.
 
-    ``idx`` is ``cat(i, j.reshape(-1))``, shape (m (1 + N),); ``gq[e]`` ends as the gradient
-    of item entry ``e``, ``reg Q[idx[e]] + coef[e] P[u[k]]`` with ``coef[e]`` d loss / d score.
+    ``idx`` is ``cat(i, j.reshape(-1))``, shape (m (1 + N),); ``gq[where[e]]`` ends as the gradient
+    of item entry ``e``, ``reg Q[idx[e]] + coef[e] P[u[k]]`` with ``coef[e]`` d loss / d score
+    (``where`` from :func:`group_rows` of ``idx``: each item's gradients end up contiguous).
     A user row with ``mult[k] > 1`` occurrences keeps its gradient in ``gp[k]`` for
     :func:`update_rows`. ``partial[c]`` is chunk ``c``'s summed loss.
     """
@@ -132,16 +163,18 @@ def score_batch(P, Q, accP, u, idx, N, loss_id, n_items, reg, lr, eps, adagrad, 
                     gpos -= v
             coef[k] = gpos
             # user gradient g_pos q_i + sum_n g_n q_jn + reg p_u; item gradients reg q + g p_u
+            wk = where[k]
             for t in range(d):
                 G[t] = gpos * Q[ik, t]
-                gq[k, t] = reg * Q[ik, t] + gpos * P[uk, t]
+                gq[wk, t] = reg * Q[ik, t] + gpos * P[uk, t]
             for n in range(N):
                 e = base + n
                 cf = coef[e]
                 jn = idx[e]
+                we = where[e]
                 for t in range(d):
                     G[t] += cf * Q[jn, t]
-                    gq[e, t] = reg * Q[jn, t] + cf * P[uk, t]
+                    gq[we, t] = reg * Q[jn, t] + cf * P[uk, t]
             for t in range(d):
                 G[t] += reg * P[uk, t]
             if mult[k] == 1:  # no other entry reads or writes this user row
@@ -155,11 +188,11 @@ def score_batch(P, Q, accP, u, idx, N, loss_id, n_items, reg, lr, eps, adagrad, 
 
 
 @njit(cache=True)
-def group_rows(rows, slot, uniq, seg, order, mult):
+def group_rows(rows, slot, uniq, seg, order, mult, where):
     """Stable counting sort of ``rows``: distinct rows ``uniq[:n]``, row s's entries ``order[seg[s]:seg[s+1]]``.
 
-    ``mult[e]`` is how often ``rows[e]`` occurs. ``slot`` (one per table row, all -1) is left as
-    it was found; returns n.
+    ``mult[e]`` is how often ``rows[e]`` occurs, ``where[e]`` its position in ``order``.
+    ``slot`` (one per table row, all -1) is left as it was found; returns n.
     """
     n = 0
     for e in range(len(rows)):
@@ -181,6 +214,7 @@ def group_rows(rows, slot, uniq, seg, order, mult):
     for e in range(len(rows)):
         r = rows[e]
         order[slot[r]] = e
+        where[e] = slot[r]
         slot[r] += 1
     for s in range(n):
         slot[uniq[s]] = -1
@@ -188,10 +222,11 @@ def group_rows(rows, slot, uniq, seg, order, mult):
 
 
 @njit(parallel=True, cache=True, fastmath=_FAST)
-def update_rows(T, acc, grads, lr, eps, adagrad, n, uniq, seg, order, skip_single):
+def update_rows(T, acc, grads, lr, eps, adagrad, n, uniq, seg, order, skip_single, grouped):
     """Sum each distinct row's gradients ``grads[e]`` (batch order) and update the row in place.
 
-    With ``skip_single`` rows that occur once are left alone (already updated).
+    With ``skip_single`` rows that occur once are left alone (already updated). With ``grouped``
+    the gradients are already in ``order``'s order (``grads[a]`` for position ``a``).
     Rows are dealt to 64 chunks round-robin, so that the popular rows (seen first) spread over threads.
     """
     d = T.shape[1]
@@ -206,7 +241,7 @@ def update_rows(T, acc, grads, lr, eps, adagrad, n, uniq, seg, order, skip_singl
                 G[t] = 0.0
                 S[t] = 0.0
             for a in range(seg[s], seg[s + 1]):
-                e = order[a]
+                e = a if grouped else order[a]
                 for t in range(d):
                     g = grads[e, t]
                     G[t] += g

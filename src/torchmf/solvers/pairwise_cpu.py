@@ -38,6 +38,7 @@ _MODE = "auto"
 # Positives per epoch from which the kernel pays for importing numba and loading its cached
 # machine code (~0.5 s; a first compile in a fresh install takes several seconds more).
 MIN_KERNEL_PAIRS = 500_000
+_FILTER_MAX_BITS = 30
 _CHUNKS = 64  # fixed parallel chunks: the loss's partial sums do not depend on the thread count
 _LOSS_IDS = {"bpr": 0, "logistic": 1, "warp": 2}
 _LOCK = threading.Lock()  # numba's workqueue threading layer must not be entered from two threads
@@ -63,8 +64,8 @@ def _kernels() -> dict[str, Any]:
     if not _KERNELS:
         from torchmf.solvers import _pairwise_numba as k
 
-        _KERNELS.update(lookup=k.is_positive, score=k.score_batch, group=k.group_rows, update=k.update_rows,
-                        set_threads=k.set_threads)
+        _KERNELS.update(filter=k.build_filter, lookup=k.is_positive, score=k.score_batch, group=k.group_rows,
+                        update=k.update_rows, set_threads=k.set_threads)
     return _KERNELS
 
 
@@ -87,13 +88,16 @@ def make_positive_lookup(keys: torch.Tensor, starts: torch.Tensor, counts: torch
     """
     k = _kernels()
     keys_np, starts_np, counts_np = keys.numpy(), starts.numpy(), counts.numpy()
+    # ~4 bits per key (~20% set): 4 MB at 5 M keys, so the filter stays in the cache
+    bits = max(10, min(_FILTER_MAX_BITS, int(4 * len(keys_np)).bit_length()))
+    words = k["filter"](keys_np, bits)
 
     def lookup(users: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         u = users.expand_as(cand).reshape(-1).numpy()
         c = cand.reshape(-1).numpy()
         with _LOCK:
             k["set_threads"](torch.get_num_threads())
-            out = k["lookup"](keys_np, starts_np, counts_np, n_items, u, c)
+            out = k["lookup"](keys_np, starts_np, counts_np, words, bits, n_items, u, c)
         return torch.from_numpy(out).view(cand.shape)
 
     return lookup
@@ -140,8 +144,8 @@ def make_kernel_step(P: torch.Tensor, Q: torch.Tensor, acc: dict[str, torch.Tens
     partial = np.empty(_CHUNKS, np.float64)
     # grouping scratch: slot per table row (-1 = not in this batch), reset after each batch
     slot_u, slot_i = np.full(P.shape[0], -1, np.int64), np.full(Q.shape[0], -1, np.int64)
-    scratch_i = [np.empty(L + 1, np.int64) for _ in range(4)]  # uniq, seg, order, mult
-    scratch_u = [np.empty(batch_size + 1, np.int64) for _ in range(4)]
+    scratch_i = [np.empty(L + 1, np.int64) for _ in range(5)]  # uniq, seg, order, mult, where
+    scratch_u = [np.empty(batch_size + 1, np.int64) for _ in range(5)]
     f32 = np.float32
     reg32, lr32, eps32 = f32(reg), f32(lr), f32(eps)
 
@@ -151,12 +155,13 @@ def make_kernel_step(P: torch.Tensor, Q: torch.Tensor, acc: dict[str, torch.Tens
         with _LOCK:
             k["set_threads"](torch.get_num_threads())
             n_u = k["group"](u_np, slot_u, *scratch_u)
-            # users seen once are updated inside score (they read old item rows, which change only after)
-            k["score"](P_np, Q_np, accP, u_np, idx, N, loss_id, n_items, reg32, lr32, eps32, adagrad, scratch_u[3],
-                       gp, gq, coef, partial, _CHUNKS)
-            k["update"](P_np, accP, gp, lr32, eps32, adagrad, n_u, *scratch_u[:3], True)
             n_i = k["group"](idx, slot_i, *scratch_i)
-            k["update"](Q_np, accQ, gq, lr32, eps32, adagrad, n_i, *scratch_i[:3], False)
+            # users seen once are updated inside score (they read old item rows, which change only after);
+            # item gradients are written grouped by item, so that their sums read them in sequence
+            k["score"](P_np, Q_np, accP, u_np, idx, N, loss_id, n_items, reg32, lr32, eps32, adagrad, scratch_u[3],
+                       scratch_i[4], gp, gq, coef, partial, _CHUNKS)
+            k["update"](P_np, accP, gp, lr32, eps32, adagrad, n_u, *scratch_u[:3], True, False)
+            k["update"](Q_np, accQ, gq, lr32, eps32, adagrad, n_i, *scratch_i[:3], False, True)
             total = float(partial.sum())
         return torch.tensor(total, dtype=torch.float64)
 
