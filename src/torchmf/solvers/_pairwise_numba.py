@@ -35,37 +35,47 @@ def set_threads(n: int) -> None:
 _HASH_MUL = np.uint64(0x5851F42D4C957F2D)  # odd 64-bit multiplier, as the torch sampler's filter
 
 
+@njit(inline="always")
+def _hashes(key, bits):
+    # two slots from one multiplicative hash: its top ``bits`` bits and the ``bits`` below them
+    h = np.uint64(key) * _HASH_MUL
+    mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
+    return h >> np.uint64(64 - bits), (h >> np.uint64(64 - 2 * bits)) & mask
+
+
 @njit(cache=True)
 def build_filter(keys, bits):
-    """Bit filter of the keys: 2**bits bits, bit ``hash(key)`` set for every key (uint64 words)."""
+    """Bloom filter of the keys: 2**bits bits (uint64 words), two bits set per key."""
     words = np.zeros(max(1, (1 << bits) >> 6), np.uint64)
-    shift = np.uint64(64 - bits)
     for e in range(len(keys)):
-        h = (np.uint64(keys[e]) * _HASH_MUL) >> shift
-        words[h >> np.uint64(6)] |= np.uint64(1) << (h & np.uint64(63))
+        h1, h2 = _hashes(keys[e], bits)
+        words[h1 >> np.uint64(6)] |= np.uint64(1) << (h1 & np.uint64(63))
+        words[h2 >> np.uint64(6)] |= np.uint64(1) << (h2 & np.uint64(63))
     return words
 
 
 @njit(parallel=True, cache=True)
-def is_positive(keys, starts, counts, words, bits, n_items, users, cand):
+def is_positive(keys, indptr, words, bits, n_items, users, cand):
     """Mask, shape (L,): is ``(users[e], cand[e])`` observed?
 
-    A clear filter bit answers no (most queries: the filter fits in the cache); otherwise a
-    binary search in the user's slice of the sorted keys decides.
+    A clear filter bit answers no (nearly every query: the filter fits in the cache);
+    otherwise a binary search in the user's slice ``keys[indptr[u]:indptr[u + 1]]`` decides.
     """
     L = len(cand)
     out = np.zeros(L, np.bool_)
-    shift = np.uint64(64 - bits)
+    one = np.uint64(1)
     for e in prange(L):
         uu = users[e]
-        if uu >= len(starts):
+        if uu >= len(indptr) - 1:
             continue
         key = uu * n_items + cand[e]
-        h = (np.uint64(key) * _HASH_MUL) >> shift
-        if (words[h >> np.uint64(6)] >> (h & np.uint64(63))) & np.uint64(1) == 0:
+        h1, h2 = _hashes(key, bits)
+        if (words[h1 >> np.uint64(6)] >> (h1 & np.uint64(63))) & one == 0:
             continue
-        lo = starts[uu]
-        end = lo + counts[uu]
+        if (words[h2 >> np.uint64(6)] >> (h2 & np.uint64(63))) & one == 0:
+            continue
+        lo = indptr[uu]
+        end = indptr[uu + 1]
         hi = end
         while lo < hi:
             mid = (lo + hi) >> 1

@@ -241,10 +241,16 @@ def make_pairwise_epoch(
         step = pairwise_cpu.make_kernel_step(P, Q, acc, opt.lr, getattr(opt, "eps", 0.0), settings.loss, reg, N,
                                              n_items, bs)
 
+    # one random gather per epoch instead of two: both ids packed in an int64 (ids stay below 2^31)
+    packed = (users << 32) | items
+    device = users.device
+    del users, items
+
     def epoch() -> float:
-        total = torch.zeros((), dtype=torch.float64, device=users.device)
-        perm = torch.randperm(n, generator=generator, device=users.device)
-        users_p, items_p = users[perm], items[perm]
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        perm = torch.randperm(n, generator=generator, device=device)
+        shuffled = packed[perm]
+        users_p, items_p = shuffled >> 32, shuffled & 0xFFFFFFFF
         for start in range(0, n, bs):
             u, i = users_p[start : start + bs], items_p[start : start + bs]
             total += step(u, i, sampler.sample(u, N))
