@@ -12,7 +12,10 @@ import os
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 __all__ = ["build_filter", "group_rows", "is_positive", "score_batch", "set_threads", "update_rows"]
 
@@ -30,6 +33,33 @@ _FAST = {"reassoc", "contract", "nsz"}
 def set_threads(n: int) -> None:
     """numba's threads for this Python thread: ``n``, within the pool numba started with."""
     numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
+_PREFETCH_AHEAD = 8  # positives ahead whose rows the scoring loop asks the memory system for
+
+
+@intrinsic
+def _prefetch_row(typingctx, arr, row):
+    """Hint the CPU to fetch row ``row`` of a C-contiguous 2-D array (every 64-byte line of it)."""
+    sig = types.void(arr, row)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        zero = context.get_constant(types.intp, 0)
+        ptr = cgutils.get_item_pointer2(context, builder, data=ary.data, shape=cgutils.unpack_tuple(builder, ary.shape),
+                                        strides=cgutils.unpack_tuple(builder, ary.strides), layout=aryty.layout,
+                                        inds=[args[1], zero], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        base = builder.bitcast(ptr, i8p)
+        row_bytes = aryty.dtype.bitwidth // 8 * 64  # up to 64 columns: every line of a 64-factor float32 row
+        for off in range(0, row_bytes, 64):
+            builder.call(fn, [builder.gep(base, [ir.Constant(ir.IntType(64), off)]), i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 _HASH_MUL = np.uint64(0x5851F42D4C957F2D)  # odd 64-bit multiplier, as the torch sampler's filter
@@ -88,14 +118,13 @@ def is_positive(keys, indptr, words, bits, n_items, users, cand):
 
 
 @njit(inline="always")
-def _softplus(x):
-    # torch.nn.functional.softplus: threshold 20
-    return x if x > 20.0 else math.log1p(math.exp(x))
-
-
-@njit(inline="always")
-def _sigmoid(x):
-    return 1.0 / (1.0 + math.exp(-x))
+def _softplus_sigmoid(x):
+    """``(softplus(x), sigmoid(x))`` in float32 from one exp (torch's softplus threshold 20)."""
+    one = np.float32(1.0)
+    if x > np.float32(20.0):
+        return x, one / (one + math.exp(-x))
+    e = math.exp(x)
+    return np.float32(math.log1p(e)), e / (one + e)
 
 
 @njit(inline="always", fastmath=_FAST)
@@ -129,7 +158,11 @@ def score_batch(P, Q, accP, u, idx, N, loss_id, n_items, reg, lr, eps, adagrad, 
         G = np.empty(d, np.float32)
         S = np.empty(d, np.float32)
         tot = 0.0
-        for k in range(c * m // chunks, (c + 1) * m // chunks):
+        hi = (c + 1) * m // chunks
+        for k in range(c * m // chunks, hi):
+            if k + _PREFETCH_AHEAD < hi:  # the user rows miss the cache; ask for them early
+                _prefetch_row(P, u[k + _PREFETCH_AHEAD])
+                _prefetch_row(accP, u[k + _PREFETCH_AHEAD])
             uk, ik = u[k], idx[k]
             pos = zero
             for t in range(d):
@@ -145,17 +178,20 @@ def score_batch(P, Q, accP, u, idx, N, loss_id, n_items, reg, lr, eps, adagrad, 
             if loss_id == 0:  # bpr: -log sigmoid(pos - neg)
                 for n in range(N):
                     x = pos - coef[base + n]
-                    tot += _softplus(-x)
-                    g = np.float32(-_sigmoid(-x))
+                    sp, sg = _softplus_sigmoid(-x)
+                    tot += sp
+                    g = -sg
                     gpos += g
                     coef[base + n] = -g
             elif loss_id == 1:  # logistic
-                tot += _softplus(-pos)
-                gpos = np.float32(-_sigmoid(-pos))
+                sp, sg = _softplus_sigmoid(-pos)
+                tot += sp
+                gpos = -sg
                 for n in range(N):
                     s = coef[base + n]
-                    tot += _softplus(s)
-                    coef[base + n] = _sigmoid(s)
+                    sp, sg = _softplus_sigmoid(s)
+                    tot += sp
+                    coef[base + n] = sg
             else:  # warp, as torchmf.solvers.losses.warp with margin 1
                 cnt = 0
                 hsum = zero
@@ -247,6 +283,10 @@ def update_rows(T, acc, grads, lr, eps, adagrad, n, uniq, seg, order, skip_singl
         for s in range(c, n, chunks):
             if skip_single and seg[s + 1] - seg[s] == 1:
                 continue
+            ahead = s + 2 * chunks
+            if ahead < n:
+                _prefetch_row(T, uniq[ahead])
+                _prefetch_row(acc, uniq[ahead])
             for t in range(d):
                 G[t] = 0.0
                 S[t] = 0.0
