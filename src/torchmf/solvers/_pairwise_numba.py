@@ -17,7 +17,10 @@ from numba import njit, prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["build_filter", "group_rows", "is_positive", "score_batch", "set_threads", "update_rows"]
+__all__ = [
+    "build_filter", "group_rows", "is_positive", "is_positive_serial", "score_batch", "set_threads", "update_rows",
+    "update_rows_serial",
+]
 
 # GNU OpenMP's idle threads spin for a while after each parallel region, and so do torch's: on a
 # few cores the two pools steal each other's time between the many short regions of an epoch (2x
@@ -297,3 +300,9 @@ def update_rows(T, acc, grads, lr, eps, adagrad, n, uniq, seg, order, skip_singl
                     G[t] += g
                     S[t] += g * g
             _apply(T, acc, uniq[s], G, S, lr, eps, adagrad)
+
+
+# Serial twins for small calls: on a busy machine waking a second thread for a few dozen
+# rows (the sampler's redraws, a batch's few repeated users) costs more than the work.
+is_positive_serial = njit(cache=True)(is_positive.py_func)
+update_rows_serial = njit(cache=True, fastmath=_FAST)(update_rows.py_func)

@@ -40,6 +40,7 @@ _MODE = "auto"
 MIN_KERNEL_PAIRS = 500_000
 _FILTER_MAX_BITS = 30
 _CHUNKS = 64  # fixed parallel chunks: the loss's partial sums do not depend on the thread count
+_SERIAL_BELOW = 2048  # lookups / repeated rows under which a call stays on the calling thread
 _LOSS_IDS = {"bpr": 0, "logistic": 1, "warp": 2}
 _LOCK = threading.Lock()  # numba's workqueue threading layer must not be entered from two threads
 _KERNELS: dict[str, Any] = {}
@@ -64,8 +65,9 @@ def _kernels() -> dict[str, Any]:
     if not _KERNELS:
         from torchmf.solvers import _pairwise_numba as k
 
-        _KERNELS.update(filter=k.build_filter, lookup=k.is_positive, score=k.score_batch, group=k.group_rows,
-                        update=k.update_rows, set_threads=k.set_threads)
+        _KERNELS.update(filter=k.build_filter, lookup=k.is_positive, lookup_serial=k.is_positive_serial,
+                        score=k.score_batch, group=k.group_rows, update=k.update_rows,
+                        update_serial=k.update_rows_serial, set_threads=k.set_threads)
     return _KERNELS
 
 
@@ -98,7 +100,8 @@ def make_positive_lookup(keys: torch.Tensor, starts: torch.Tensor, counts: torch
         c = cand.reshape(-1).numpy()
         with _LOCK:
             k["set_threads"](torch.get_num_threads())
-            out = k["lookup"](keys_np, indptr, words, bits, n_items, u, c)
+            fn = k["lookup"] if len(c) >= _SERIAL_BELOW else k["lookup_serial"]
+            out = fn(keys_np, indptr, words, bits, n_items, u, c)
         return torch.from_numpy(out).view(cand.shape)
 
     return lookup
@@ -161,7 +164,9 @@ def make_kernel_step(P: torch.Tensor, Q: torch.Tensor, acc: dict[str, torch.Tens
             # item gradients are written grouped by item, so that their sums read them in sequence
             k["score"](P_np, Q_np, accP, u_np, idx, N, loss_id, n_items, reg32, lr32, eps32, adagrad, scratch_u[3],
                        scratch_i[4], gp, gq, coef, partial, _CHUNKS)
-            k["update"](P_np, accP, gp, lr32, eps32, adagrad, n_u, *scratch_u[:3], True, False)
+            if n_u < len(u_np):  # some user occurs twice: sum its gradients, then update
+                fn = k["update"] if len(u_np) - n_u >= _SERIAL_BELOW else k["update_serial"]
+                fn(P_np, accP, gp, lr32, eps32, adagrad, n_u, *scratch_u[:3], True, False)
             k["update"](Q_np, accQ, gq, lr32, eps32, adagrad, n_i, *scratch_i[:3], False, True)
             total = float(partial.sum())
         return torch.tensor(total, dtype=torch.float64)
