@@ -144,28 +144,31 @@ def _apply(T, acc, r, G, S, lr, eps, adagrad):
 
 
 @njit(parallel=True, cache=True, fastmath=_FAST)
-def score_batch(P, Q, accP, u, idx, N, loss_id, n_items, reg, lr, eps, adagrad, mult, where,
+def score_batch(P, Q, accP, accQ, u, idx, N, loss_id, n_items, reg, lr, eps, adagrad, mult, mult_i, where,
                 gp, gq, coef, partial, chunks):
-    """Scores, loss and gradients of one batch; user rows seen once in the batch updated at once.
+    """Scores, loss and gradients of one batch; rows seen once in the batch updated at once.
 
     ``idx`` is ``cat(i, j.reshape(-1))``, shape (m (1 + N),); ``gq[where[e]]`` ends as the gradient
     of item entry ``e``, ``reg Q[idx[e]] + coef[e] P[u[k]]`` with ``coef[e]`` d loss / d score
     (``where`` from :func:`group_rows` of ``idx``: each item's gradients end up contiguous).
     A user row with ``mult[k] > 1`` occurrences keeps its gradient in ``gp[k]`` for
-    :func:`update_rows`. ``partial[c]`` is chunk ``c``'s summed loss.
+    :func:`update_rows`; an item entry with ``mult_i[e] > 1`` likewise in ``gq``.
+    ``partial[c]`` is chunk ``c``'s summed loss.
     """
     m = len(u)
     d = P.shape[1]
     zero = np.float32(0.0)
     for c in prange(chunks):
         G = np.empty(d, np.float32)
+        H = np.empty(d, np.float32)
         S = np.empty(d, np.float32)
         tot = 0.0
         hi = (c + 1) * m // chunks
         for k in range(c * m // chunks, hi):
             if k + _PREFETCH_AHEAD < hi:  # the user rows miss the cache; ask for them early
                 _prefetch_row(P, u[k + _PREFETCH_AHEAD])
-                _prefetch_row(accP, u[k + _PREFETCH_AHEAD])
+                if adagrad:
+                    _prefetch_row(accP, u[k + _PREFETCH_AHEAD])
             uk, ik = u[k], idx[k]
             pos = zero
             for t in range(d):
@@ -211,21 +214,30 @@ def score_batch(P, Q, accP, u, idx, N, loss_id, n_items, reg, lr, eps, adagrad, 
                     coef[base + n] = v
                     gpos -= v
             coef[k] = gpos
-            # user gradient g_pos q_i + sum_n g_n q_jn + reg p_u; item gradients reg q + g p_u
-            wk = where[k]
+            # user gradient g_pos q_i + sum_n g_n q_jn + reg p_u, from the old item rows
             for t in range(d):
-                G[t] = gpos * Q[ik, t]
-                gq[wk, t] = reg * Q[ik, t] + gpos * P[uk, t]
+                G[t] = gpos * Q[ik, t] + reg * P[uk, t]
             for n in range(N):
-                e = base + n
-                cf = coef[e]
-                jn = idx[e]
-                we = where[e]
+                cf = coef[base + n]
+                jn = idx[base + n]
                 for t in range(d):
                     G[t] += cf * Q[jn, t]
-                    gq[we, t] = reg * Q[jn, t] + cf * P[uk, t]
-            for t in range(d):
-                G[t] += reg * P[uk, t]
+            # item gradients reg q + g p_u, from the old user row; an item row no other entry of
+            # the batch touches is updated at once, the others wait in gq for update_rows
+            for n in range(N + 1):
+                e = k if n == 0 else base + n - 1
+                r = idx[e]
+                cf = coef[e]
+                for t in range(d):
+                    H[t] = reg * Q[r, t] + cf * P[uk, t]
+                if mult_i[e] == 1:
+                    for t in range(d):
+                        S[t] = H[t] * H[t]
+                    _apply(Q, accQ, r, H, S, lr, eps, adagrad)
+                else:
+                    we = where[e]
+                    for t in range(d):
+                        gq[we, t] = H[t]
             if mult[k] == 1:  # no other entry reads or writes this user row
                 for t in range(d):
                     S[t] = G[t] * G[t]
@@ -289,7 +301,8 @@ def update_rows(T, acc, grads, lr, eps, adagrad, n, uniq, seg, order, skip_singl
             ahead = s + 2 * chunks
             if ahead < n:
                 _prefetch_row(T, uniq[ahead])
-                _prefetch_row(acc, uniq[ahead])
+                if adagrad:
+                    _prefetch_row(acc, uniq[ahead])
             for t in range(d):
                 G[t] = 0.0
                 S[t] = 0.0

@@ -160,14 +160,14 @@ def make_kernel_step(P: torch.Tensor, Q: torch.Tensor, acc: dict[str, torch.Tens
             k["set_threads"](torch.get_num_threads())
             n_u = k["group"](u_np, slot_u, *scratch_u)
             n_i = k["group"](idx, slot_i, *scratch_i)
-            # users seen once are updated inside score (they read old item rows, which change only after);
-            # item gradients are written grouped by item, so that their sums read them in sequence
-            k["score"](P_np, Q_np, accP, u_np, idx, N, loss_id, n_items, reg32, lr32, eps32, adagrad, scratch_u[3],
-                       scratch_i[4], gp, gq, coef, partial, _CHUNKS)
+            # rows seen once in the batch are updated inside score (no other entry reads them); the
+            # others' gradients are written grouped by row, so that their sums read them in sequence
+            k["score"](P_np, Q_np, accP, accQ, u_np, idx, N, loss_id, n_items, reg32, lr32, eps32, adagrad,
+                       scratch_u[3], scratch_i[3], scratch_i[4], gp, gq, coef, partial, _CHUNKS)
             if n_u < len(u_np):  # some user occurs twice: sum its gradients, then update
                 fn = k["update"] if len(u_np) - n_u >= _SERIAL_BELOW else k["update_serial"]
                 fn(P_np, accP, gp, lr32, eps32, adagrad, n_u, *scratch_u[:3], True, False)
-            k["update"](Q_np, accQ, gq, lr32, eps32, adagrad, n_i, *scratch_i[:3], False, True)
+            k["update"](Q_np, accQ, gq, lr32, eps32, adagrad, n_i, *scratch_i[:3], True, True)
             total = float(partial.sum())
         return torch.tensor(total, dtype=torch.float64)
 
