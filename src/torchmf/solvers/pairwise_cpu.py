@@ -2,20 +2,22 @@
 
 The torch path of :func:`torchmf.solvers.pairwise.make_pairwise_epoch` is a
 chain of gathers, elementwise ops and ``index_add_`` scatters that torch cannot
-fuse on the CPU; here one compiled pass per phase does the same arithmetic:
+fuse on the CPU; here a few compiled passes per minibatch do the same arithmetic:
 
-1. per positive (parallel over fixed chunks): gather ``P[u]``, ``Q[i]``,
-   ``Q[j_n]``, score, loss coefficients, and the user-row gradient;
-2. group the batch's rows (serial, stable counting sort: every row's
-   occurrences in batch order);
-3. per distinct item row, then per distinct user row (parallel): sum the
-   occurrences' gradients (item ones recomputed from the old ``P``) and apply
-   the same Adagrad or SGD update as :mod:`torchmf.solvers.optim`.
+1. group the batch's user rows and item rows (serial, stable counting sort:
+   every row's occurrences in batch order);
+2. per positive (parallel over fixed chunks): gather ``P[u]``, ``Q[i]``,
+   ``Q[j_n]``, score, loss coefficients and the rows' gradients, all from the
+   old rows; a row that occurs once in the batch is updated right there (no
+   other entry reads it), the others' gradients go to buffers;
+3. per repeated row (parallel): sum its gradients in batch order and apply the
+   same Adagrad or SGD update as :mod:`torchmf.solvers.optim`.
 
 Every sum runs in an order fixed by the batch alone, so results do not depend
 on the thread count, and they equal the torch path up to float reassociation.
 Sampling stays in torch (same generator stream); the sampler's "is this pair
-observed" test becomes a binary search in the user's own sorted keys.
+observed" test becomes a Bloom filter that fits in the cache, then a binary
+search in the user's own sorted keys.
 Only float32 tables on the CPU with the ``sgd`` or ``adagrad`` optimiser use it.
 """
 
