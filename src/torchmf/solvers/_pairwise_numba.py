@@ -18,8 +18,8 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 __all__ = [
-    "build_filter", "group_rows", "is_positive", "is_positive_serial", "score_batch", "set_threads", "update_rows",
-    "update_rows_serial",
+    "build_filter", "group_both", "group_rows", "is_positive", "is_positive_serial", "score_batch", "set_threads",
+    "update_rows", "update_rows_serial",
 ]
 
 # GNU OpenMP's idle threads spin for a while after each parallel region, and so do torch's: on a
@@ -280,6 +280,17 @@ def group_rows(rows, slot, uniq, seg, order, mult, where):
     for s in range(n):
         slot[uniq[s]] = -1
     return n
+
+
+@njit(parallel=True, cache=True)
+def group_both(u, slot_u, uniq_u, seg_u, order_u, mult_u, where_u, idx, slot_i, uniq_i, seg_i, order_i, mult_i,
+               where_i, counts):
+    """:func:`group_rows` of the user rows and of the item rows at once (two threads); ``counts`` gets both n."""
+    for side in prange(2):
+        if side == 0:
+            counts[0] = group_rows(u, slot_u, uniq_u, seg_u, order_u, mult_u, where_u)
+        else:
+            counts[1] = group_rows(idx, slot_i, uniq_i, seg_i, order_i, mult_i, where_i)
 
 
 @njit(parallel=True, cache=True, fastmath=_FAST)

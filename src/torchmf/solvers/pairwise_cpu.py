@@ -68,7 +68,7 @@ def _kernels() -> dict[str, Any]:
         from torchmf.solvers import _pairwise_numba as k
 
         _KERNELS.update(filter=k.build_filter, lookup=k.is_positive, lookup_serial=k.is_positive_serial,
-                        score=k.score_batch, group=k.group_rows, update=k.update_rows,
+                        score=k.score_batch, group=k.group_both, update=k.update_rows,
                         update_serial=k.update_rows_serial, set_threads=k.set_threads)
     return _KERNELS
 
@@ -148,6 +148,7 @@ def make_kernel_step(P: torch.Tensor, Q: torch.Tensor, acc: dict[str, torch.Tens
     gp, gq = np.empty((batch_size, d), np.float32), np.empty((L, d), np.float32)
     coef = np.empty(L, np.float32)
     partial = np.empty(_CHUNKS, np.float64)
+    counts = np.zeros(2, np.int64)
     # grouping scratch: slot per table row (-1 = not in this batch), reset after each batch
     slot_u, slot_i = np.full(P.shape[0], -1, np.int64), np.full(Q.shape[0], -1, np.int64)
     scratch_i = [np.empty(L + 1, np.int64) for _ in range(5)]  # uniq, seg, order, mult, where
@@ -160,8 +161,8 @@ def make_kernel_step(P: torch.Tensor, Q: torch.Tensor, acc: dict[str, torch.Tens
         u_np = u.numpy()
         with _LOCK:
             k["set_threads"](torch.get_num_threads())
-            n_u = k["group"](u_np, slot_u, *scratch_u)
-            n_i = k["group"](idx, slot_i, *scratch_i)
+            k["group"](u_np, slot_u, *scratch_u, idx, slot_i, *scratch_i, counts)
+            n_u, n_i = int(counts[0]), int(counts[1])
             # rows seen once in the batch are updated inside score (no other entry reads them); the
             # others' gradients are written grouped by row, so that their sums read them in sequence
             k["score"](P_np, Q_np, accP, accQ, u_np, idx, N, loss_id, n_items, reg32, lr32, eps32, adagrad,
