@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from torchmf.nn.mf import MFModel
+from torchmf.solvers import pairwise_cpu
 from torchmf.solvers.losses import PAIRWISE
-from torchmf.solvers.optim import RowOptimizer, make_optimizer
+from torchmf.solvers.optim import SGD, Adagrad, RowOptimizer, make_optimizer
 from torchmf.solvers.sgd import model_tables
 
 __all__ = ["NegativeSampler", "PairwiseSettings", "fold_in_pairwise", "make_pairwise_epoch"]
@@ -66,10 +67,14 @@ class NegativeSampler:
     sampling : {"uniform", "popularity"}
     generator : torch.Generator
         On the same device.
+    compiled_lookup : bool
+        Test membership with the fused CPU kernel's binary search in each
+        user's slice of the keys instead of the hashed filter (same answers,
+        so the same draws; CPU only).
     """
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, n_items: int, sampling: str,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, compiled_lookup: bool = False) -> None:
         if sampling not in ("uniform", "popularity"):
             raise ValueError(f"negative_sampling must be 'uniform' or 'popularity', got {sampling!r}")
         self.n_items, self.sampling, self.gen = n_items, sampling, generator
@@ -85,6 +90,10 @@ class NegativeSampler:
         rank_in_user = torch.arange(len(users), device=users.device) - starts[sorted_users]
         self.gap_keys = sorted_users * n_items + (sorted_items - rank_in_user)
         self.starts, self.counts = starts, counts
+        self._lookup = None
+        if compiled_lookup:
+            self._lookup = pairwise_cpu.make_positive_lookup(self.keys, starts, counts, n_items)
+            return
         bits = min(_FILTER_MAX_BITS, max(10, int(len(key) * _FILTER_SLOTS_PER_KEY - 1).bit_length()))
         self._shift, self._mask = 61 - bits, (1 << bits) - 1
         self.filter = torch.zeros(1 << bits, dtype=torch.bool, device=users.device)
@@ -99,6 +108,8 @@ class NegativeSampler:
 
         ``users`` broadcasts against ``cand`` (e.g. shape (B, 1) against (B, N)).
         """
+        if self._lookup is not None:
+            return self._lookup(users, cand)
         full = users * self.n_items + cand
         q = full.reshape(-1)
         maybe = torch.index_select(self.filter, 0, self._hash(q))
@@ -170,15 +181,18 @@ def make_pairwise_epoch(
         checkpoint its state); built from ``settings`` when None.
     """
     n_items = model.num_items
-    sampler = NegativeSampler(users, items, n_items, settings.sampling, generator)
-    full = sampler.counts >= n_items
-    if bool(full.any()):
-        keep = ~full[users]
-        users, items = users[keep], items[keep]
     tables = model_tables(model)
     if opt is None:
         opt = make_optimizer(settings.optimizer, tables, settings.lr)
     P, Q = tables["P"], tables["Q"]
+    # the fused CPU kernel (same arithmetic) where it pays; the torch ops below are the reference
+    fused = (type(opt) in (SGD, Adagrad) and P.is_contiguous() and Q.is_contiguous()
+             and pairwise_cpu.kernel_applies(P.device, P.dtype, settings.optimizer, len(users)))
+    sampler = NegativeSampler(users, items, n_items, settings.sampling, generator, compiled_lookup=fused)
+    full = sampler.counts >= n_items
+    if bool(full.any()):
+        keep = ~full[users]
+        users, items = users[keep], items[keep]
     loss_fn = PAIRWISE[settings.loss]
     reg, bs, N = settings.reg, settings.batch_size, settings.negatives
     n = len(users)
@@ -186,11 +200,12 @@ def make_pairwise_epoch(
     # Reused scratch: a fresh multi-MB tensor per step page-faults on CPU. The
     # positive and negative item rows share one block so that their gradients
     # reach the optimiser as a single scatter.
-    buf_pu, buf_gp = P.new_empty(bs, d), P.new_empty(bs, d)
-    buf_q = P.new_empty(bs * (1 + N), d)
-    buf_idx = torch.empty(bs * (1 + N), dtype=torch.long, device=P.device)
+    rows = 0 if fused else bs
+    buf_pu, buf_gp = P.new_empty(rows, d), P.new_empty(rows, d)
+    buf_q = P.new_empty(rows * (1 + N), d)
+    buf_idx = torch.empty(rows * (1 + N), dtype=torch.long, device=P.device)
 
-    def step(u: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    def torch_step(u: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         m = len(u)
         pu = torch.index_select(P, 0, u, out=buf_pu[:m])
         idx = torch.cat([i, j.reshape(-1)], out=buf_idx[: m * (1 + N)])
@@ -220,10 +235,22 @@ def make_pairwise_epoch(
         opt.step("Q", idx, q)
         return loss
 
+    step = torch_step
+    if fused:
+        acc = opt.acc if isinstance(opt, Adagrad) else None
+        step = pairwise_cpu.make_kernel_step(P, Q, acc, opt.lr, getattr(opt, "eps", 0.0), settings.loss, reg, N,
+                                             n_items, bs)
+
+    # one random gather per epoch instead of two: both ids packed in an int64 (ids stay below 2^31)
+    packed = (users << 32) | items
+    device = users.device
+    del users, items
+
     def epoch() -> float:
-        total = torch.zeros((), dtype=torch.float64, device=users.device)
-        perm = torch.randperm(n, generator=generator, device=users.device)
-        users_p, items_p = users[perm], items[perm]
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        perm = torch.randperm(n, generator=generator, device=device)
+        shuffled = packed[perm]
+        users_p, items_p = shuffled >> 32, shuffled & 0xFFFFFFFF
         for start in range(0, n, bs):
             u, i = users_p[start : start + bs], items_p[start : start + bs]
             total += step(u, i, sampler.sample(u, N))
