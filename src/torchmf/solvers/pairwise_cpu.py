@@ -56,8 +56,9 @@ def kernel_applies(device: torch.device, dtype: torch.dtype, optimizer: str, n_p
         return False
     try:
         _kernels()
-    except ImportError:  # pragma: no cover - numba is a core dependency
-        logger.info("numba is not importable; pairwise training stays on the torch path")
+    except (ImportError, RuntimeError, OSError) as e:  # pragma: no cover - numba is a core dependency
+        # RuntimeError: numba finds no writable cache folder (read-only install, no writable home)
+        logger.warning("the compiled pairwise kernel is unavailable (%s); training stays on the torch path", e)
         return False
     return True
 
