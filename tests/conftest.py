@@ -85,3 +85,12 @@ def _restore_torchmf_logging():
         logger.handlers, logger.propagate = handlers[:], propagate
         logger.setLevel(level)  # (setLevel, not assignment: it also clears logging's level cache)
     yield
+
+
+def random_catalogue(n_items: int, dim: int, n_users: int, seed: int):
+    """Item vectors with log-normal norms, item biases and user vectors (torch, float32) for the ANN tests."""
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randn(n_items, dim, generator=g) * torch.exp(0.3 * torch.randn(n_items, 1, generator=g))
+    bias = 0.5 * torch.randn(n_items, generator=g)
+    users = torch.randn(n_users, dim, generator=g)
+    return items, bias, users

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import random_catalogue
 from torchmf.errors import ModelFileError
 from torchmf.retrieval.ann_io import load_index, save_index
 from torchmf.retrieval.hnsw import HNSWIndex, build_hnsw
@@ -17,11 +18,7 @@ N_ITEMS, DIM = 1500, 12
 
 @pytest.fixture(scope="module")
 def factors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    items = torch.randn(N_ITEMS, DIM, generator=g) * torch.exp(0.3 * torch.randn(N_ITEMS, 1, generator=g))
-    bias = 0.5 * torch.randn(N_ITEMS, generator=g)
-    users = torch.randn(40, DIM, generator=g)
-    return items, bias, users
+    return random_catalogue(N_ITEMS, DIM, 40, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import torch
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from conftest import random_catalogue
 from torchmf.errors import ModelFileError
 from torchmf.retrieval.ann_io import index_files, index_from_files, load_index, save_index
 from torchmf.retrieval.hnsw import build_hnsw
@@ -23,11 +24,7 @@ N_ITEMS, DIM = 1200, 10
 
 @pytest.fixture(scope="module")
 def factors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    items = torch.randn(N_ITEMS, DIM, generator=g) * torch.exp(0.3 * torch.randn(N_ITEMS, 1, generator=g))
-    bias = 0.5 * torch.randn(N_ITEMS, generator=g)
-    users = torch.randn(30, DIM, generator=g)
-    return items, bias, users
+    return random_catalogue(N_ITEMS, DIM, 30, seed=1)
 
 
 @pytest.fixture(scope="module")
