@@ -106,6 +106,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10, help="sweeps of the --versus-implicit fits")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (and implicit's num_threads) first")
     ap.add_argument("--phases", action="store_true", help="one whole fit, wall and CPU seconds phase by phase")
+    ap.add_argument("--same-input", action="store_true",
+                    help="--versus-implicit: torchmf fits Interactions.from_csr(the scipy CSR implicit gets), from_csr "
+                         "timed as part of its fit, instead of the (user, item) arrays")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -223,9 +226,13 @@ def versus_implicit(args: argparse.Namespace, data: Interactions) -> None:
         cpu[key].append(time.process_time() - c)
         return out
 
+    def torchmf_input() -> Interactions:
+        # --same-input: the very matrix implicit is given (its building is timed for neither library)
+        return Interactions.from_csr(csr, implicit=True) if args.same_input else data
+
     for r in range(args.rounds):
         est = timed_run("fit_t", lambda: torchmf.MatrixFactorization(
-            loss="ials", factors=args.factors, epochs=args.epochs, device="cpu", verbose=False).fit(data))
+            loss="ials", factors=args.factors, epochs=args.epochs, device="cpu", verbose=False).fit(torchmf_input()))
         timed_run("top_t", lambda e=est: e.top_k(users, 10, exclude_seen=True))
         del est
         with threadpool_limits(1, "blas"):  # as implicit asks: its own threads, single-threaded BLAS
@@ -239,6 +246,8 @@ def versus_implicit(args: argparse.Namespace, data: Interactions) -> None:
     load = (load, os.getloadavg())
     best = {k: min(v) for k, v in times.items()}
     least = {k: min(v) for k, v in cpu.items()}
+    print("torchmf input: " + ("Interactions.from_csr(implicit's CSR), timed in its fit" if args.same_input
+                               else "(user, item) arrays (Interactions), its CSR layouts built in its fit"))
     print(f"{threads} threads, {args.epochs} sweeps, factors {args.factors}, load average "
           f"{load[0][0]:.1f} -> {load[1][0]:.1f} (1 min)")
     print(f"whole fit: torchmf {best['fit_t']:.2f} s, implicit {best['fit_i']:.2f} s (best of {args.rounds}): "
