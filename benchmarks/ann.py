@@ -1,8 +1,9 @@
 """Approximate (HNSW) against exact top-10 retrieval on a synthetic catalogue: recall@10 and single-query speed.
 
-    python benchmarks/ann.py                          # 1 M items, factors 64 (issue 14 target), union index
+    python benchmarks/ann.py                          # 1 M items, factors 64 (issue 14 target), Möbius graph
     python benchmarks/ann.py --items 100000 --ef-search 50 100   # a quicker check
     python benchmarks/ann.py --graphs ip --ef-search 200 400 800   # the single faiss inner-product graph
+    python benchmarks/ann.py --graphs union            # inner-product + angular graph edges (round 2, session 4)
 
 The factors are random, not trained: item vectors are Gaussian with a decaying
 spectrum (dimension j scaled by 1/sqrt(j), as trained factors concentrate their
@@ -22,9 +23,10 @@ each ``--ef-search``. ``--dims N`` builds a projected graph instead (N leading
 score axes, beam re-scored exactly; ``--rerank`` candidates, 0 = the whole
 beam); process CPU time per query is reported beside wall time.
 
-``--graphs union`` (the default) builds the union index (an inner-product and
-an angular hnswlib graph merged into one, ``build_hnsw(..., graphs="union")``);
-``--graphs ip`` builds the single faiss graph of earlier rounds.
+``--graphs mobius`` (the default, ``build_hnsw``'s default) builds an hnswlib
+Euclidean graph over Möbius-transformed vectors; ``--graphs union`` the union
+index (an inner-product and an angular hnswlib graph merged into one);
+``--graphs ip`` the single faiss graph of earlier rounds.
 """
 
 from __future__ import annotations
@@ -110,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--graphs", choices=("ip", "union"), default="union")
-    ap.add_argument("--m", type=int, default=None, help="graph degree (default 32; union 24)")
-    ap.add_argument("--ef-construction", type=int, default=None, help="default 200; union 128")
+    ap.add_argument("--graphs", choices=("mobius", "ip", "union"), default="mobius")
+    ap.add_argument("--m", type=int, default=None, help="graph degree (default mobius 16, ip 32, union 24)")
+    ap.add_argument("--ef-construction", type=int, default=None, help="default mobius 100, ip 200, union 128")
     ap.add_argument("--ef-search", type=int, nargs="+", default=None,
-                    help="beams to try (default: union 100 200 300 400, ip 200 400 800)")
+                    help="beams to try (default: mobius 25 50 100 200, union 100 200 300 400, ip 200 400 800)")
     ap.add_argument("--dims", type=int, default=None,
                     help="build a projected graph over this many coordinates (default: the full vectors)")
     ap.add_argument("--rerank", type=int, nargs="+", default=[0],
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                          " save it here (so that a build on a busy machine can be timed later on a quiet one)")
     args = ap.parse_args(argv)
     if args.ef_search is None:
-        args.ef_search = [100, 200, 300, 400] if args.graphs == "union" else [200, 400, 800]
+        beams = {"mobius": [25, 50, 100, 200], "union": [100, 200, 300, 400], "ip": [200, 400, 800]}
+        args.ef_search = beams[args.graphs]
 
     n_users = max(args.recall_queries, args.timed_queries)
     items, bias, users = synthetic_factors(args.items, n_users, args.dim, args.norm_spread, args.seed)

@@ -25,7 +25,8 @@ def factors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def index(factors) -> HNSWIndex:
     items, bias, users = factors
     # a beam as wide as the catalogue makes the graph search exhaustive in practice
-    return build_hnsw(items, bias, m=16, ef_construction=200, ef_search=N_ITEMS, recall_queries=users, n_recall=40)
+    return build_hnsw(items, bias, graphs="ip", m=16, ef_construction=200, ef_search=N_ITEMS, recall_queries=users,
+                      n_recall=40)
 
 
 def exact(items, bias, queries, k, exclude=None, candidates=None, offsets=None):
@@ -69,7 +70,8 @@ def test_recall_measured_at_build_time(index):
 
 def test_default_beam_recall_is_high_on_small_catalogue(factors):
     items, bias, users = factors
-    idx = build_hnsw(items, bias, m=16, ef_construction=100, ef_search=64, recall_queries=users, n_recall=40)
+    idx = build_hnsw(items, bias, graphs="ip", m=16, ef_construction=100, ef_search=64, recall_queries=users,
+                     n_recall=40)
     assert 0.8 <= idx.info["recall_at_10"] <= 1.0
 
 
@@ -112,7 +114,7 @@ def test_candidates_are_ranked_exactly(index, factors):
 
 def test_k_larger_than_catalogue_pads(factors):
     items, _, users = factors
-    idx = build_hnsw(items[:5], None, m=4, n_recall=0)
+    idx = build_hnsw(items[:5], None, graphs="ip", m=4, n_recall=0)
     got_i, got_s = idx.search(users[:2], 8)
     assert (got_i[:, :5] >= 0).all() and (got_i[:, 5:] == -1).all() and np.isneginf(got_s[:, 5:]).all()
     assert not idx.has_bias and "recall_at_10" not in idx.info
@@ -126,6 +128,8 @@ def test_k_larger_than_catalogue_pads(factors):
 def test_bad_build_parameters(factors, kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_hnsw(factors[0], **kwargs)
+    with pytest.raises(ValueError, match=match):
+        build_hnsw(factors[0], graphs="ip", **kwargs)
 
 
 def test_bad_queries(index):
@@ -182,7 +186,7 @@ def fitted():
     data, _ = synthetic(n_users=300, n_items=400, n_interactions=6000, rank=4, seed=3)
     model = torchmf.MatrixFactorization(factors=8, epochs=3, device="cpu", verbose=False).fit(data)
     # ef_search = n_items: the graph search visits everything, so approximate == exact
-    model.build_index("hnsw", m=8, ef_construction=100, ef_search=400, n_recall=100)
+    model.build_index("hnsw", graphs="ip", m=8, ef_construction=100, ef_search=400, n_recall=100)
     return model
 
 
@@ -218,7 +222,7 @@ def test_approximate_without_index_is_exact():
     assert model.recommend(u, k=5, approximate=True).equals(model.recommend(u, k=5))
     with pytest.raises(ValueError, match="kind"):
         model.build_index("ivf")
-    model.build_index("hnsw", m=4, n_recall=10)
+    model.build_index("hnsw", graphs="ip", m=4, n_recall=10)
     model.fit(data)  # new factors: the old index is dropped
     assert model.index_ is None
 
@@ -266,7 +270,7 @@ def test_cli_index_builds_saves_and_recommend_uses_it(tmp_path, fitted, capsys, 
 
     folder = tmp_path / "m"
     fitted.__class__.save(_without_index(fitted), folder)
-    assert main(["index", str(folder), "--m", "8", "--ef-construction", "100", "--ef-search", "400",
+    assert main(["index", str(folder), "--graphs", "ip", "--m", "8", "--ef-construction", "100", "--ef-search", "400",
                  "--recall-users", "50", "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["items"] == len(fitted.item_map) and out["m"] == 8

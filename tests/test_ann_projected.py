@@ -31,8 +31,8 @@ def factors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def projected(factors) -> HNSWIndex:
     items, bias, users = factors
     # a beam as wide as the catalogue, all of it re-ranked exactly: the search is exact
-    return build_hnsw(items, bias, m=16, ef_construction=100, ef_search=N_ITEMS, dims=4, recall_queries=users,
-                      n_recall=60)
+    return build_hnsw(items, bias, graphs="ip", m=16, ef_construction=100, ef_search=N_ITEMS, dims=4,
+                      recall_queries=users, n_recall=60)
 
 
 def exact(items, bias, queries, k, exclude=None):
@@ -92,8 +92,8 @@ def test_projected_index_excludes_and_refills(projected, factors):
 
 def test_small_rerank_and_beam_still_find_most(factors):
     items, bias, users = factors
-    idx = build_hnsw(items, bias, m=12, ef_construction=80, ef_search=40, dims=4, rerank=40, recall_queries=users,
-                     n_recall=60)
+    idx = build_hnsw(items, bias, graphs="ip", m=12, ef_construction=80, ef_search=40, dims=4, rerank=40,
+                     recall_queries=users, n_recall=60)
     # 40 re-ranked candidates of 1200 (0.89 when written; the whole catalogue as the beam gives 0.96)
     assert idx.info["recall_at_10"] >= 0.8
     idx.set_rerank(12)
@@ -104,7 +104,7 @@ def test_small_rerank_and_beam_still_find_most(factors):
 
 def test_default_graph_holds_the_full_vectors_and_is_written_as_format_1(tmp_path, factors):
     items, bias, users = factors
-    plain = build_hnsw(items, bias, m=8, ef_construction=40, recall_queries=users, n_recall=20)
+    plain = build_hnsw(items, bias, graphs="ip", m=8, ef_construction=40, recall_queries=users, n_recall=20)
     assert plain.info["dims"] == DIM + 1 and "rerank" not in plain.info
     save_index(plain, tmp_path)  # readable by torchmf versions that know only format 1
     assert json.loads((tmp_path / "index.hnsw.json").read_text())["format_version"] == 1
@@ -113,7 +113,7 @@ def test_default_graph_holds_the_full_vectors_and_is_written_as_format_1(tmp_pat
 @pytest.mark.parametrize("dims", [0, 18, 2.5, True])
 def test_bad_dims(factors, dims):
     with pytest.raises(ValueError, match="dims"):
-        build_hnsw(factors[0], factors[1], dims=dims, n_recall=0)
+        build_hnsw(factors[0], factors[1], graphs="ip", dims=dims, n_recall=0)
 
 
 def test_projected_round_trip_writes_format_2(tmp_path, projected, factors):

@@ -23,7 +23,7 @@ _EXAMPLES = """\
 examples:
   torchmf index model
   torchmf index model --m 48 --ef-construction 400 --ef-search 200
-  torchmf index model --graphs union      # big catalogues: higher recall per query time
+  torchmf index model --graphs ip         # faiss' inner-product graph (no hnswlib needed)
 """
 
 
@@ -34,15 +34,17 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         description=_DESCRIPTION, epilog=_EXAMPLES,
     )
     p.add_argument("model", metavar="MODEL_DIR", help="folder written by 'torchmf train'; the index is saved into it")
-    p.add_argument("--graphs", choices=("ip", "union"), default="ip",
-                   help="'ip': one inner-product graph (faiss); 'union': an inner-product and an angular graph "
-                        "(hnswlib), beams merged - higher recall per query time on big catalogues (default ip)")
+    p.add_argument("--graphs", choices=("mobius", "ip", "union"), default="mobius",
+                   help="'mobius': a Euclidean graph over Moebius-transformed vectors (hnswlib; the best recall per "
+                        "query time); 'ip': an inner-product graph (faiss); 'union': an inner-product and an angular "
+                        "graph's edges in one (hnswlib) (default mobius)")
     p.add_argument("--m", type=common.positive_int, default=None,
-                   help="graph degree: more = better recall, bigger (default 32; union 24)")
+                   help="graph degree: more = better recall, bigger (default mobius 16, ip 32, union 24)")
     p.add_argument("--ef-construction", type=common.positive_int, default=None, metavar="N",
-                   help="beam width while building (default 200; union 128)")
+                   help="beam width while building (default mobius 100, ip 200, union 128)")
     p.add_argument("--ef-search", type=common.positive_int, default=None, metavar="N",
-                   help="beam width while searching: more = better recall, slower (default 100; union 300)")
+                   help="beam width while searching: more = better recall, slower (default mobius 100, ip 100, "
+                        "union 300)")
     p.add_argument("--recall-users", type=common.positive_int, default=1000, metavar="N",
                    help="users sampled to measure recall@10 against exact search (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the user sample (default 0)")

@@ -47,10 +47,12 @@ class RankingMixin:
         ----------
         kind : {"hnsw"}
         **params
-            Passed to :func:`torchmf.retrieval.hnsw.build_hnsw`: ``graphs`` (``"ip"``: a faiss
+            Passed to :func:`torchmf.retrieval.hnsw.build_hnsw`: ``graphs`` (``"mobius"``, the
+            default: an hnswlib Euclidean graph over Möbius-transformed vectors; ``"ip"``: a faiss
             inner-product graph; ``"union"``: one hnswlib graph holding the edges of an
             inner-product and an angular graph), ``m``, ``ef_construction``, ``ef_search``
-            (defaults per graph type: 32/200/100 for ``"ip"``, 24/128/300 for ``"union"``),
+            (defaults per graph type: 16/100/100 for ``"mobius"``, 32/200/100 for ``"ip"``,
+            24/128/300 for ``"union"``),
             ``n_recall`` (1000 users sampled to measure recall@10 against exact search), ``seed`` (0).
 
         Returns

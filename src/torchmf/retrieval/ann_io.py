@@ -6,7 +6,8 @@ An index is two files in the model folder:
   (``faiss.write_index``; plain arrays, nothing executable): an
   ``IndexHNSWFlat``, or (format version 2, projected graphs) an
   ``IndexRefineFlat`` over an ``IndexPreTransform`` of one;
-- or (format version 3, union indexes of :mod:`torchmf.retrieval.hnsw_union`)
+- or (format version 3, the hnswlib indexes of :mod:`torchmf.retrieval.hnswlib_index`:
+  Möbius and union graphs)
   ``index.hnsw.safetensors``: the item rows (``vectors``) and the hnswlib graph's
   arrays (``graph.level0``, ``graph.levels``, ``graph.upper``, ``graph.header``),
   every id and count checked on load
@@ -34,13 +35,13 @@ from safetensors.numpy import save as st_save
 from torchmf.errors import ModelFileError
 from torchmf.retrieval.ann_common import import_faiss
 from torchmf.retrieval.hnsw import HNSWIndex
-from torchmf.retrieval.hnsw_union import UnionHNSWIndex
+from torchmf.retrieval.hnswlib_index import HnswlibIndex
 
 __all__ = ["INDEX_FORMAT", "index_files", "index_from_files", "index_names", "load_index", "save_index"]
 
 INDEX_FORMAT = "torchmf-ann-index"
 INDEX_FORMAT_VERSION = 3  # the newest; faiss graphs are still written as version 1 or 2 (older readers load them)
-# versions read back: 1 (plain IndexHNSWFlat), 2 (also projected graphs), 3 (union of two hnswlib graphs)
+# versions read back: 1 (plain IndexHNSWFlat), 2 (also projected graphs), 3 (hnswlib graphs: Möbius or union)
 _READABLE_VERSIONS = (1, 2, 3)
 _GRAPH_ARRAYS = ("level0", "levels", "upper", "header")
 
@@ -73,7 +74,7 @@ def index_files(index: HNSWIndex) -> tuple[dict[str, Any], dict[str, bytes]]:
     """
     if not isinstance(index, HNSWIndex):
         raise TypeError(f"only HNSW indexes are saved, got {type(index).__name__}")
-    if isinstance(index, UnionHNSWIndex):
+    if isinstance(index, HnswlibIndex):
         version = 3
         arrays = {"vectors": index.all_item_vectors()}
         arrays.update({f"graph.{k}": a for k, a in index.graph_arrays().items()})
@@ -214,7 +215,7 @@ def index_from_files(entry: dict[str, Any], files: dict[str, bytes], where: Any)
         raise ModelFileError(f"{folder / meta_name}: format version {version} does not match the index file "
                              f"{data_name}")
     if version == 3:
-        return _union_from_bytes(data, meta, folder / data_name, folder / meta_name, entry)
+        return _hnswlib_from_bytes(data, meta, folder / data_name, folder / meta_name, entry)
     faiss = import_faiss()
     try:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))  # already the concrete type
@@ -233,22 +234,22 @@ def index_from_files(entry: dict[str, Any], files: dict[str, bytes], where: Any)
     return out
 
 
-def _union_from_bytes(data: bytes, meta: dict[str, Any], data_path: Path, meta_path: Path,
-                      entry: dict[str, Any]) -> UnionHNSWIndex:
-    """The union index of a version-3 file (safetensors arrays), every array checked."""
+def _hnswlib_from_bytes(data: bytes, meta: dict[str, Any], data_path: Path, meta_path: Path,
+                        entry: dict[str, Any]) -> HnswlibIndex:
+    """The hnswlib index of a version-3 file (safetensors arrays), every array checked."""
     try:
         arrays = st_load(data)
     except (SafetensorError, ValueError, TypeError) as exc:
         raise ModelFileError(f"{data_path}: not a safetensors file ({exc})") from None
     want = {"vectors", *(f"graph.{k}" for k in _GRAPH_ARRAYS)}
     if set(arrays) != want:
-        raise ModelFileError(f"{data_path}: holds arrays {sorted(arrays)}, a union index needs {sorted(want)}")
+        raise ModelFileError(f"{data_path}: holds arrays {sorted(arrays)}, an hnswlib index needs {sorted(want)}")
     vectors = arrays["vectors"]
     if vectors.dtype != np.float32 or not np.isfinite(vectors).all():
         raise ModelFileError(f"{data_path}: item vectors must be finite float32")
     graph = {k: arrays[f"graph.{k}"] for k in _GRAPH_ARRAYS}
     try:
-        out = UnionHNSWIndex(vectors, graph, int(meta["dim"]), bool(meta["has_bias"]), dict(meta["info"]))
+        out = HnswlibIndex(vectors, graph, int(meta["dim"]), bool(meta["has_bias"]), dict(meta["info"]))
     except (KeyError, TypeError) as exc:
         raise ModelFileError(f"{meta_path}: {exc}") from None
     except ValueError as exc:

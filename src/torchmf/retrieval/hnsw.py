@@ -19,11 +19,16 @@ candidates are re-scored exactly with the full vectors. Not the default: on
 the 1 M synthetic catalogue a 16-coordinate graph had lower recall at every
 beam width than the full one (benchmarks/RESULTS.md §11).
 
-``build_hnsw(..., graphs="union")`` builds
-:class:`~torchmf.retrieval.hnsw_union.UnionHNSWIndex` instead (hnswlib; one graph
-with the edges of an inner-product and an angular graph).
+``build_hnsw(..., graphs="mobius")`` (the default) and ``graphs="union"`` build
+:class:`~torchmf.retrieval.hnswlib_index.HnswlibIndex` instead (hnswlib): a
+Euclidean graph over Möbius-transformed vectors, or one graph with the edges of
+an inner-product and an angular graph, both searched by inner product. The
+Möbius graph reaches a given recall in a fraction of this module's
+inner-product graph's query time (benchmarks/RESULTS.md §11.5); ``graphs="ip"``
+(this module) remains for installations with faiss but no hnswlib, and for
+projected graphs.
 
-The faiss library is an optional dependency: ``pip install torchmf[ann]``.
+The faiss and hnswlib libraries are optional dependencies: ``pip install torchmf[ann]``.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ RECALL_K = 10
 # past it an exact scan is cheaper than a huge beam
 _MAX_FETCH_SHARE = 0.25
 # (m, ef_construction, ef_search) by build_hnsw's ``graphs``
-_DEFAULTS = {"ip": (32, 200, 100), "union": (24, 128, 300)}
+_DEFAULTS = {"mobius": (16, 100, 100), "ip": (32, 200, 100), "union": (24, 128, 300)}
 
 
 class HNSWIndex:
@@ -283,7 +288,7 @@ def build_hnsw(
     ef_search: int | None = None,
     dims: int | None = None,
     rerank: int = 0,
-    graphs: str = "ip",
+    graphs: str = "mobius",
     recall_queries: torch.Tensor | np.ndarray | None = None,
     n_recall: int = 1000,
     seed: int = 0,
@@ -296,12 +301,12 @@ def build_hnsw(
     item_bias : torch.Tensor or numpy.ndarray, shape (n_items,), optional
     m : int, optional
         Graph degree (faiss ``M``): larger = better recall, more memory, slower build.
-        Default 32 (``graphs="union"``: 24).
+        Defaults by ``graphs``: mobius 16, ip 32, union 24.
     ef_construction : int, optional
-        Beam width while building. Default 200 (union: 128).
+        Beam width while building. Defaults: mobius 100, ip 200, union 128.
     ef_search : int, optional
         Default beam width while searching (raised to the fetch size when that is larger).
-        Default 100 (union: 300).
+        Defaults: mobius 100, ip 100, union 300.
     dims : int, optional
         Build the graph over this many leading axes of
         :func:`~torchmf.retrieval.ann_common.score_axes` (energy measured with
@@ -310,9 +315,11 @@ def build_hnsw(
     rerank : int
         Candidates of a projected graph re-scored exactly per query (at least ``k``);
         0 (default): the whole search beam (``ef_search`` or the fetch size).
-    graphs : {"ip", "union"}
-        ``"union"``: an inner-product and an angular hnswlib graph, beams merged
-        (:func:`torchmf.retrieval.hnsw_union.build_union`; ``dims`` not available).
+    graphs : {"mobius", "ip", "union"}
+        ``"mobius"`` (default): an hnswlib Euclidean graph over Möbius-transformed vectors;
+        ``"union"``: an inner-product and an angular hnswlib graph, edges merged (both
+        :func:`torchmf.retrieval.hnswlib_index.build_hnswlib`; ``dims`` not available);
+        ``"ip"``: a faiss inner-product graph (this module).
     recall_queries : torch.Tensor or numpy.ndarray, shape (n, d), optional
         Query vectors (typically user factors) to measure recall@10 on; ``n_recall`` of
         them are drawn with ``seed``. Without them recall is measured on ``n_recall``
@@ -328,21 +335,21 @@ def build_hnsw(
         With ``info["recall_at_10"]``: mean share of the exact top-10 (over all items,
         nothing excluded) that the index returns.
     """
-    if graphs not in ("ip", "union"):
-        raise ValueError(f"graphs must be 'ip' or 'union', got {graphs!r}")
+    if graphs not in _DEFAULTS:
+        raise ValueError(f"graphs must be 'mobius', 'ip' or 'union', got {graphs!r}")
     m, ef_construction, ef_search = (d if v is None else v for v, d in zip(
         (m, ef_construction, ef_search), _DEFAULTS[graphs], strict=True))
     for name, v in (("m", m), ("ef_construction", ef_construction), ("ef_search", ef_search)):
         check_int(name, v)
     check_int("rerank", rerank, low=0)
     check_int("n_recall", n_recall, low=0)
-    if graphs == "union":
+    if graphs != "ip":
         if dims is not None:
-            raise ValueError("dims (a projected graph) is not available with graphs='union'")
-        from torchmf.retrieval.hnsw_union import build_union
+            raise ValueError(f"dims (a projected graph) needs graphs='ip', got graphs={graphs!r}")
+        from torchmf.retrieval.hnswlib_index import build_hnswlib
 
-        return build_union(item_vectors, item_bias, m=m, ef_construction=ef_construction, ef_search=ef_search,
-                           recall_queries=recall_queries, n_recall=n_recall, seed=seed)
+        return build_hnswlib(item_vectors, item_bias, graphs=graphs, m=m, ef_construction=ef_construction,
+                             ef_search=ef_search, recall_queries=recall_queries, n_recall=n_recall, seed=seed)
     faiss = import_faiss()
     vec, x = item_matrix(item_vectors, item_bias)
     d, width = vec.shape[1], x.shape[1]

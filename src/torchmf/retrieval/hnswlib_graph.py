@@ -16,7 +16,7 @@ them to hnswlib (an out-of-range id would make hnswlib read outside its
 memory), then assembles hnswlib's state (links, vectors, labels) and
 restores it through the binding's own constructor from that state. The graph
 may be searched over other vectors than it was built on: the angular graph
-of :mod:`torchmf.retrieval.hnsw_union` is built over normalised vectors and
+of :mod:`torchmf.retrieval.hnswlib_index` is built over normalised vectors and
 searched by inner product over the raw ones.
 """
 
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from torchmf.device import available_cores
 from torchmf.retrieval.ann_common import import_hnswlib
 
 __all__ = ["build_graph", "graph_arrays", "graph_from_arrays", "merge_graphs"]
@@ -34,19 +35,23 @@ _MAX_M = 1024  # hnswlib itself caps M at 10000; nothing sensible is near either
 _MAX_LEVEL = 64  # levels are drawn with P(level >= l) = m^-l: 64 is unreachable for m >= 2
 
 
-def build_graph(x: np.ndarray, space: str, m: int, ef_construction: int, seed: int, threads: int = -1) -> Any:
+def build_graph(x: np.ndarray, space: str, m: int, ef_construction: int, seed: int, threads: int | None = None) -> Any:
     """An hnswlib graph over the rows of ``x`` (labels 0..n-1).
 
     Parameters
     ----------
     x : numpy.ndarray of float32, shape (n, width)
-    space : {"ip", "cosine"}
-        ``"cosine"`` builds the angular graph (hnswlib normalises the rows it stores).
+    space : {"ip", "cosine", "l2"}
+        ``"cosine"`` builds the angular graph (hnswlib normalises the rows it stores); ``"l2"`` a
+        Euclidean one (the Möbius graph, over transformed rows).
+    threads : int, optional
+        Threads adding items; default the cores this process may use. (hnswlib's own "-1 = all
+        cores" builds on one thread in hnswlib 0.8: 8.6 s against 4.1 s on 2 cores, 60k items.)
     """
     hnswlib = import_hnswlib()
     index = hnswlib.Index(space=space, dim=x.shape[1])
     index.init_index(max_elements=len(x), M=int(m), ef_construction=int(ef_construction), random_seed=int(seed))
-    index.set_num_threads(threads)
+    index.set_num_threads(available_cores() if threads is None else int(threads))
     index.add_items(x, np.arange(len(x)))
     return index
 
