@@ -14,6 +14,7 @@ kernel call does.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -30,6 +31,7 @@ __all__ = [
     "busy_cores",
     "check_memory",
     "chunk_bytes",
+    "cpu_has_bf16_dot",
     "fit_threads",
     "prefer_csr",
     "resolve_device",
@@ -133,6 +135,25 @@ def check_memory(nbytes: int, device: torch.device, what: str) -> None:
 MIN_WORK_PER_THREAD = 1 << 18
 # how often (seconds) a running fit re-reads the machine's load
 _REFRESH_S = 0.25
+
+
+@functools.cache
+def cpu_has_bf16_dot() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (avx512_bf16 or AMX), read from /proc/cpuinfo.
+
+    There a bfloat16 matrix product runs ~3.5x faster than a float32 one (2-core AMD EPYC VM:
+    180 against 52 GFLOP/s, 8192 x 64 times 64 x 20,000); elsewhere oneDNN emulates it and it
+    may be slower, so callers keep float32. False off Linux (no cpuinfo to read).
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def available_cores() -> int:
