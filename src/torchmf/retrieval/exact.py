@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar
 
 import numpy as np
@@ -13,6 +14,8 @@ from torchmf.retrieval.base import CSR, csr_rows
 from torchmf.retrieval.screen import MIN_SCREEN_QUERIES, screened_top_k
 
 __all__ = ["ExactIndex"]
+
+log = logging.getLogger(__name__)
 
 # queries scored at once: bounds the (block, n_items) score matrix. On 2 CPU cores (100k users x 20k
 # items, 64 factors) 2**23-2**25 took the least CPU; blocks of under ~100 rows made the product
@@ -107,6 +110,7 @@ class ExactIndex:
                     and queries.dtype == w.dtype == torch.float32 and cpu_has_bf16_dot()):
                 ok = _screened(queries, w, bias, kk, exclude, block, threads, top_s, top_i)
                 rows = np.flatnonzero(~ok.numpy())
+                log.debug("bfloat16 screen: %d of %d rows left to the float32 path", len(rows), B)
                 if len(rows) and exclude is not None:
                     exclude = csr_rows(np.asarray(exclude[0]), np.asarray(exclude[1]), rows)
                 if offsets is not None:
