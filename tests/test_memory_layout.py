@@ -137,6 +137,29 @@ def test_fitted_model_does_not_share_the_callers_matrix():
     assert np.array_equal(model.seen_indices_, before[0]) and np.array_equal(model.seen_values_, before[1])
 
 
+def test_binary_seen_values_are_one_number_and_the_model_still_saves_updates_and_filters(tmp_path):
+    """Binary from_csr data: the seen values are one float broadcast (no pair-sized copy), same behaviour."""
+    m = _matrix(6)
+    m.data[:] = 1.0
+    model = torchmf.MatrixFactorization(loss="ials", factors=4, epochs=1, device="cpu", verbose=False)
+    model.fit(torchmf.Interactions.from_csr(m, implicit=True))
+    assert model.seen_values_.strides == (0,) and len(model.seen_values_) == m.nnz  # a view of one number
+    assert not np.shares_memory(model.seen_values_, m.data)
+    m.data[:] = 7.0  # the caller's matrix changes: the model's seen values do not
+    assert (model.seen_values_ == 1.0).all()
+    user = model.user_map.raw(np.array([0]))[0]
+    seen = set(model.item_map.raw(m.indices[m.indptr[0] : m.indptr[1]]).tolist())
+    assert not seen & set(model.recommend(user, k=10)["item"].tolist())
+    model.save(tmp_path / "m")
+    back = torchmf.load(tmp_path / "m", device="cpu")
+    assert np.array_equal(back.seen_values_, np.ones(m.nnz, np.float32))
+    new_item = model.item_map.raw(np.array([1]))[0]
+    new_user = "someone new"
+    model.partial_fit(torchmf.Interactions.from_arrays([new_user, user], [new_item, new_item]))  # builds new arrays
+    assert model.seen_values_.strides != (0,) and len(model.seen_values_) == m.nnz + 1 + (new_item not in seen)
+    assert new_item in set(model.item_map.raw(model.seen_items(model.user_map.index(new_user))).tolist())
+
+
 def test_large_value_checks_go_by_blocks_with_the_same_message(monkeypatch):
     monkeypatch.setattr(checks_module, "_CHECK_BLOCK", 4)
     values = np.ones(20, dtype=np.float32)

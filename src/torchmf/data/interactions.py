@@ -337,13 +337,9 @@ class Interactions(CSRStorage):
         used_i = np.flatnonzero(np.bincount(self.items, minlength=self.n_items))
         if len(used_u) == self.n_users and len(used_i) == self.n_items:
             return self
-        new_u = np.full(self.n_users, -1, dtype=np.int64)
-        new_u[used_u] = np.arange(len(used_u))
-        new_i = np.full(self.n_items, -1, dtype=np.int64)
-        new_i[used_i] = np.arange(len(used_i))
         return Interactions(
-            new_u[self.users],
-            new_i[self.items],
+            _renumbered(self.users, used_u, self.n_users),
+            _renumbered(self.items, used_i, self.n_items),
             self.values,
             self.user_map.subset(used_u),
             self.item_map.subset(used_i),
@@ -359,6 +355,15 @@ class Interactions(CSRStorage):
 
 
 # ---------------------------------------------------------------------- helpers
+def _renumbered(ids: np.ndarray, used: np.ndarray, n: int) -> np.ndarray:
+    """``ids`` renumbered to their rank among ``used`` (the ids left); the array itself when none is dropped."""
+    if len(used) == n:
+        return ids
+    new = np.full(n, -1, dtype=np.int64)
+    new[used] = np.arange(len(used))
+    return new[ids]
+
+
 def _column(values: Any, name: str) -> np.ndarray | list:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
         raise DataError(f"{name} must be a sequence, got {type(values).__name__}")

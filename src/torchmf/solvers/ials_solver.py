@@ -22,6 +22,7 @@ from torchmf.solvers.ials import (
     ials_side_csr,
     ials_solve_rows,
 )
+from torchmf.solvers.ials_cpu import fused_half_sweep, fused_sides, kernel_applies, start_warm_up
 from torchmf.solvers.sgd import model_tables
 
 __all__ = ["IALSSolver"]
@@ -106,28 +107,38 @@ class IALSSolver:
         # caller's matrix), the item side one transposed pattern, laid out first and the pattern dropped;
         # confidences are computed block by block as the gathered layout is filled, and neither side
         # keeps what its sweeps never read.
+        t = model_tables(model)
+        self.P, self.Q = t["P"], t["Q"]
+        warm_up = start_warm_up(device, self.P.dtype, s.cg_steps, self.n)  # overlaps the sort below
         indptr, items, values = data.row_major()
 
         def conf(v: np.ndarray) -> np.ndarray:
             return confidence(v, hp["alpha"], hp["confidence"], hp["confidence_eps"])
 
+        self.carried: torch.Tensor | None = None
+        self.to_user_order = None
+        self.fused = kernel_applies(device, self.P.dtype, s.cg_steps, self.n, warm_up)
+        if self.fused:  # one compiled pass per half-sweep, straight from the CSR arrays (ials_cpu)
+            self.by_user, self.by_item = fused_sides(indptr, items, values, data.n_items, k, s, conf)
+            return
         t_indptr, t_users, order = csr_transpose(indptr, items, data.n_items)
         self.by_item = ials_side_csr(t_indptr, t_users, values, data.n_items, data.n_users, k, device, s,
                                      order=order, conf_map=conf, keep_pairs=False)
         del t_indptr, t_users, order
         self.by_user = ials_side_csr(indptr, items, values, data.n_users, data.n_items, k, device, s,
                                      conf_map=conf, keep_pairs=False)
-        t = model_tables(model)
-        self.P, self.Q = t["P"], t["Q"]
         # With both sides on the CSR layout, the scores the loss needs after a sweep
         # are the ones the next sweep's user half starts from (same P and Q, pairs
         # in the other order): computing them once saves a pass over the data.
         csr = s.cg_steps > 0 and self.by_user.chunks is None and self.by_item.chunks is None
         self.to_user_order = torch.argsort(self.by_item.order) if csr else None  # the user side's order is 1, 2, ...
-        self.carried: torch.Tensor | None = None
 
     def epoch(self) -> float:
         s, P, Q = self.settings, self.P, self.Q
+        if self.fused:
+            fused_half_sweep(self.by_user, P, Q, s)
+            observed = fused_half_sweep(self.by_item, Q, P, s, with_loss=True)
+            return ials_loss(observed, P, Q, self.by_user, self.by_item, s) / self.n
         ials_half_sweep(self.by_user, P, Q, s, scores=self.carried)
         if self.to_user_order is None:
             observed = ials_half_sweep(self.by_item, Q, P, s, with_loss=True)
