@@ -1,39 +1,28 @@
-"""The numba kernel behind :mod:`torchmf.solvers.ials_cpu` (imported only when it runs).
+"""The numba kernels behind :mod:`torchmf.solvers.ials_cpu` (imported only when they run).
 
-One compiled pass per half-sweep: every row of one side runs its warm-started
-conjugate-gradient steps (:func:`torchmf.solvers.cg.cg_rows`, the same
-recurrence) on its own, reading the other side's factors straight from the
-CSR pattern. A row's solve touches no other row, so the factors do not depend
-on the thread count; the loss is summed per fixed chunk of rows, then over the
+:func:`cg_chunks` runs every row of some fixed chunks of one side through its
+warm-started conjugate-gradient steps (:func:`torchmf.solvers.cg.cg_rows`, the
+same recurrence), each row on its own, reading the other side's factors
+straight from the CSR pattern. It releases the GIL (``nogil``): the caller's
+Python threads run chunks side by side, which avoids numba's parallel
+machinery and its ~70 MB. A row's solve touches no other row, so the factors
+do not depend on the thread count; the loss is summed per chunk, then over the
 chunks in order.
 """
 
 from __future__ import annotations
 
-import os
-
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from torchmf.solvers._pairwise_numba import _prefetch_row
+from torchmf.solvers._numba_util import prefetch_row as _prefetch_row
 
-__all__ = ["cg_half_sweep", "pattern_transpose", "set_threads"]
-
-# the same choice as the pairwise kernel (see _pairwise_numba): numba's own pool sleeps between
-# parallel regions instead of spinning against torch's OpenMP threads
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+__all__ = ["cg_chunks", "pattern_transpose"]
 
 _AHEAD = 16  # pairs ahead whose factor rows are asked for while the current four are scored
 
 # reassociation lets LLVM vectorise the length-k dot products and updates; no NaN/Inf assumptions
 _FAST = {"reassoc", "contract", "nsz"}
-
-
-def set_threads(n: int) -> None:
-    """numba's threads for this Python thread: ``n``, within the pool numba started with."""
-    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
 
 
 @njit(inline="always")
@@ -112,9 +101,9 @@ def _dot(a, b):
     return s
 
 
-@njit(parallel=True, cache=True, fastmath=_FAST)
-def cg_half_sweep(indptr, cols, conf, c0, a0, lam, gram, other, x, steps, bounds, partial, with_loss):
-    """``steps`` warm-started CG steps on every non-empty row of ``x`` (in place).
+@njit(nogil=True, cache=True, fastmath=_FAST)
+def cg_chunks(indptr, cols, conf, c0, a0, lam, gram, other, x, steps, bounds, partial, with_loss, first, last):
+    """``steps`` warm-started CG steps on every non-empty row of chunks ``first .. last - 1`` of ``x`` (in place).
 
     Parameters
     ----------
@@ -133,9 +122,11 @@ def cg_half_sweep(indptr, cols, conf, c0, a0, lam, gram, other, x, steps, bounds
         Row bounds of the fixed chunks (parallel work units and loss partial sums).
     partial : float64 array, shape (C,)
         Out: each chunk's ``sum c (1 - y)^2 - a0 y^2`` at the new factors (with_loss).
+    first, last : int
+        The chunks this call solves.
     """
     k = x.shape[1]
-    for ch in prange(len(bounds) - 1):
+    for ch in range(first, last):
         r = np.empty(k, np.float32)
         p = np.empty(k, np.float32)
         ap = np.empty(k, np.float32)

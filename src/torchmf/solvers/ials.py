@@ -239,7 +239,7 @@ def ials_observed(side: IALSSide, factors: torch.Tensor, other: torch.Tensor, s:
     return float(t.sum(dtype=torch.float64)), y
 
 
-def _row_norms(T: torch.Tensor, block: int = 1 << 16) -> torch.Tensor:
+def _row_norms(T: torch.Tensor, block: int = 1 << 13) -> torch.Tensor:
     """``T.square().sum(1)`` (shape (n,)) a block of rows at a time: no squared copy of the whole table."""
     out = T.new_empty(T.shape[0])
     for start in range(0, T.shape[0], block):

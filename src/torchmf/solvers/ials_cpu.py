@@ -12,6 +12,8 @@ numba loop, reading the other side's factors through the CSR pattern:
   transpose for the item side;
 - confidences are one number when every pair has the same value (binary
   data: no pair-sized array at all), else one float32 per pair and side;
+- the kernel releases the GIL and the chunks of rows are shared out to Python
+  threads (as many as torch's intra-op threads), pulled one group at a time;
 - results do not depend on the thread count (rows are independent; the loss
   is summed per fixed chunk, then over the chunks in order) and equal the torch
   path's up to float reassociation (``tests/test_ials_cpu.py``).
@@ -24,7 +26,9 @@ cached code costs more than it saves); the torch path covers the rest.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +48,9 @@ MIN_KERNEL_PAIRS = 500_000
 # fixed chunks of about this many pairs (plus rows), at least _MIN_CHUNKS: work units and loss partial sums
 _CHUNK_PAIRS = 1 << 16
 _MIN_CHUNKS = 64
-_LOCK = threading.Lock()  # numba's workqueue threading layer must not be entered from two threads
+_GROUPS_PER_THREAD = 8  # chunk groups per thread and half-sweep: late, short groups even out the threads
 _KERNEL: dict[str, Any] = {}
+_POOL: list[ThreadPoolExecutor] = []
 
 
 def kernel_applies(device: torch.device, dtype: torch.dtype, cg_steps: int, n_pairs: int,
@@ -87,7 +92,7 @@ def _kernel() -> dict[str, Any]:
     if not _KERNEL:
         from torchmf.solvers import _ials_numba as k
 
-        _KERNEL.update(sweep=k.cg_half_sweep, set_threads=k.set_threads, transpose=k.pattern_transpose)
+        _KERNEL.update(sweep=k.cg_chunks, transpose=k.pattern_transpose)
     return _KERNEL
 
 
@@ -95,12 +100,11 @@ def _load() -> None:
     """Load both kernels for the argument types the sweeps pass (a call on a one-row side each)."""
     try:
         k = _kernel()
-        indptr, cols = np.array([0, 1], np.int64), np.zeros(1, np.int32)
-        k["transpose"](indptr, cols, 1, np.empty(2, np.int64), np.empty(1, np.int32))
+        indptr, cols = np.array([0, 1], np.int32), np.zeros(1, np.int32)
+        k["transpose"](indptr, cols, 1, np.empty(2, np.int32), np.empty(1, np.int32))
         x = np.zeros((1, 1), np.float32)
-        with _LOCK:
-            k["sweep"](indptr, cols, np.zeros(0, np.float32), np.float32(1), np.float32(0), np.ones(1, np.float32),
-                       x, x.copy(), x, 1, np.array([0, 1], np.int64), np.zeros(1), False)
+        k["sweep"](indptr, cols, np.zeros(0, np.float32), np.float32(1), np.float32(0), np.ones(1, np.float32),
+                   x, x.copy(), x, 1, np.array([0, 1], np.int64), np.zeros(1), False, 0, 1)
     except Exception:  # reported by kernel_applies, which loads again in the caller's thread
         log.debug("warming up the iALS kernel failed", exc_info=True)
 
@@ -146,10 +150,6 @@ def _side(indptr: np.ndarray, cols: np.ndarray, conf: np.ndarray | None, c0: flo
     counts = torch.as_tensor(np.diff(indptr)).to(torch.float32)
     lam = ials_penalty(counts, n_other, s).unsqueeze(1)
     empty = np.zeros(0, np.float32)
-    # one set of argument types for both sides: numba loads (or compiles) the kernel once, not per side
-    indptr = np.asarray(indptr).astype(np.int64, copy=False)
-    index = np.int32 if n_other < 2**31 else np.int64
-    cols = np.asarray(cols).astype(index, copy=False)  # the caller's int32 arrays are shared, not copied
     conf = empty if conf is None else np.asarray(conf).astype(np.float32, copy=False)
     return FusedSide(indptr, cols, conf, c0, lam, _bounds(indptr, k))
 
@@ -173,20 +173,26 @@ def fused_sides(indptr: np.ndarray, items: np.ndarray, values: np.ndarray, n_ite
     user_side, item_side : FusedSide
     """
     n_users = len(indptr) - 1
+    # one set of argument types for every call (numba loads, or compiles, each kernel once): int32
+    # wherever the counts fit, so a from_csr matrix's int32 arrays are shared, not copied
+    index = _index_dtype(len(items), n_users, n_items)
+    indptr, items = np.asarray(indptr).astype(index, copy=False), np.asarray(items).astype(index, copy=False)
     lo, hi = (float(values.min()), float(values.max())) if len(values) else (1.0, 1.0)
-    constant = lo == hi
-    if constant:  # one confidence for every pair (binary data): no per-pair array on either side
+    if lo == hi:  # one confidence for every pair (binary data): no per-pair array on either side
         c0 = float(conf_map(np.array([lo]))[0])
-        t_indptr = np.empty(n_items + 1, np.int64)
-        t_users = np.empty(len(items), np.int32 if n_users < 2**31 else np.int64)
-        _kernel()["transpose"](np.asarray(indptr), np.asarray(items), n_items, t_indptr, t_users)
-        return (_side(indptr, items, None, c0, n_items, k, s),
-                _side(t_indptr, t_users, None, c0, n_users, k, s))
+        t_indptr, t_users = np.empty(n_items + 1, index), np.empty(len(items), index)
+        _kernel()["transpose"](indptr, items, n_items, t_indptr, t_users)
+        return _side(indptr, items, None, c0, n_items, k, s), _side(t_indptr, t_users, None, c0, n_users, k, s)
     conf = conf_map(values)
     t_indptr, t_users, order = csr_transpose(indptr, items, n_items)
     t_conf = conf[order]
     del order
+    t_indptr, t_users = t_indptr.astype(index, copy=False), t_users.astype(index, copy=False)
     return _side(indptr, items, conf, 0.0, n_items, k, s), _side(t_indptr, t_users, t_conf, 0.0, n_users, k, s)
+
+
+def _index_dtype(nnz: int, n_users: int, n_items: int) -> type:
+    return np.int32 if max(nnz, n_users, n_items) < 2**31 else np.int64
 
 
 def fused_half_sweep(side: FusedSide, factors: torch.Tensor, other: torch.Tensor, s: IALSSettings,
@@ -196,12 +202,39 @@ def fused_half_sweep(side: FusedSide, factors: torch.Tensor, other: torch.Tensor
     Returns the observed part of the loss at the new factors, ``sum c (1 - y)^2 - a0 y^2``
     (as :func:`~torchmf.solvers.ials.ials_half_sweep`), with ``with_loss``; else 0.0.
     """
-    k = _kernel()
+    sweep = _kernel()["sweep"]
     gram = (other.T @ other).mul_(s.unobserved_weight)
-    partial = np.zeros(len(side.bounds) - 1, np.float64)
-    with _LOCK:
-        k["set_threads"](torch.get_num_threads())
-        k["sweep"](side.indptr, side.cols, side.conf, np.float32(side.c0), np.float32(s.unobserved_weight),
-                   side.lam.numpy().reshape(-1), gram.numpy(), other.detach().numpy(), factors.detach().numpy(),
-                   int(s.cg_steps), side.bounds, partial, bool(with_loss))
+    n_chunks = len(side.bounds) - 1
+    partial = np.zeros(n_chunks, np.float64)
+    args = (side.indptr, side.cols, side.conf, np.float32(side.c0), np.float32(s.unobserved_weight),
+            side.lam.numpy().reshape(-1), gram.numpy(), other.detach().numpy(), factors.detach().numpy(),
+            int(s.cg_steps), side.bounds, partial, bool(with_loss))
+    threads = max(1, min(torch.get_num_threads(), n_chunks))
+    if threads == 1:
+        sweep(*args, 0, n_chunks)
+    else:
+        step = max(1, n_chunks // (threads * _GROUPS_PER_THREAD))
+        starts = iter(range(0, n_chunks, step))
+        lock = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with lock:
+                    first = next(starts, None)
+                if first is None:
+                    return
+                sweep(*args, first, min(n_chunks, first + step))
+
+        helpers = [_pool().submit(work) for _ in range(threads - 1)]
+        work()  # this thread is one of the workers
+        for h in helpers:
+            h.result()
     return float(partial.sum()) if with_loss else 0.0
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The worker threads, started once per process (as many as the machine has cores, idle between sweeps)."""
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
+                                        thread_name_prefix="torchmf-ials"))
+    return _POOL[0]
