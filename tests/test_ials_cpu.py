@@ -77,7 +77,7 @@ def test_kernel_is_used_from_the_threshold_on(binary, monkeypatch):
     assert not ials_cpu.kernel_applies(torch.device("meta"), torch.float32, 3, 10**7)
 
 
-def test_factors_do_not_depend_on_the_thread_count(counts):
+def test_fit_factors_do_not_depend_on_the_thread_count(counts):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -132,3 +132,32 @@ def test_half_sweep_leaves_rows_without_pairs_and_matches_cg_rows():
     y = (got[rows] * other[cols]).sum(1).double()
     c = torch.as_tensor(conf).double()
     assert observed == pytest.approx(float((c * (1 - y) ** 2 - 0.3 * y**2).sum()), rel=1e-5)
+
+
+def _sweep(threads: int, seed: int = 0) -> np.ndarray:
+    """One fused half-sweep on a random side (2,000 rows, 64 chunks) with ``threads`` threads."""
+    rng = np.random.default_rng(seed)
+    indptr = np.arange(0, 2001 * 30, 30, dtype=np.int32)
+    cols = rng.integers(0, 500, indptr[-1]).astype(np.int32)
+    s = IALSSettings(0.05, 1.0, 0.3, 3)
+    side = ials_cpu._side(indptr, cols, None, 2.0, 500, 8, s)
+    x = torch.as_tensor(rng.normal(size=(2000, 8)), dtype=torch.float32)
+    other = torch.as_tensor(rng.normal(size=(500, 8)), dtype=torch.float32)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        ials_cpu.fused_half_sweep(side, x, other, s)
+    finally:
+        torch.set_num_threads(before)
+    return x.numpy()
+
+
+def test_half_sweep_gives_the_same_bits_on_any_number_of_threads(monkeypatch):
+    started = []
+    real = ials_cpu.threading.Thread.start
+    monkeypatch.setattr(ials_cpu.threading.Thread, "start", lambda self: started.append(self.name) or real(self))
+    one = _sweep(1)
+    assert started == []
+    for n in (2, 3):
+        np.testing.assert_array_equal(_sweep(n), one)
+    assert started.count("torchmf-ials") == 1 + 2  # the caller's thread works too

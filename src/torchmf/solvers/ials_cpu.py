@@ -26,9 +26,7 @@ cached code costs more than it saves); the torch path covers the rest.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +48,6 @@ _CHUNK_PAIRS = 1 << 16
 _MIN_CHUNKS = 64
 _GROUPS_PER_THREAD = 8  # chunk groups per thread and half-sweep: late, short groups even out the threads
 _KERNEL: dict[str, Any] = {}
-_POOL: list[ThreadPoolExecutor] = []
 
 
 def kernel_applies(device: torch.device, dtype: torch.dtype, cg_steps: int, n_pairs: int,
@@ -225,16 +222,12 @@ def fused_half_sweep(side: FusedSide, factors: torch.Tensor, other: torch.Tensor
                     return
                 sweep(*args, first, min(n_chunks, first + step))
 
-        helpers = [_pool().submit(work) for _ in range(threads - 1)]
+        # threads made per half-sweep (~0.1 ms) rather than kept: a process forked later (multiprocessing,
+        # data loaders) would inherit a pool without its threads
+        helpers = [threading.Thread(target=work, name="torchmf-ials", daemon=True) for _ in range(threads - 1)]
+        for h in helpers:
+            h.start()
         work()  # this thread is one of the workers
         for h in helpers:
-            h.result()
+            h.join()
     return float(partial.sum()) if with_loss else 0.0
-
-
-def _pool() -> ThreadPoolExecutor:
-    """The worker threads, started once per process (as many as the machine has cores, idle between sweeps)."""
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
-                                        thread_name_prefix="torchmf-ials"))
-    return _POOL[0]
