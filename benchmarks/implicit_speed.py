@@ -160,7 +160,7 @@ def fit_phases(args: argparse.Namespace, data: Interactions) -> None:
     from torchmf.solvers import ials_solver
 
     marks: list[tuple[str, float, float]] = []  # (phase that ends here, wall, CPU) at each phase boundary
-    originals = {name: getattr(ials_solver, name) for name in ("ials_half_sweep", "ials_loss")}
+    originals = {name: getattr(ials_solver, name) for name in ("ials_half_sweep", "fused_half_sweep", "ials_loss")}
 
     def timed_phase(name: str, fn: Callable[..., object]) -> Callable[..., object]:
         def run(*a: object, **k: object) -> object:
@@ -186,7 +186,7 @@ def fit_phases(args: argparse.Namespace, data: Interactions) -> None:
     for name, t, c in marks:
         if name == "before":
             key = "set-up before the first sweep" if prev_t == t0 else "between phases (monitor, policy)"
-        elif name == "ials_half_sweep":
+        elif name in ("ials_half_sweep", "fused_half_sweep"):
             key = f"half-sweep ({'users' if half % 2 == 0 else 'items'})"
             half += 1
         else:
