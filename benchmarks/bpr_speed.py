@@ -5,7 +5,8 @@ Data: ``torchmf.datasets.synthetic(100_000, 20_000, 5_000_000, implicit=True, se
 
 - torchmf: the mean of ``--epochs`` epochs after a first one of the BPR solver at its defaults (64
   factors, Adagrad, batch 16384), on the fused numba kernel and, with ``--torch-path``,
-  on the torch reference path too; setup (the sampler's index) excluded;
+  on the torch reference path too; with ``--hogwild`` also ``optimizer="hogwild"`` (lock-free
+  per-sample SGD, implicit's algorithm); setup (the sampler's index) excluded;
 - implicit: ``BayesianPersonalizedRanking(factors=64, num_threads=threads)``, the
   marginal epoch of a ``1 + epochs``-iteration fit minus a 1-iteration fit (its
   fit has no per-epoch hook), divided by ``epochs``.
@@ -55,9 +56,10 @@ def clock(fn: Callable[[], object]) -> tuple[float, float]:
     return time.perf_counter() - t, time.process_time() - c
 
 
-def torchmf_epochs(data: Interactions, factors: int, epochs: int, mode: str) -> list[tuple[float, float]]:
+def torchmf_epochs(data: Interactions, factors: int, epochs: int, mode: str,
+                   optimizer: str = "adagrad") -> list[tuple[float, float]]:
     """(wall, CPU) seconds of each of ``epochs`` epochs on the pairwise solver, kernel ``mode``."""
-    hp = torchmf.MatrixFactorization(loss="bpr", factors=factors, verbose=False).effective_params
+    hp = torchmf.MatrixFactorization(loss="bpr", factors=factors, verbose=False, optimizer=optimizer).effective_params
     hp["batch_size"] = hp["batch_size"] or 16384
     model = torchmf.MFModel(data.n_users, data.n_items, factors, init_std=hp["init_std"],
                             generator=torch.Generator().manual_seed(0)).requires_grad_(False)
@@ -98,6 +100,7 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/bpr/syn5m.npz")
     ap.add_argument("--torch-path", action="store_true", help="also time the torch reference path")
     ap.add_argument("--no-implicit", action="store_true")
+    ap.add_argument("--hogwild", action="store_true", help="also time optimizer='hogwild'")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = load(args)
@@ -106,13 +109,15 @@ def main() -> None:
     csr = sp.csr_matrix((np.ones(len(data), np.float32), (data.users, data.items)), shape=(data.n_users, data.n_items))
     n = len(data)
     load0 = os.getloadavg()[0]
-    rates: dict[str, list[tuple[float, float]]] = {"kernel": [], "torch": [], "implicit": []}
+    rates: dict[str, list[tuple[float, float]]] = {"kernel": [], "torch": [], "hogwild": [], "implicit": []}
     for r in range(args.rounds):
         kern = torchmf_epochs(data, args.factors, args.epochs, "numba")
         rates["kernel"].append(mean(kern))
         if args.torch_path:
             tp = torchmf_epochs(data, args.factors, max(1, args.epochs // 2), "torch")
             rates["torch"].append(mean(tp))
+        if args.hogwild:
+            rates["hogwild"].append(mean(torchmf_epochs(data, args.factors, args.epochs, "auto", "hogwild")))
         if not args.no_implicit:
             rates["implicit"].append(implicit_epoch(csr, args.factors, args.epochs, args.threads))
         print(f"round {r}: " + ", ".join(f"{k} {v[-1][0]:.2f} s ({v[-1][1]:.2f} CPU s)" for k, v in rates.items() if v),
@@ -122,9 +127,10 @@ def main() -> None:
     best = {k: (min(w for w, _ in v), min(c for _, c in v)) for k, v in rates.items() if v}
     for k, (w, c) in best.items():
         print(f"{k:9s} epoch {w:.3f} s = {n / w / 1e6:.2f} M pairs/s (CPU {c:.2f} s)")
-    if "implicit" in best:
-        print(f"kernel / implicit rate ratio: {best['implicit'][0] / best['kernel'][0]:.2f} (wall), "
-              f"{best['implicit'][1] / best['kernel'][1]:.2f} (CPU)")
+    for name in ("kernel", "hogwild"):
+        if "implicit" in best and name in best:
+            print(f"{name} / implicit rate ratio: {best['implicit'][0] / best[name][0]:.2f} (wall), "
+                  f"{best['implicit'][1] / best[name][1]:.2f} (CPU)")
 
 
 if __name__ == "__main__":

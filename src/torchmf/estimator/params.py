@@ -106,6 +106,9 @@ def validate(p: Params) -> None:
         v = getattr(p, name)
         _check(v is None or (_is_num(v) and v >= 0), name, v, "a non-negative number")
     _check(p.optimizer is None or p.optimizer in OPTIMIZERS, "optimizer", p.optimizer, f"one of {sorted(OPTIMIZERS)}")
+    if p.optimizer == "hogwild" and (p.loss != "bpr" or p.negatives not in (None, 1)):
+        raise ValueError(f"optimizer='hogwild' is for loss='bpr' with one negative per positive, got loss={p.loss!r}"
+                         f", negatives={p.negatives!r}; use 'sgd' or 'adagrad' for the others")
     _check(
         p.batch_size is None or (_is_int(p.batch_size) and p.batch_size > 0),
         "batch_size", p.batch_size, "None (automatic) or a positive integer",

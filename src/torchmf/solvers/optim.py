@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["OPTIMIZERS", "RowOptimizer", "load_training_state", "make_optimizer", "training_state"]
+__all__ = ["OPTIMIZERS", "Hogwild", "RowOptimizer", "load_training_state", "make_optimizer", "training_state"]
 
 
 class RowOptimizer:
@@ -123,11 +123,22 @@ class SparseAdam(Adam):
         self._update(name, uniq, summed)
 
 
+class Hogwild(SGD):
+    """Lock-free per-sample SGD (Hogwild!, Recht et al. 2011) for BPR on the CPU.
+
+    Not a minibatch optimiser: a BPR fit with it runs
+    :func:`torchmf.solvers.pairwise_cpu.make_hogwild_epoch` (each drawn triple's step
+    applied at once, by several threads without locks: implicit's algorithm). It keeps
+    no state; what it has of :class:`SGD` serves the torch path's fold-in and checks.
+    """
+
+
 OPTIMIZERS: dict[str, type[RowOptimizer]] = {
     "sgd": SGD,
     "adagrad": Adagrad,
     "adam": Adam,
     "sparse_adam": SparseAdam,
+    "hogwild": Hogwild,
 }
 
 

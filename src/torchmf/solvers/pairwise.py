@@ -17,7 +17,7 @@ import torch
 from torchmf.nn.mf import MFModel
 from torchmf.solvers import pairwise_cpu
 from torchmf.solvers.losses import PAIRWISE
-from torchmf.solvers.optim import SGD, Adagrad, RowOptimizer, make_optimizer
+from torchmf.solvers.optim import SGD, Adagrad, Hogwild, RowOptimizer, make_optimizer
 from torchmf.solvers.sgd import model_tables
 
 __all__ = ["NegativeSampler", "PairwiseSettings", "fold_in_pairwise", "make_pairwise_epoch"]
@@ -240,6 +240,14 @@ def make_pairwise_epoch(
         acc = opt.acc if isinstance(opt, Adagrad) else None
         step = pairwise_cpu.make_kernel_step(P, Q, acc, opt.lr, getattr(opt, "eps", 0.0), settings.loss, reg, N,
                                              n_items, bs)
+
+    if isinstance(opt, Hogwild):  # implicit's algorithm: lock-free per-sample steps on the CPU
+        if P.device.type != "cpu" or P.dtype != torch.float32:
+            raise ValueError("optimizer='hogwild' runs on the CPU with float32 factors; use 'sgd' or 'adagrad' "
+                             "on other devices")
+        return pairwise_cpu.make_hogwild_epoch(P, Q, sampler.keys, sampler.starts, sampler.counts,
+                                               items if settings.sampling == "popularity" else None,
+                                               settings.lr, reg, generator)
 
     # one random gather per epoch instead of two: both ids packed in an int64 (ids stay below 2^31)
     packed = (users << 32) | items

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["MIN_KERNEL_PAIRS", "kernel_applies", "make_kernel_step", "make_positive_lookup"]
+__all__ = ["MIN_KERNEL_PAIRS", "kernel_applies", "make_hogwild_epoch", "make_kernel_step", "make_positive_lookup"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,3 +176,53 @@ def make_kernel_step(P: torch.Tensor, Q: torch.Tensor, acc: dict[str, torch.Tens
         return torch.tensor(total, dtype=torch.float64)
 
     return step
+
+
+def make_hogwild_epoch(P: torch.Tensor, Q: torch.Tensor, keys: torch.Tensor, starts: torch.Tensor,
+                       counts: torch.Tensor, pop_items: torch.Tensor | None, lr: float, reg: float,
+                       generator: torch.Generator) -> Callable[[], float]:
+    """One epoch of ``optimizer="hogwild"`` BPR: as many lock-free SGD steps as there are observed pairs.
+
+    The steps are split among as many Python threads as torch has intra-op threads, each
+    running :func:`~torchmf.solvers._hogwild_numba.hogwild_bpr` (GIL released) with a seed
+    drawn from ``generator``. With one thread two fits with the same seed are identical;
+    with more, the threads' updates interleave as the OS schedules them.
+
+    Parameters
+    ----------
+    P, Q : torch.Tensor, float32, contiguous, on the CPU; updated in place
+    keys, starts, counts : torch.LongTensor
+        The negative sampler's sorted pair keys and each user's slice of them.
+    pop_items : torch.LongTensor, optional
+        Items of the observed pairs (popularity sampling); None samples negatives uniformly.
+    lr, reg : float
+    generator : torch.Generator
+
+    Returns
+    -------
+    callable
+        ``epoch() -> mean loss per step taken``.
+    """
+    from torchmf.solvers._hogwild_numba import hogwild_bpr
+
+    args = (P.numpy(), Q.numpy(), keys.numpy(), starts.numpy(), counts.numpy(),
+            np.zeros(0, np.int64) if pop_items is None else pop_items.numpy().astype(np.int64, copy=False),
+            Q.shape[0], np.float32(lr), np.float32(reg))
+    n = len(keys)
+
+    def epoch() -> float:
+        threads = max(1, min(torch.get_num_threads(), n))
+        seeds = torch.randint(2**31 - 1, (threads,), generator=generator).tolist()
+        out = np.zeros((threads, 2), np.float64)
+        shares = [n // threads + (t < n % threads) for t in range(threads)]
+        workers = [threading.Thread(target=hogwild_bpr, args=(*args, shares[t], seeds[t], out, t),
+                                    name="torchmf-hogwild", daemon=True) for t in range(1, threads)]
+        for w in workers:
+            w.start()
+        hogwild_bpr(*args, shares[0], seeds[0], out, 0)  # this thread takes the first share
+        for w in workers:
+            w.join()
+        taken = n - out[:, 1].sum()
+        return float(out[:, 0].sum() / max(taken, 1.0))
+
+    return epoch
