@@ -349,7 +349,7 @@ def test_optimizer_matches_torch(ours, theirs, lr, seed):
 
 
 def test_make_optimizer():
-    assert set(OPTIMIZERS) == {"sgd", "adagrad", "adam", "sparse_adam"}
+    assert set(OPTIMIZERS) == {"sgd", "adagrad", "adam", "sparse_adam", "hogwild"}
     assert isinstance(make_optimizer("sparse_adam", {"P": torch.zeros(2, 2)}, 0.1), SparseAdam)
     with pytest.raises(ValueError, match="optimizer"):
         make_optimizer("rmsprop", {}, 0.1)
