@@ -17,7 +17,7 @@ import math
 import numpy as np
 from numba import njit
 
-from torchmf.solvers._numba_util import prefetch_item, prefetch_row
+from torchmf.solvers._numba_util import prefetch_item, prefetch_row, sorted_contains
 
 __all__ = ["hogwild_bpr"]
 
@@ -100,17 +100,7 @@ def hogwild_bpr(P, Q, keys, starts, counts, pop_items, n_items, lr, reg, n_sampl
         j = ring_j[t0 % (2 * _AHEAD)]
         u = key // n_items
         i = key - u * n_items
-        target = u * n_items + j
-        lo = starts[u]
-        end = lo + counts[u]
-        hi = end
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if keys[mid] < target:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo < end and keys[lo] == target:
+        if sorted_contains(keys, starts[u], starts[u] + counts[u], u * n_items + j):
             skipped += 1
             continue
         x = np.float32(0.0)

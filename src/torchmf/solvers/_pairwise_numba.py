@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from torchmf.solvers._numba_util import prefetch_row as _prefetch_row
+from torchmf.solvers._numba_util import sorted_contains
 
 __all__ = [
     "build_filter", "group_both", "group_rows", "is_positive", "is_positive_serial", "score_batch", "set_threads",
@@ -82,16 +83,7 @@ def is_positive(keys, indptr, words, bits, n_items, users, cand):
             continue
         if (words[h2 >> np.uint64(6)] >> (h2 & np.uint64(63))) & one == 0:
             continue
-        lo = indptr[uu]
-        end = indptr[uu + 1]
-        hi = end
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if keys[mid] < key:
-                lo = mid + 1
-            else:
-                hi = mid
-        out[e] = lo < end and keys[lo] == key
+        out[e] = sorted_contains(keys, indptr[uu], indptr[uu + 1], key)
     return out
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from torchmf.data.csr import csr_transpose
+from torchmf.solvers.compiled import compiled_available
 from torchmf.solvers.ials_layout import IALSSettings, ials_penalty
 
 __all__ = ["MIN_KERNEL_PAIRS", "FusedSide", "fused_half_sweep", "fused_sides", "kernel_applies", "start_warm_up"]
@@ -57,13 +58,7 @@ def kernel_applies(device: torch.device, dtype: torch.dtype, cg_steps: int, n_pa
         return False
     if warm_up is not None:
         warm_up.join()
-    try:
-        _kernel()
-    except (ImportError, RuntimeError, OSError) as e:  # pragma: no cover - numba is a core dependency
-        # RuntimeError: numba finds no writable cache folder (read-only install, no writable home)
-        log.warning("the compiled iALS kernel is unavailable (%s); sweeps stay on the torch path", e)
-        return False
-    return True
+    return compiled_available(_kernel, "iALS", "sweeps stay on the torch path")
 
 
 def _may_apply(device: torch.device, dtype: torch.dtype, cg_steps: int, n_pairs: int) -> bool:

@@ -23,7 +23,6 @@ Only float32 tables on the CPU with the ``sgd`` or ``adagrad`` optimiser use it.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -31,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["MIN_KERNEL_PAIRS", "kernel_applies", "make_hogwild_epoch", "make_kernel_step", "make_positive_lookup"]
+from torchmf.solvers.compiled import compiled_available
 
-logger = logging.getLogger(__name__)
+__all__ = ["MIN_KERNEL_PAIRS", "kernel_applies", "make_hogwild_epoch", "make_kernel_step", "make_positive_lookup"]
 
 # Private switch: "auto" (kernel when it pays), "numba" (always, where supported), "torch" (never).
 _MODE = "auto"
@@ -54,13 +53,7 @@ def kernel_applies(device: torch.device, dtype: torch.dtype, optimizer: str, n_p
         return False
     if _MODE != "numba" and n_pairs < MIN_KERNEL_PAIRS:
         return False
-    try:
-        _kernels()
-    except (ImportError, RuntimeError, OSError) as e:  # pragma: no cover - numba is a core dependency
-        # RuntimeError: numba finds no writable cache folder (read-only install, no writable home)
-        logger.warning("the compiled pairwise kernel is unavailable (%s); training stays on the torch path", e)
-        return False
-    return True
+    return compiled_available(_kernels, "pairwise", "training stays on the torch path")
 
 
 def _kernels() -> dict[str, Any]:
