@@ -129,7 +129,7 @@ class Hogwild(SGD):
     Not a minibatch optimiser: a BPR fit with it runs
     :func:`torchmf.solvers.pairwise_cpu.make_hogwild_epoch` (each drawn triple's step
     applied at once, by several threads without locks: implicit's algorithm). It keeps
-    no state; what it has of :class:`SGD` serves the torch path's fold-in and checks.
+    no state, so a checkpoint holds only the factors.
     """
 
 

@@ -71,10 +71,13 @@ class NegativeSampler:
         Test membership with the fused CPU kernel's binary search in each
         user's slice of the keys instead of the hashed filter (same answers,
         so the same draws; CPU only).
+    keys_only : bool
+        Build only ``keys``, ``starts`` and ``counts`` (for a kernel that samples
+        by itself: ``optimizer="hogwild"``); :meth:`sample` is then unavailable.
     """
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, n_items: int, sampling: str,
-                 generator: torch.Generator, compiled_lookup: bool = False) -> None:
+                 generator: torch.Generator, compiled_lookup: bool = False, keys_only: bool = False) -> None:
         if sampling not in ("uniform", "popularity"):
             raise ValueError(f"negative_sampling must be 'uniform' or 'popularity', got {sampling!r}")
         self.n_items, self.sampling, self.gen = n_items, sampling, generator
@@ -87,10 +90,12 @@ class NegativeSampler:
         sorted_users, sorted_items = users[order], items[order]
         counts = torch.bincount(sorted_users, minlength=int(users.max()) + 1 if len(users) else 0)
         starts = torch.cumsum(counts, 0) - counts
-        rank_in_user = torch.arange(len(users), device=users.device) - starts[sorted_users]
-        self.gap_keys = sorted_users * n_items + (sorted_items - rank_in_user)
         self.starts, self.counts = starts, counts
         self._lookup = None
+        if keys_only:
+            return
+        rank_in_user = torch.arange(len(users), device=users.device) - starts[sorted_users]
+        self.gap_keys = sorted_users * n_items + (sorted_items - rank_in_user)
         if compiled_lookup:
             self._lookup = pairwise_cpu.make_positive_lookup(self.keys, starts, counts, n_items)
             return
@@ -188,7 +193,16 @@ def make_pairwise_epoch(
     # the fused CPU kernel (same arithmetic) where it pays; the torch ops below are the reference
     fused = (type(opt) in (SGD, Adagrad) and P.is_contiguous() and Q.is_contiguous()
              and pairwise_cpu.kernel_applies(P.device, P.dtype, settings.optimizer, len(users)))
-    sampler = NegativeSampler(users, items, n_items, settings.sampling, generator, compiled_lookup=fused)
+    hogwild = isinstance(opt, Hogwild)
+    sampler = NegativeSampler(users, items, n_items, settings.sampling, generator, compiled_lookup=fused,
+                              keys_only=hogwild)
+    if hogwild:  # implicit's algorithm: lock-free per-sample steps on the CPU
+        if P.device.type != "cpu" or P.dtype != torch.float32:
+            raise ValueError("optimizer='hogwild' runs on the CPU with float32 factors; use 'sgd' or 'adagrad' "
+                             "on other devices")
+        return pairwise_cpu.make_hogwild_epoch(P, Q, sampler.keys, sampler.starts, sampler.counts,
+                                               items if settings.sampling == "popularity" else None,
+                                               settings.lr, settings.reg, generator)
     full = sampler.counts >= n_items
     if bool(full.any()):
         keep = ~full[users]
@@ -240,14 +254,6 @@ def make_pairwise_epoch(
         acc = opt.acc if isinstance(opt, Adagrad) else None
         step = pairwise_cpu.make_kernel_step(P, Q, acc, opt.lr, getattr(opt, "eps", 0.0), settings.loss, reg, N,
                                              n_items, bs)
-
-    if isinstance(opt, Hogwild):  # implicit's algorithm: lock-free per-sample steps on the CPU
-        if P.device.type != "cpu" or P.dtype != torch.float32:
-            raise ValueError("optimizer='hogwild' runs on the CPU with float32 factors; use 'sgd' or 'adagrad' "
-                             "on other devices")
-        return pairwise_cpu.make_hogwild_epoch(P, Q, sampler.keys, sampler.starts, sampler.counts,
-                                               items if settings.sampling == "popularity" else None,
-                                               settings.lr, reg, generator)
 
     # one random gather per epoch instead of two: both ids packed in an int64 (ids stay below 2^31)
     packed = (users << 32) | items
