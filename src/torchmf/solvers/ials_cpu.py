@@ -4,8 +4,8 @@ The torch path (:mod:`torchmf.solvers.ials`, :mod:`torchmf.solvers.cg`) runs
 CG as ~75 tensor operations per chunk of rows, over factors first gathered
 into padded blocks; its Python threads share the GIL between those calls and
 the layouts cost ~6 bytes per pair and side (issue 12: ~610 MB at 50 M pairs).
-Here each row runs the same CG recurrence on its own inside one parallel
-numba loop, reading the other side's factors through the CSR pattern:
+Here each row runs the same CG recurrence on its own inside one compiled
+numba function, reading the other side's factors through the CSR pattern:
 
 - the pattern is the data's own CSR arrays for the user side (shared with
   :meth:`~torchmf.data.interactions.Interactions.row_major`) and one int32
@@ -170,8 +170,8 @@ def fused_sides(indptr: np.ndarray, items: np.ndarray, values: np.ndarray, n_ite
     index = _index_dtype(len(items), n_users, n_items)
     indptr, items = np.asarray(indptr).astype(index, copy=False), np.asarray(items).astype(index, copy=False)
     lo, hi = (float(values.min()), float(values.max())) if len(values) else (1.0, 1.0)
-    if lo == hi:  # one confidence for every pair (binary data): no per-pair array on either side
-        c0 = float(conf_map(np.array([lo]))[0])
+    c0 = float(conf_map(np.array([lo]))[0])
+    if lo == hi and c0 > 0:  # one confidence for every pair (binary data): no per-pair array on either side
         t_indptr, t_users = np.empty(n_items + 1, index), np.empty(len(items), index)
         _kernel()["transpose"](indptr, items, n_items, t_indptr, t_users)
         return _side(indptr, items, None, c0, n_items, k, s), _side(t_indptr, t_users, None, c0, n_users, k, s)
