@@ -60,6 +60,11 @@ def test_mobius_transform_inverts_norms_and_keeps_directions():
     np.testing.assert_allclose(y, [[0.12, 0.16], [0.0, 0.0], [-2.0, 0.0]], rtol=1e-6)
     assert y.dtype == np.float32
     np.testing.assert_allclose(mobius(y), x, rtol=1e-6)  # its own inverse
+    # a row 1e-20 as long as the longest would map to ~1e20 x its direction, past float32 once squared
+    # by the graph's distances: it is scaled as if it were 1e-6 of the longest row
+    tiny = np.array([[1.0, 0.0], [1e-20, 0.0]], dtype=np.float32)
+    out = mobius(tiny)
+    assert np.isfinite(out).all() and out[1, 0] == pytest.approx(1e6) and out[1, 1] == 0.0
 
 
 def test_mobius_graph_is_the_default_and_exact_with_a_wide_beam(factors):

@@ -131,8 +131,16 @@ class HnswlibIndex(HNSWIndex):
         raise ValueError("rerank applies to projected graphs only; an hnswlib index re-scores its best k exactly")
 
 
+# rows shorter than this share of the longest are transformed as if they were this long: their images
+# stay finite in float32 (1 / |x| of a 1e-20 row would overflow), and rows that short never win anyway
+_MIN_NORM_SHARE = 1e-6
+
+
 def mobius(x: np.ndarray) -> np.ndarray:
     """Zhou et al.'s Möbius transformation ``x / |x|^2`` of each row (zero rows stay zero), float32.
+
+    Rows shorter than ``1e-6`` of the longest row are scaled as if they had that length
+    (direction kept), so that no image overflows float32.
 
     Parameters
     ----------
@@ -142,8 +150,10 @@ def mobius(x: np.ndarray) -> np.ndarray:
     -------
     numpy.ndarray of float32, shape (n, width)
     """
-    sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-    scale = np.divide(1.0, sq, out=np.zeros_like(sq), where=sq > 0)
+    norm = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    floor = float(norm.max(initial=0.0)) * _MIN_NORM_SHARE
+    # x / |x|^2 = direction / |x|; a row shorter than the floor gets direction / floor
+    scale = np.divide(1.0, norm * np.maximum(norm, floor), out=np.zeros_like(norm), where=norm > 0)
     return (x * scale[:, None]).astype(np.float32)
 
 
