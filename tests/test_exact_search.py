@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import torchmf.retrieval.exact as exact
+import torchmf.retrieval.topk as topk
 from torchmf.retrieval import ExactIndex, csr_rows
 
 
@@ -51,8 +52,8 @@ def test_blocks_masks_and_candidates_match_a_dense_reference(monkeypatch, bias, 
 @pytest.mark.parametrize("k", [1, 10])
 @pytest.mark.parametrize("group", [64, 7])
 def test_two_level_topk_matches_a_dense_reference(monkeypatch, k, group):
-    # 5,037 columns take the grouped path of _topk_rows (>= group * 4k columns), with a short last group
-    monkeypatch.setattr(exact, "_GROUP", group)
+    # 5,037 columns take the grouped path of topk_rows (>= group * 4k columns), with a short last group
+    monkeypatch.setattr(topk, "GROUP", group)
     g = torch.Generator().manual_seed(2)
     rng = np.random.default_rng(2)
     n_q, n_items, d = 40, 5037, 16

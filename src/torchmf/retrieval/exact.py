@@ -12,6 +12,7 @@ from torchmf.device import cpu_has_bf16_dot, thread_policy
 from torchmf.nn.mf import MFModel
 from torchmf.retrieval.base import CSR, csr_rows
 from torchmf.retrieval.screen import MIN_SCREEN_QUERIES, screened_top_k
+from torchmf.retrieval.topk import mask_excluded, topk_rows
 
 __all__ = ["ExactIndex"]
 
@@ -21,8 +22,6 @@ log = logging.getLogger(__name__)
 # items, 64 factors) 2**23-2**25 took the least CPU; blocks of under ~100 rows made the product
 # several times slower (and BLAS rounds it differently).
 _SCORE_ELEMENTS = 1 << 24
-# columns per group of the two-level top-k (_topk_rows); 32-128 measured alike
-_GROUP = 64
 
 
 class ExactIndex:
@@ -168,8 +167,8 @@ def _float32_blocks(queries: torch.Tensor, w: torch.Tensor, bias: torch.Tensor |
             s.add_(bias[None, :])
         s = s.float()  # a no-op for float32 factors
         if exclude is not None:
-            _mask(s, exclude, start, stop, col_of)
-        _topk_rows(s, kk, top_s[start:stop], top_i[start:stop])
+            mask_excluded(s, exclude, start, stop, col_of)
+        topk_rows(s, kk, top_s[start:stop], top_i[start:stop])
 
 
 def _screened(queries: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, kk: int, exclude: CSR | None,
@@ -191,51 +190,5 @@ def _screened(queries: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
         if bias is not None:
             a = torch.cat([a, a.new_ones((stop - start, 1))], 1)
         top_s[start:stop], top_i[start:stop], ok[start:stop] = screened_top_k(
-            a, w16, w32, w_max, kk, exclude, start, buf, _mask, _GROUP)
+            a, w16, w32, w_max, kk, exclude, start, buf)
     return ok
-
-
-def _topk_rows(s: torch.Tensor, k: int, out_s: torch.Tensor, out_i: torch.Tensor) -> None:
-    """Top-k of each row of ``s`` (shape (R, n)) into ``out_s``/``out_i``, exact, by a two-level search.
-
-    ``torch.topk`` over 20,000 columns costs about a third of the matrix product that made them
-    (CPU). Instead: the maximum of each group of ``_GROUP`` consecutive columns (a vectorised
-    reduction), the k best groups per row, then ``topk`` over only those groups' k * ``_GROUP``
-    columns. Exact: the k best groups hold k entries at least as large as the k-th best group
-    maximum, so every top-k entry lies in a group whose maximum is at least that large, i.e. in one
-    of the k best groups (up to the order of exactly equal scores, which ``topk`` leaves open too).
-    Measured 0.18 -> 0.11 CPU s per 10 blocks of 838 x 20,000 (one thread).
-    """
-    R, n = s.shape
-    if n < _GROUP * max(4 * k, 16) or s.device.type != "cpu":  # few groups (or a GPU): plain topk
-        torch.topk(s, k, dim=1, out=(out_s, out_i))
-        return
-    ng = n // _GROUP
-    group_max = s[:, : ng * _GROUP].unflatten(1, (ng, _GROUP)).amax(2)
-    if ng * _GROUP < n:
-        group_max = torch.cat([group_max, s[:, ng * _GROUP :].amax(1, keepdim=True)], 1)
-    best_groups = torch.topk(group_max, k, dim=1).indices
-    cols = (best_groups.unsqueeze(2) * _GROUP + torch.arange(_GROUP, device=s.device)).view(R, -1)
-    beyond = cols >= n  # the last group may be short
-    cols.clamp_(max=n - 1)
-    cand = torch.gather(s, 1, cols).masked_fill_(beyond, -torch.inf)
-    torch.topk(cand, k, dim=1, out=(out_s, out_i))
-    torch.gather(cols, 1, out_i.clone(), out=out_i)
-
-
-def _mask(scores: torch.Tensor, exclude: CSR, start: int, stop: int, col_of: np.ndarray | None) -> None:
-    """Set the excluded entries of rows ``start:stop`` of the query block to -inf, in place."""
-    indptr, indices = exclude
-    lo, hi = int(indptr[start]), int(indptr[stop])
-    if hi == lo:
-        return
-    counts = np.diff(indptr[start : stop + 1])
-    cols = np.asarray(indices[lo:hi], dtype=np.int64)
-    n_cols = scores.shape[1]
-    # flat position of each excluded entry in the (contiguous) block
-    flat = np.repeat(np.arange(0, (stop - start) * n_cols, n_cols, dtype=np.int64), counts)
-    if col_of is not None:
-        cols = col_of[cols]
-        flat, cols = flat[cols >= 0], cols[cols >= 0]
-    flat += cols
-    scores.view(-1).index_fill_(0, torch.as_tensor(flat, device=scores.device), -torch.inf)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import torch
 
 from torchmf.retrieval.base import CSR
+from torchmf.retrieval.topk import GROUP, best_groups, mask_excluded
 
 __all__ = ["MIN_SCREEN_QUERIES", "error_bound", "screened_top_k"]
 
@@ -55,7 +56,8 @@ def margin_for(k: int) -> int:
     return max(16, k)
 
 
-def _int16_group_select(s: torch.Tensor, kc: int, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _int16_group_select(s: torch.Tensor, kc: int,
+                        group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Best ``kc`` entries of each row of bfloat16 ``s`` (R, n) by a two-level search on int16 keys.
 
     Reading a bfloat16 as an int16 keeps the order of non-negative numbers and puts every
@@ -63,7 +65,7 @@ def _int16_group_select(s: torch.Tensor, kc: int, group: int) -> tuple[torch.Ten
     ones on the CPU. Group maxima by those keys are the true maxima for every group holding
     a non-negative score; so when a row's ``kc``-th best group key is non-negative the ``kc``
     best groups are the true ones and hold the row's best ``kc`` entries (the argument of
-    ``exact._topk_rows``). Other rows are reported as not ``ok``.
+    ``topk.topk_rows``). Other rows are reported as not ``ok``.
 
     Returns
     -------
@@ -72,19 +74,9 @@ def _int16_group_select(s: torch.Tensor, kc: int, group: int) -> tuple[torch.Ten
     cols : torch.Tensor of int64, shape (R, kc)
     ok : torch.Tensor of bool, shape (R,)
     """
-    R, n = s.shape
     keys = s.view(torch.int16)
-    ng = n // group
-    gmax = keys[:, : ng * group].unflatten(1, (ng, group)).amax(2)
-    if ng * group < n:
-        gmax = torch.cat([gmax, keys[:, ng * group :].amax(1, keepdim=True)], 1)
-    kg = min(kc, gmax.shape[1])
-    # topk and gather are several times slower on 16-bit types than on 32-bit ones (CPU)
-    gkey, best = torch.topk(gmax.to(torch.int32), kg, dim=1)
+    gkey, cols, beyond = best_groups(keys, min(kc, -(-s.shape[1] // group)), group)
     ok = gkey[:, -1] >= 0
-    cols = (best.unsqueeze(2) * group + torch.arange(group)).view(R, -1)
-    beyond = cols >= n  # the last group may be short
-    cols.clamp_(max=n - 1)
     cand = (torch.gather(keys, 1, cols).to(torch.int32) << 16).view(torch.float32)  # bfloat16 -> float32, exactly
     cand.masked_fill_(beyond, -torch.inf)
     values, pos = torch.topk(cand, kc, dim=1)
@@ -100,8 +92,6 @@ def screened_top_k(
     exclude: CSR | None,
     start: int,
     buf: torch.Tensor,
-    mask_fn,
-    group: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact top-``k`` of one block of augmented queries, screened in bfloat16.
 
@@ -119,10 +109,6 @@ def screened_top_k(
         Items to leave out, rows ``start .. start + R`` of the CSR belonging to this block.
     buf : torch.Tensor of bfloat16, at least ``R * n_items`` elements
         Scratch for the scores.
-    mask_fn
-        The float32 path's masking (``exact._mask``).
-    group : int
-        Columns per group of the two-level selection.
 
     Returns
     -------
@@ -137,8 +123,8 @@ def screened_top_k(
     s = buf[: R * n_items].view(R, n_items)
     torch.matmul(a.to(torch.bfloat16), w16.T, out=s)
     if exclude is not None:
-        mask_fn(s, exclude, start, start + R, None)
-    cand_s, cand_i, ok = _int16_group_select(s, kc, group)
+        mask_excluded(s, exclude, start, start + R, None)
+    cand_s, cand_i, ok = _int16_group_select(s, kc)
     # exact float32 scores of the candidates; excluded ones (bf16 -inf) stay -inf
     exact = torch.bmm(w32[cand_i], a.unsqueeze(2)).squeeze(2)
     exact.masked_fill_(torch.isneginf(cand_s), -torch.inf)

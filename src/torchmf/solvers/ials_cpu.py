@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from torchmf.data.csr import csr_transpose
-from torchmf.solvers.compiled import compiled_available
+from torchmf.solvers.compiled import compiled_available, run_on_threads
 from torchmf.solvers.ials_layout import IALSSettings, ials_penalty
 
 __all__ = ["MIN_KERNEL_PAIRS", "FusedSide", "fused_half_sweep", "fused_sides", "kernel_applies", "start_warm_up"]
@@ -217,12 +217,5 @@ def fused_half_sweep(side: FusedSide, factors: torch.Tensor, other: torch.Tensor
                     return
                 sweep(*args, first, min(n_chunks, first + step))
 
-        # threads made per half-sweep (~0.1 ms) rather than kept: a process forked later (multiprocessing,
-        # data loaders) would inherit a pool without its threads
-        helpers = [threading.Thread(target=work, name="torchmf-ials", daemon=True) for _ in range(threads - 1)]
-        for h in helpers:
-            h.start()
-        work()  # this thread is one of the workers
-        for h in helpers:
-            h.join()
+        run_on_threads([work] * threads, "torchmf-ials")
     return float(partial.sum()) if with_loss else 0.0

@@ -23,6 +23,7 @@ Only float32 tables on the CPU with the ``sgd`` or ``adagrad`` optimiser use it.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchmf.solvers.compiled import compiled_available
+from torchmf.solvers.compiled import compiled_available, run_on_threads
 
 __all__ = ["MIN_KERNEL_PAIRS", "kernel_applies", "make_hogwild_epoch", "make_kernel_step", "make_positive_lookup"]
 
@@ -208,13 +209,8 @@ def make_hogwild_epoch(P: torch.Tensor, Q: torch.Tensor, keys: torch.Tensor, sta
         seeds = torch.randint(2**31 - 1, (threads,), generator=generator).tolist()
         out = np.zeros((threads, 2), np.float64)
         shares = [n // threads + (t < n % threads) for t in range(threads)]
-        workers = [threading.Thread(target=hogwild_bpr, args=(*args, shares[t], seeds[t], out, t),
-                                    name="torchmf-hogwild", daemon=True) for t in range(1, threads)]
-        for w in workers:
-            w.start()
-        hogwild_bpr(*args, shares[0], seeds[0], out, 0)  # this thread takes the first share
-        for w in workers:
-            w.join()
+        run_on_threads([functools.partial(hogwild_bpr, *args, shares[t], seeds[t], out, t) for t in range(threads)],
+                       "torchmf-hogwild")
         taken = n - out[:, 1].sum()
         return float(out[:, 0].sum() / max(taken, 1.0))
 
