@@ -18,7 +18,7 @@ from typing import Any
 
 from torchmf.evaluation.selection import _lower_is_better, _suggest
 
-__all__ = ["FINALISTS", "RECHECKS", "SAFETY", "TrialRecord", "Tuner"]
+__all__ = ["FINALISTS", "RECHECKS", "SAFETY", "TrialRecord", "Tuner", "settled_epoch"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,38 @@ SAFETY = 1.25
 FINALISTS, RECHECKS, RECHECK_SHARE = 5, 2, 0.3
 # median pruning per solver: from this many complete trials of the solver on, after this many epochs
 PRUNE_STARTUP, PRUNE_WARMUP = 4, 2
+
+
+def settled_epoch(curve: dict[int, float], lower: bool) -> int | None:
+    """The epoch whose validation score, averaged with its neighbours', is best; None below 3 epochs.
+
+    The single best epoch of a noisy per-epoch curve is a winner's-curse pick. On ML-100k an iALS trial
+    (256 factors) validated at 0.1751, 0.2045, 0.2022, 0.2033, 0.2021 over five sweeps: refitted for the
+    spike's 2 sweeps, far from converged, it tested at 0.447; for 3 to 16 sweeps at 0.451-0.4525
+    (benchmarks/RESULTS.md section 8.6). The centred mean of three epochs (the first and the last with
+    their one neighbour) passes over a lone spike and keeps the optimum of a curve that rises and then
+    falls (an overfitting SGD run, explicit ALS): there the neighbours of the best epoch are its runners-up.
+
+    Parameters
+    ----------
+    curve : dict of int to float
+        Epoch (1-based) to the validation score after it.
+    lower : bool
+        Whether lower scores are better (RMSE).
+
+    Returns
+    -------
+    int or None
+        The epoch; the earliest on a tie.
+    """
+    if len(curve) < 3:
+        return None
+
+    def smoothed(epoch: int) -> float:
+        near = [curve[e] for e in (epoch - 1, epoch, epoch + 1) if e in curve]
+        return sum(near) / len(near)
+
+    return (min if lower else max)(sorted(curve), key=smoothed)
 
 
 @dataclass
@@ -178,8 +210,12 @@ class Tuner:
         t = self.current
         t.seconds = self.clock() - self.trial_start
         ran = len(model.history_)
-        # a sampler's refit runs the chain the trial ran; an iterative solver's the epochs validation chose
-        t.epochs = ran if t.params["solver"] in self.samplers else (model.best_epoch_ or ran)
+        # a sampler's refit runs the chain the trial ran; an iterative solver's the epochs validation chose,
+        # read from the smoothed curve when there is one (a lone spike is luck, not the optimum)
+        if t.params["solver"] in self.samplers:
+            t.epochs = ran
+        else:
+            t.epochs = settled_epoch(t.curve, self.watch_lower) or model.best_epoch_ or ran
         t.cost = t.seconds / max(ran, 1) * t.epochs
         t.value = value
         if self.pruned:
