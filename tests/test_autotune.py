@@ -352,3 +352,20 @@ def test_trial_epochs_come_from_the_smoothed_curve(plays: torchmf.Interactions,
     for want, got in zip(expected, model.tuning_["epochs"], strict=True):
         if want is not None:
             assert got == want
+
+
+def test_reserve_counts_only_finalists_that_can_be_refitted() -> None:
+    # budget 100 s: the re-check may spend 30 s, two fits per finalist; refit on 1.0x the trial rows.
+    # Finalist costs, best first: 1, 1, 1, 1, 40 s. The re-check affords the first four (2 s each, 8 s),
+    # not the fifth (80 s), which therefore can never be refitted: reserve = 1.25 * (8 + 1) = 11.25 s
+    # (it was 1.25 * (8 + 40) = 60 s when the costliest finalist set the refit's share).
+    tuner = tuner_module.Tuner(None, {"als": {}}, {"als": {}}, {}, 0.0, 100.0, None, 1.0, "rmse", None, None,
+                               lambda: 0.0)
+    costs = [1.0, 1.0, 1.0, 1.0, 40.0]
+    tuner.trials = [tuner_module.TrialRecord(n, {"solver": "als"}, value=0.9 + n / 100, cost=c, state="complete")
+                    for n, c in enumerate(costs)]
+    assert tuner.reserve() == pytest.approx(11.25)
+    # when no two finalists fit the re-check, the best first-split trial is the refit: 1.25 * 20 = 25 s
+    tuner.trials = [tuner_module.TrialRecord(n, {"solver": "als"}, value=0.9 + n / 100, cost=c, state="complete")
+                    for n, c in enumerate([20.0, 20.0, 1.0])]
+    assert tuner.reserve() == pytest.approx(25.0)

@@ -127,7 +127,11 @@ class Tuner:
             costs = [running, *costs[:FINALISTS - 1]]
         if not costs:
             return 0.0
-        return SAFETY * (sum(self._checkable(costs)) + max(costs) * self.refit_scale)
+        checks = self._checkable(costs)
+        # the refit is of a re-checked finalist, or of the best one when fewer than two are re-checked:
+        # a costly finalist the re-check cannot afford can never be refitted, so it reserves nothing
+        winners = costs[:max(len(checks), 1)]
+        return SAFETY * (sum(checks) + max(winners) * self.refit_scale)
 
     def start_from(self, settings: dict[str, dict[str, Any]]) -> None:
         """Make each solver's ``settings`` (its resolved defaults) its first trial, in ``spaces`` order.
@@ -242,7 +246,8 @@ class Tuner:
         """
         finalists = self.finalists()
         checkable = finalists[:len(self._checkable([t.cost for t in finalists]))]
-        refit = SAFETY * max((t.cost for t in finalists), default=0.0) * self.refit_scale
+        # the winner is one of these (see reserve)
+        refit = SAFETY * max((t.cost for t in checkable or finalists[:1]), default=0.0) * self.refit_scale
         checked = []
         for t in checkable:
             if self.clock() + SAFETY * RECHECKS * t.cost + refit > self.deadline:
