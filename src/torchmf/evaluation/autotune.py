@@ -127,7 +127,7 @@ def autotune(
     trail the median of the complete trials of the same solver at the same
     epoch, and keep the epoch count validation chose: the best of the
     per-epoch scores each averaged with its neighbours' (a lone spike on a
-    plateau is luck; refitted for a 2-sweep spike, an iALS setting lost 0.005
+    plateau is luck; refitted for a 2-sweep spike, an iALS setting lost 0.004
     NDCG@10 on ML-100k). Trials of samplers
     (Gibbs) are neither stopped early nor pruned (their per-epoch validation
     scores one draw, not the averaged prediction they end with) and keep the

@@ -36,7 +36,7 @@ def settled_epoch(curve: dict[int, float], lower: bool) -> int | None:
 
     The single best epoch of a noisy per-epoch curve is a winner's-curse pick. On ML-100k an iALS trial
     (256 factors) validated at 0.1751, 0.2045, 0.2022, 0.2033, 0.2021 over five sweeps: refitted for the
-    spike's 2 sweeps, far from converged, it tested at 0.447; for 3 to 16 sweeps at 0.451-0.4525
+    spike's 2 sweeps, far from converged, it tested at 0.447; for 3 to 16 sweeps at 0.4514-0.4531
     (benchmarks/RESULTS.md section 8.6). The centred mean of three epochs (the first and the last with
     their one neighbour) passes over a lone spike and keeps the optimum of a curve that rises and then
     falls (an overfitting SGD run, explicit ALS): there the neighbours of the best epoch are its runners-up.
