@@ -300,6 +300,18 @@ def test_cli_train_auto(tmp_path: Path, ratings: torchmf.Interactions) -> None:
     assert math.isfinite(model.extras_["autotune"]["validation"])
 
 
+def test_cli_train_auto_ensemble(tmp_path: Path, plays: torchmf.Interactions) -> None:
+    from test_cli import torchmf as run_cli  # tests/ is on sys.path under pytest
+
+    data = _write(tmp_path / "p.csv", plays)
+    res = run_cli("train", data, "-o", tmp_path / "m", "--loss", "ials", "--auto", "4", "--auto-ensemble", "2",
+                  "--no-progress")
+    assert res.returncode == 0, res.stderr
+    members = torchmf.load(tmp_path / "m").extras_["autotune"]["members"]
+    assert len(members) <= 2
+    assert ("averaged with the next 1 finalists" in res.stdout) == (len(members) == 2)
+
+
 def test_cli_train_auto_params(tmp_path: Path, ratings: torchmf.Interactions) -> None:
     from test_cli import torchmf as run_cli  # tests/ is on sys.path under pytest
 
@@ -315,6 +327,9 @@ def test_cli_train_auto_params(tmp_path: Path, ratings: torchmf.Interactions) ->
     (["--auto", "5", "--auto-params", "alpha"], "--auto-params: 'alpha'"),
     (["--auto-params", "reg"], "--auto-params goes with --auto"),
     (["--auto", "5", "--validation", "0.2"], "--validation"),
+    (["--auto-ensemble", "2"], "--auto-ensemble goes with --auto"),
+    (["--auto", "5", "--auto-ensemble", "0"], "--auto-ensemble must be a positive number"),
+    (["--auto", "5", "--auto-ensemble", "2"], "pass rank_by='scores'"),
 ])
 def test_cli_train_auto_errors(tmp_path: Path, ratings: torchmf.Interactions, args: list[str], fragment: str) -> None:
     from test_cli import assert_user_error
@@ -369,3 +384,141 @@ def test_reserve_counts_only_finalists_that_can_be_refitted() -> None:
     tuner.trials = [tuner_module.TrialRecord(n, {"solver": "als"}, value=0.9 + n / 100, cost=c, state="complete")
                     for n, c in enumerate([20.0, 20.0, 1.0])]
     assert tuner.reserve() == pytest.approx(25.0)
+
+
+def test_ranking_trials_are_scored_on_two_splits(plays: torchmf.Interactions, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the wiring: a complete implicit trial's score is the mean of its first split's score (the trial loop's
+    # evaluate) and its second split's (autotune's evaluate, in a fit seeded seed + 1000); a pruned one keeps
+    # its first score
+    from torchmf.evaluation import selection
+
+    scored: list[tuple[str, int, float]] = []
+
+    def recording(where: str, real):
+        def evaluate(model, test, train=None, k=10):
+            result = real(model, test, k=k)
+            scored.append((where, model.get_params()["seed"], float(result["ndcg@10"])))
+            return result
+        return evaluate
+
+    monkeypatch.setattr(selection, "evaluate", recording("first", selection.evaluate))
+    monkeypatch.setattr(autotune_module, "evaluate", recording("other", autotune_module.evaluate))
+    model = torchmf.autotune("ials", plays, budget_s=600, n_trials=6, max_epochs=6, seed=2, verbose=False)
+    table = model.tuning_
+    search = [s for s in scored if not (s[0] == "other" and s[1] in (3, 4))]  # leave out the re-check's fits
+    assert {seed for where, seed, _ in search if where == "other"} == {1002}
+    per_trial: list[list[float]] = []
+    for where, _, value in search:
+        if where == "first":
+            per_trial.append([value])
+        else:
+            per_trial[-1].append(value)
+    assert len(per_trial) == len(table) == 6
+    for row, values in zip(table.itertuples(), per_trial, strict=True):
+        assert len(values) == (2 if row.state == "complete" else 1)
+        assert row._7 == pytest.approx(sum(values) / len(values))  # the ndcg@10 column
+    assert (table["state"] == "complete").any()
+
+
+def test_ratings_trials_keep_one_split(ratings: torchmf.Interactions, monkeypatch: pytest.MonkeyPatch) -> None:
+    seeds: list[int] = []
+    real = autotune_module.evaluate
+
+    def evaluate(model, test, train=None, k=10):
+        seeds.append(model.get_params()["seed"])
+        return real(model, test, k=k)
+
+    monkeypatch.setattr(autotune_module, "evaluate", evaluate)
+    _tune(ratings, torchmf.MatrixFactorization(solver="als"), n_trials=4, seed=7)
+    assert set(seeds) == {8, 9}  # only the re-check's fits: a random 20% of ratings is one split
+
+
+def test_a_setting_that_fails_on_the_second_split_fails(plays: torchmf.Interactions,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = autotune_module.evaluate
+
+    def evaluate(model, test, train=None, k=10):  # the second split's fits score NaN, as a diverged fit does
+        result = real(model, test, k=k)
+        return {**result, "ndcg@10": math.nan} if model.get_params()["seed"] == 1000 else result
+
+    monkeypatch.setattr(autotune_module, "evaluate", evaluate)
+    # every trial's first split scores normally; none is pruned (too few complete trials to compare with)
+    with pytest.raises(ValueError, match="every trial failed"):
+        _tune(plays, "ials", n_trials=3, max_epochs=5)
+
+
+def test_trials_on_two_splits_mean_curves_and_choice() -> None:
+    t = tuner_module.TrialRecord(0, {"solver": "als"}, curve={1: 0.1, 2: 0.2, 3: 0.3},
+                                 more_curves=[{1: 0.3, 2: 0.2}])
+    # hand-worked: epoch 1 (0.1 + 0.3) / 2 = 0.2, epoch 2 0.2; epoch 3 is on the first split only
+    assert tuner_module.Tuner._mean_curve(t) == pytest.approx({1: 0.2, 2: 0.2})
+    # budget 100 s, costs 1 s: both finalists are re-checked. Hand-worked means of all the splits' scores:
+    # A (two splits, 0.200; re-checks 0.190): (2 * 0.200 + 2 * 0.190) / 4 = 0.1950
+    # B (pruned, one split, 0.2115; re-checks 0.186): (0.2115 + 2 * 0.186) / 3 = 0.1945 -> A wins;
+    # weighing every trial's search score as one split ((v + 2 r) / 3) gave A 0.1933 and chose B.
+    tuner = tuner_module.Tuner(None, {"als": {}}, {"als": {}}, {}, 0.0, 100.0, None, 1.0, "ndcg@10", None, None,
+                               lambda: 0.0, more_splits=[lambda params: (0.0, 1)])
+    a = tuner_module.TrialRecord(0, {"solver": "als"}, value=0.200, splits=2, cost=1.0, state="complete")
+    b = tuner_module.TrialRecord(1, {"solver": "als"}, value=0.2115, splits=1, cost=1.0, state="pruned")
+    c = tuner_module.TrialRecord(2, {"solver": "als"}, value=0.199, splits=2, cost=1.0, state="complete")
+    tuner.trials = [a, b, c]
+    # while any trial has both splits' scores, only those are finalists (B's one score is on the first carve)
+    assert tuner.finalists() == [a, c]
+    tuner.trials = [a, b]
+    tuner.finalists = lambda: [b, a]  # as when the pruned trial competes (a single-split run)
+    assert tuner.choose(lambda t: {0: 0.190, 1: 0.186}[t.number]) == [a, b]
+
+
+def test_reserve_counts_every_member_of_the_refit() -> None:
+    # as in the test above (budget 100 s, costs 1, 1, 1, 1, 40; the re-check affords the first four, 8 s), but
+    # the refit fits the three costliest of those four: reserve = 1.25 * (8 + 3 * 1) = 13.75 s
+    tuner = tuner_module.Tuner(None, {"als": {}}, {"als": {}}, {}, 0.0, 100.0, None, 1.0, "rmse", None, None,
+                               lambda: 0.0, members=3)
+    tuner.trials = [tuner_module.TrialRecord(n, {"solver": "als"}, value=0.9 + n / 100, cost=c, state="complete")
+                    for n, c in enumerate([1.0, 1.0, 1.0, 1.0, 40.0])]
+    assert tuner.reserve() == pytest.approx(13.75)
+
+
+def test_ranking_refit_averages_the_best_finalists(plays: torchmf.Interactions) -> None:
+    model = torchmf.autotune("ials", plays, budget_s=600, n_trials=8, max_epochs=6, seed=1, verbose=False)
+    info = model.extras_["autotune"]
+    members = info["members"]
+    assert len(members) == 3  # the default for ranking losses (five finalists were re-checked)
+    table = model.tuning_.set_index("trial")
+    # the members are the three best re-checked trials by the mean of all their splits' scores
+    checked = table[table["ndcg@10_recheck"].notna()]
+    score = (2 * checked["ndcg@10"] + 2 * checked["ndcg@10_recheck"]) / 4
+    assert [m["trial"] for m in members] == list(score.sort_values(ascending=False).index[:3])
+    assert info["params"] == members[0]["params"] and info["epochs"] == members[0]["epochs"]
+    assert model.effective_params["factors"] == sum(m["factors"] for m in members)
+    # its scores are the mean of the members' refits (each on all the data, the run's seed, its epochs)
+    fits = [torchmf.MatrixFactorization(loss="ials", **{k: v for k, v in m["params"].items() if k != "solver"},
+                                        epochs=m["epochs"], seed=1).fit(plays) for m in members]
+    users, items = plays.user_map.raw(plays.users[:50]), plays.item_map.raw(plays.items[:50])
+    mean = np.mean([f.predict(users, items) for f in fits], axis=0)
+    np.testing.assert_allclose(model.predict(users, items), mean, rtol=1e-4, atol=1e-5)
+    single = torchmf.autotune("ials", plays, budget_s=600, n_trials=8, max_epochs=6, seed=1, verbose=False,
+                              ensemble=1)
+    assert [m["trial"] for m in single.extras_["autotune"]["members"]] == [members[0]["trial"]]
+    np.testing.assert_allclose(single.predict(users, items), fits[0].predict(users, items), rtol=1e-5, atol=1e-6)
+
+
+def test_rating_refit_is_one_model(ratings: torchmf.Interactions) -> None:
+    model = _tune(ratings, torchmf.MatrixFactorization(solver="als"))
+    members = model.extras_["autotune"]["members"]
+    assert len(members) == 1 and model.effective_params["factors"] == members[0]["factors"]
+    with pytest.raises(ValueError, match="ensemble must be"):
+        _tune(ratings, ensemble=0)
+    # rating models rank by a second, interaction model unless told otherwise: nothing to average
+    with pytest.raises(ValueError, match="pass rank_by='scores'"):
+        _tune(ratings, ensemble=2)
+    averaged = _tune(ratings, torchmf.MatrixFactorization(solver="als", rank_by="scores"), ensemble=2)
+    assert len(averaged.extras_["autotune"]["members"]) == 2
+
+
+def test_a_gibbs_winner_is_refitted_alone(ratings: torchmf.Interactions, caplog: pytest.LogCaptureFixture) -> None:
+    base = torchmf.MatrixFactorization(solver="gibbs", rank_by="scores")
+    model = _tune(ratings, base, n_trials=3, max_epochs=8, ensemble=3)
+    assert len(model.extras_["autotune"]["members"]) == 1
+    assert model.effective_params["factors"] == model.extras_["autotune"]["params"]["factors"]
+    assert "refitting it alone" in caplog.text

@@ -64,6 +64,13 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="with --auto: search only these hyperparameters of the search space (e.g. confidence,alpha for "
              "iALS's confidence setting); the others keep their defaults or the values given",
     )
+    p.add_argument(
+        "--auto-ensemble",
+        metavar="N",
+        type=int,
+        help="with --auto: refit the N best finalists and save their average, one model of their factors side "
+             "by side (default 3 for ranking losses, 1 for rating losses; 1 saves the single best)",
+    )
     p.add_argument("--no-refit", dest="refit", action="store_false",
                    help="with --validation: save the model fitted on the training part instead of refitting")
     p.add_argument("-k", type=int, default=10, help="cut-off of the validation ranking metrics (default 10)")
@@ -111,8 +118,9 @@ def run(args: argparse.Namespace) -> int:
     est = common.estimator_from_args(args)
     if args.auto is not None:
         check_auto(args, est)
-    elif args.auto_params is not None:
-        raise common.CLIError("--auto-params goes with --auto SECONDS")
+    elif args.auto_params is not None or args.auto_ensemble is not None:
+        flag = "--auto-params" if args.auto_params is not None else "--auto-ensemble"
+        raise common.CLIError(f"{flag} goes with --auto SECONDS")
     data = common.read_data(args.data, args)
     if args.auto is not None:
         return run_auto(args, est, data)
@@ -157,6 +165,8 @@ def check_auto(args: argparse.Namespace, est: Any) -> None:
         raise common.CLIError(f"--auto must be a positive number of seconds, got {args.auto:g}")
     if args.validation is not None:
         raise common.CLIError("--auto carves its own validation split; leave out --validation")
+    if args.auto_ensemble is not None and args.auto_ensemble < 1:
+        raise common.CLIError(f"--auto-ensemble must be a positive number of models, got {args.auto_ensemble}")
     if args.auto_params is not None:
         names = [n.strip().replace("-", "_") for n in args.auto_params.split(",")]
         if not all(names):
@@ -183,13 +193,17 @@ def run_auto(args: argparse.Namespace, est: Any, data: Any) -> int:
     print(f"read {len(data):,} {kind} interactions from {args.data}: {data.n_users:,} users x {data.n_items:,} items")
     p = est.get_params()
     model = autotune(est, data, budget_s=args.auto, seed=p["seed"], k=args.k, verbose=p["verbose"],
-                     params=args.auto_params)
+                     params=args.auto_params, ensemble=args.auto_ensemble)
     info = model.extras_["autotune"]
     states = model.tuning_["state"].value_counts().to_dict()
     print(f"tuned {model.effective_params['solver'].upper()} ({p['loss']}) in {info['seconds']:.1f} s of "
           f"{args.auto:g}: {info['trials']} trials ({', '.join(f'{n} {s}' for s, n in states.items())})")
     best = ", ".join(f"{k}={common.plain(v)}" for k, v in info["params"].items())
     print(f"best: {best}, {info['epochs']} epochs; validation {info['metric']} {info['validation']:.4f}")
+    if len(info["members"]) > 1:
+        print(f"averaged with the next {len(info['members']) - 1} finalists (trials "
+              f"{', '.join(str(m['trial']) for m in info['members'][1:])}): one model of "
+              f"{model.effective_params['factors']} factors")
     model.save(args.output)
     print(f"refitted on all {len(data):,} interactions; model saved to {args.output}")
     if args.plot:
