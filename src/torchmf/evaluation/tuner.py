@@ -96,7 +96,7 @@ class Tuner:
         # fits of a complete trial on its other validation splits: each returns the metric (NaN when the fit
         # diverged) and the epochs it ran
         self.more_splits = list(more_splits)
-        self.split = 0  # the validation split the running fit is on
+        self.other_split = False  # the running fit is of a complete trial on one of its other splits
         self.study, self.spaces, self.n_trials = study, spaces, n_trials
         self.fixed = fixed  # solver -> overrides of each of its trials (epoch cap, early stopping)
         self.samplers = samplers  # sampler solver -> its epoch cap (None: the whole chain)
@@ -158,9 +158,9 @@ class Tuner:
         checks = self._checkable(costs)
         # the refit is of re-checked finalists, or of the best one when fewer than two are re-checked:
         # a costly finalist the re-check cannot afford can never be refitted, so it reserves nothing
-        return SAFETY * (sum(checks) + self._refit(costs[:max(len(checks), 1)]))
+        return SAFETY * (sum(checks) + self._refit_seconds(costs[:max(len(checks), 1)]))
 
-    def _refit(self, costs: list[float]) -> float:
+    def _refit_seconds(self, costs: list[float]) -> float:
         """Seconds of the refit when it may be of any of these finalists (the costliest ``members`` of them)."""
         return sum(sorted(costs, reverse=True)[:self.members]) * self.refit_scale
 
@@ -202,7 +202,6 @@ class Tuner:
                 params[name] = _suggest(self.trial, prefix + name, spec)
             self.current = TrialRecord(self.trial.number, params)
             self.pruned = self.cut = False
-            self.split = 0
             self.trial_start = self.fit_start = self.clock()
             yield {**params, **self.fixed[solver]}
 
@@ -216,7 +215,7 @@ class Tuner:
         solver = self.current.params["solver"]
         sampler = solver in self.samplers
         value = row.get(self.watch) if self.watch and not sampler else None
-        if value is not None and math.isfinite(value) and self.split > 0:
+        if value is not None and math.isfinite(value) and self.other_split:
             self.current.more_curves[-1][epoch] = value  # another split of a complete trial: no pruning
         elif value is not None and math.isfinite(value):
             self.trial.report(value, epoch)
@@ -278,16 +277,19 @@ class Tuner:
     def _more_splits(self, t: TrialRecord, value: float, ran: int) -> tuple[list[float], int]:
         """Fit a complete trial on the other validation splits; its scores and the epochs all its fits ran."""
         values = [value]
-        for fit in self.more_splits:
-            self.split += 1
-            t.more_curves.append({})
-            self.fit_start = self.clock()
-            score, epochs = fit(t.params)
-            ran += epochs
-            values.append(score)
-            if not math.isfinite(score):  # diverged on another split: the setting is not safe to refit
-                return [math.nan], ran
-        return values, ran
+        self.other_split = True
+        try:
+            for fit in self.more_splits:
+                t.more_curves.append({})
+                self.fit_start = self.clock()
+                score, epochs = fit(t.params)
+                ran += epochs
+                values.append(score)
+                if not math.isfinite(score):  # diverged on another split: the setting is not safe to refit
+                    return [math.nan], ran
+            return values, ran
+        finally:
+            self.other_split = False
 
     @staticmethod
     def _mean_curve(t: TrialRecord) -> dict[int, float]:
@@ -306,7 +308,7 @@ class Tuner:
         finalists = self.finalists()
         checkable = finalists[:len(self._checkable([t.cost for t in finalists]))]
         # the refit is of these (see reserve)
-        refit = SAFETY * self._refit([t.cost for t in checkable or finalists[:1]])
+        refit = SAFETY * self._refit_seconds([t.cost for t in checkable or finalists[:1]])
         checked = []
         for t in checkable:
             if self.clock() + SAFETY * RECHECKS * t.cost + refit > self.deadline:
