@@ -47,15 +47,17 @@ def average_models(models: Sequence[MatrixFactorization]) -> MatrixFactorization
     """
     if not models:
         raise ValueError("average_models needs at least one fitted model")
+    unfitted = [n for n, m in enumerate(models) if getattr(m, "_model", None) is None]
+    if unfitted:
+        raise ValueError(f"average_models: model {unfitted[0]} is not fitted")
     first = models[0]
+    loss = first.effective_params["loss"]
     for n, m in enumerate(models):
-        if getattr(m, "_model", None) is None:
-            raise ValueError(f"average_models: model {n} is not fitted")
         hp = m.effective_params
         if hp["solver"] == "gibbs" or m._ranker is not None:
             raise ValueError(f"average_models: model {n} ({hp['solver']}, rank_by={hp['rank_by']!r}) is not "
                              "one plain dot product: its factors cannot be averaged by concatenation")
-        if hp["loss"] != first.effective_params["loss"] or m._model.biases != first._model.biases:
+        if hp["loss"] != loss or m._model.biases != first._model.biases:
             raise ValueError(f"average_models: model {n} has another loss or biases setting than model 0")
         if m.user_map != first.user_map or m.item_map != first.item_map:
             raise ValueError(f"average_models: model {n} was fitted on other user or item ids than model 0")
@@ -69,9 +71,9 @@ def average_models(models: Sequence[MatrixFactorization]) -> MatrixFactorization
         net.user_embs.weight.copy_(users)
         net.item_embs.weight.copy_(items)
         if net.biases:
-            net.user_bias.weight.copy_(torch.stack([n.user_bias.weight for n in nets]).mean(0))
-            net.item_bias.weight.copy_(torch.stack([n.item_bias.weight for n in nets]).mean(0))
-            net.global_bias.copy_(torch.stack([n.global_bias for n in nets]).mean(0))
+            net.user_bias.weight.copy_(torch.stack([x.user_bias.weight for x in nets]).mean(0))
+            net.item_bias.weight.copy_(torch.stack([x.item_bias.weight for x in nets]).mean(0))
+            net.global_bias.copy_(torch.stack([x.global_bias for x in nets]).mean(0))
     total = int(users.shape[1])
     out = MatrixFactorization(**{**first.get_params(), "factors": total})
     out._install(net, {**first.effective_params, "factors": total}, first.user_map, first.item_map,
